@@ -1,0 +1,206 @@
+//! `NexusNode`: one per Kubernetes node. The controller writes the spec (what the node should run);
+//! the node agent writes the status (what its NICs actually run). One writer per half.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ArtifactSource, Condition, Time, conditions_schema};
+use crate::fabric::{DataplaneConfig, PipelineRef};
+
+/// Desired state of one node, written by the controller.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "nexus.dev",
+    doc = "Per-node state: the controller writes what the node should run (spec), its node agent what it runs (status).",
+    version = "v1alpha1",
+    kind = "NexusNode",
+    plural = "nexusnodes",
+    shortname = "nxn",
+    category = "nexus",
+    status = "NexusNodeStatus",
+    printcolumn = r#"{"name":"Fabric","type":"string","jsonPath":".spec.fabric"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.firmware.version"}"#,
+    printcolumn = r#"{"name":"Running","type":"string","jsonPath":".status.nics[0].runningFirmware"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Last Flash","type":"string","jsonPath":".status.lastFlash.result"}"#,
+    printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.heartbeat"}"#,
+    printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NexusNodeSpec {
+    /// The Fabric this node belongs to.
+    #[schemars(length(min = 1, max = 253))]
+    pub fabric: String,
+    /// Monotonic version of this desired state; the agent acknowledges it by number.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub desired_version: i64,
+    /// Firmware the node's matching NICs should run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<NodeFirmware>,
+    /// P4 pipeline to load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineRef>,
+    /// Dataplane configuration.
+    #[serde(default)]
+    pub dataplane: DataplaneConfig,
+    /// Set by the rollout controller while the node is cordoned and drained for a flash.
+    #[serde(default)]
+    pub maintenance: bool,
+}
+
+/// Firmware the node should run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFirmware {
+    /// Firmware version.
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[0-9A-Za-z][0-9A-Za-z._+-]*$")
+    )]
+    pub version: String,
+    /// Bundle source.
+    pub bundle: ArtifactSource,
+    /// Expected sha256 of the bundle.
+    #[schemars(regex(pattern = r"^[a-f0-9]{64}$"))]
+    pub sha256: String,
+}
+
+/// Observed state of a node, written only by its node agent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NexusNodeStatus {
+    /// `spec.desiredVersion` the agent last applied (or rejected; see conditions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_version: Option<i64>,
+    /// NICs the agent discovered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pciAddress"]))]
+    pub nics: Vec<NicStatus>,
+    /// Outcome of the most recent flash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_flash: Option<FlashResult>,
+    /// Version of the node agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub agent_version: Option<String>,
+    /// Last time the agent reported; a stale heartbeat makes the node count as unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Time>,
+    /// `Ready`, `FirmwareCurrent`, `PipelineLoaded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One NIC and the contents of its flash.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NicStatus {
+    /// PCI address, `domain:bus:device.function`.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))]
+    pub pci_address: String,
+    /// Vendor name.
+    #[schemars(length(max = 63))]
+    pub vendor: String,
+    /// Model name.
+    #[schemars(length(max = 63))]
+    pub model: String,
+    /// PCI vendor ID.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
+    pub pci_vendor_id: String,
+    /// PCI device ID.
+    #[schemars(regex(pattern = r"^[0-9a-f]{4}$"))]
+    pub pci_device_id: String,
+    /// Firmware version running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub running_firmware: Option<String>,
+    /// Bank the NIC boots from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_bank: Option<Bank>,
+    /// Both flash banks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["bank"]))]
+    pub banks: Vec<BankStatus>,
+}
+
+/// A flash bank.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Bank {
+    /// Bank A.
+    A,
+    /// Bank B.
+    B,
+}
+
+/// What one flash bank holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BankStatus {
+    /// Which bank.
+    pub bank: Bank,
+    /// Firmware version in the bank, if any image is there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub version: Option<String>,
+    /// sha256 of the image in the bank.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-f0-9]{64}$"))]
+    pub sha256: Option<String>,
+    /// Whether the image last booted successfully.
+    #[serde(default)]
+    pub bootable: bool,
+}
+
+/// Outcome of a flash.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlashResult {
+    /// Version that was being flashed.
+    #[schemars(length(min = 1, max = 64))]
+    pub version: String,
+    /// `Succeeded`, `Failed`, `RolledBack` or `Refused`.
+    pub result: FlashOutcome,
+    /// Stage reached, e.g. `Verify`, `Write`, `ReadBack`, `Switch`, `HealthCheck`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub stage: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+    /// When the flash started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the flash ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+/// Outcome of a flash.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FlashOutcome {
+    /// The new image booted and passed its health check.
+    Succeeded,
+    /// The flash failed; the NIC still boots its previous image.
+    Failed,
+    /// The new image failed its health check and the NIC fell back to the previous bank.
+    RolledBack,
+    /// The bundle was refused before any write (signature, device, compatibility).
+    Refused,
+}
+
+/// Condition types of a NexusNode.
+pub mod condition {
+    /// The agent is heartbeating and the node's NICs run what the spec asks.
+    pub const READY: &str = "Ready";
+    /// Running firmware equals the spec's target.
+    pub const FIRMWARE_CURRENT: &str = "FirmwareCurrent";
+    /// The P4 pipeline in the spec is loaded.
+    pub const PIPELINE_LOADED: &str = "PipelineLoaded";
+}

@@ -1,0 +1,48 @@
+//! `nexctl`: the Nexus command-line tool.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod crds;
+mod validate;
+
+/// Command-line tool of Nexus, the control plane for AI-to-AI networking.
+#[derive(Debug, Parser)]
+#[command(name = "nexctl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check Nexus manifests offline: schema, defaults, list rules and CEL rules, as the API
+    /// server would. Exit code 0 when all are valid, 1 when any is not, 2 on usage errors.
+    Validate(validate::Args),
+    /// Print the CustomResourceDefinitions, or write one file per kind with --out.
+    Crds(crds::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with success, usage errors to stderr.
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Crds(args) => crds::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
