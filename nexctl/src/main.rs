@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crds;
+mod mic;
 mod validate;
 
 /// Command-line tool of Nexus, the control plane for AI-to-AI networking.
@@ -22,9 +23,16 @@ enum Command {
     Validate(validate::Args),
     /// Print the CustomResourceDefinitions, or write one file per kind with --out.
     Crds(crds::Args),
+    /// Model Identity Certificates: inspect, verify, issue.
+    #[command(subcommand)]
+    Mic(mic::MicCommand),
+    /// Zero-knowledge claims over committed scores (Groth16, BN254).
+    #[command(subcommand)]
+    Zk(nexus_zk::cli::ZkCommand),
 }
 
 fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -37,6 +45,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::Mic(cmd) => mic::run(cmd),
+        // A proof that does not verify, or a score below the threshold, is a "no" (exit 1),
+        // not a usage error.
+        Command::Zk(cmd) => match nexus_zk::cli::run(&cmd, &mut std::io::stdout().lock()) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(1))
+            }
+        },
     };
     match result {
         Ok(code) => code,

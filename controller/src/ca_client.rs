@@ -1,0 +1,105 @@
+//! The production [`Issuer`]: the NexTrust CA over gRPC (`nexus.ca.v1`).
+
+use async_trait::async_trait;
+use nexus_ca_api::v1::certificate_authority_client::CertificateAuthorityClient;
+use nexus_ca_api::v1::{self as pb, RevocationReason};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::Error;
+use crate::identity::IssuedCertificate;
+use crate::identity::reconcile::{IssueRequest, Issuer, RevokeReason};
+
+/// A gRPC client of the CA, authenticated with a bearer token.
+#[derive(Clone, Debug)]
+pub struct GrpcIssuer {
+    client: CertificateAuthorityClient<Channel>,
+    token: Option<String>,
+}
+
+impl GrpcIssuer {
+    /// A client for `endpoint` (e.g. `http://nexus-ca:8443`). Connects lazily, so the controller
+    /// starts while the CA is still coming up; calls fail with [`Error::IssuerUnavailable`] until
+    /// it answers.
+    pub fn new(endpoint: &str, token: Option<String>) -> Result<Self, Error> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| Error::InvalidSpec(format!("CA endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .connect_lazy();
+        Ok(Self {
+            client: CertificateAuthorityClient::new(channel),
+            token,
+        })
+    }
+
+    fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, Error> {
+        let mut req = tonic::Request::new(msg);
+        if let Some(t) = &self.token {
+            let value = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Error::InvalidSpec("CA token is not valid header text".into()))?;
+            req.metadata_mut()
+                .insert(nexus_ca_api::AUTHORIZATION, value);
+        }
+        Ok(req)
+    }
+}
+
+fn status_error(s: tonic::Status) -> Error {
+    match s.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            Error::IssuerUnavailable(s.message().to_owned())
+        }
+        code => Error::Issuer(format!("{code:?}: {}", s.message())),
+    }
+}
+
+#[async_trait]
+impl Issuer for GrpcIssuer {
+    async fn issue(&self, req: IssueRequest) -> Result<IssuedCertificate, Error> {
+        let msg = pb::IssueRequest {
+            tenant: req.tenant,
+            request_id: req.request_id,
+            csr_der: req.csr_der,
+            model: req.model.model().to_owned(),
+            version: req.model.version().to_owned(),
+            attestation_der: req.attestation_der,
+            validity_seconds: req.validity.as_secs(),
+        };
+        let cert = self
+            .client
+            .clone()
+            .issue(self.request(msg)?)
+            .await
+            .map_err(status_error)?
+            .into_inner();
+        let chain_pem = format!(
+            "{}{}",
+            nexus_mic::der_to_pem("CERTIFICATE", &cert.leaf_der),
+            nexus_mic::der_to_pem("CERTIFICATE", &cert.chain_der)
+        );
+        IssuedCertificate::from_pem(
+            chain_pem,
+            nexus_mic::der_to_pem("CERTIFICATE", &cert.root_der),
+        )
+    }
+
+    async fn revoke(&self, tenant: &str, serial: &str, reason: RevokeReason) -> Result<(), Error> {
+        let reason = match reason {
+            RevokeReason::Superseded => RevocationReason::Superseded,
+            RevokeReason::CessationOfOperation => RevocationReason::CessationOfOperation,
+        };
+        let msg = pb::RevokeRequest {
+            tenant: tenant.to_owned(),
+            request_id: format!("revoke-{serial}"),
+            serial: serial.to_owned(),
+            reason: reason as i32,
+        };
+        match self.client.clone().revoke(self.request(msg)?).await {
+            Ok(_) => Ok(()),
+            // Unknown to the CA (e.g. issued by a CA since replaced): nothing left to revoke.
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(status_error(s)),
+        }
+    }
+}
