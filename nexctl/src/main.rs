@@ -29,6 +29,18 @@ enum Command {
     /// Zero-knowledge claims over committed scores (Groth16, BN254).
     #[command(subcommand)]
     Zk(nexus_zk::cli::ZkCommand),
+    /// Signed firmware bundles: keygen, pack, sign, inspect, verify.
+    #[command(subcommand)]
+    Firmware(nexus_agent::cli::FirmwareCommand),
+    /// Node agent operations run by hand.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Flash one simulated NIC from a signed bundle, with a progress bar.
+    Flash(nexus_agent::cli::AgentFlashArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +58,11 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Mic(cmd) => mic::run(cmd),
+        // A refused bundle or a failed flash is a "no" (exit 1), not a usage error.
+        Command::Firmware(cmd) => Ok(refusal(nexus_agent::cli::run_firmware(cmd))),
+        Command::Agent(AgentCommand::Flash(args)) => {
+            Ok(refusal(nexus_agent::cli::run_agent_flash(args)))
+        }
         // A proof that does not verify, or a score below the threshold, is a "no" (exit 1),
         // not a usage error.
         Command::Zk(cmd) => match nexus_zk::cli::run(&cmd, &mut std::io::stdout().lock()) {
@@ -61,6 +78,18 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Exit 1 with the error printed: for commands whose failure means "refused". Their error
+/// types already spell their causes out in `Display`, so only the outer message is printed.
+fn refusal(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -1,0 +1,659 @@
+//! Command-line front ends, shared by the `nexus-agent` binary and `nexctl`.
+//!
+//! `nexctl` embeds these as subcommands:
+//! - `nexctl firmware <keygen|pack|sign|inspect|verify>` → [`FirmwareCommand`] + [`run_firmware`];
+//! - `nexctl agent flash --sim DIR BUNDLE` → [`AgentFlashArgs`] + [`run_agent_flash`].
+//!
+//! Errors are `anyhow` here because this is the outermost layer: it adds file-name context and is
+//! printed to a person.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use nexus_firmware::bundle::{self, BuildInfo, Manifest, SigningKey, TrustStore};
+use semver::{Version, VersionReq};
+
+use crate::devlink::DevlinkDriver;
+use crate::flash::{FlashOutcome, recover};
+use crate::nic::{NicDriver, Progress, Stage};
+use crate::sim::{Faults, PowerLossPoint, SimDriver, SimNic, SimOptions};
+use crate::status::{InProgress, Operation, StatusFile};
+use crate::{agent_version, flash_bundle, flash_now, read_bundle_file, read_trust_store};
+
+fn parse_hex_u16(s: &str) -> Result<u16, String> {
+    let t = s.trim_start_matches("0x").trim_start_matches("0X");
+    u16::from_str_radix(t, 16).map_err(|e| format!("{s:?} is not a 16-bit hex id: {e}"))
+}
+
+/// `nexctl firmware ...`: build, sign and check firmware bundles.
+#[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// Generate an Ed25519 release key (PKCS#8 DER, mode 0600) and add its public half to a trust
+    /// store file.
+    Keygen(KeygenArgs),
+    /// Build an unsigned bundle from a firmware image.
+    Pack(PackArgs),
+    /// Sign a bundle with a release key.
+    Sign(SignArgs),
+    /// Show a bundle's manifest and signature without trusting it.
+    Inspect(InspectArgs),
+    /// Check a bundle's signature against a trust store, and optionally its fit for a device.
+    Verify(VerifyArgs),
+}
+
+/// Arguments of `firmware keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Key name, as recorded in bundles and trust stores ([A-Za-z0-9._-]).
+    #[arg(long)]
+    pub id: String,
+    /// Where to write the private key.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Trust store file to create or extend with the public key.
+    #[arg(long)]
+    pub trust_store: Option<PathBuf>,
+}
+
+/// Arguments of `firmware pack`.
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// Firmware image.
+    #[arg(long)]
+    pub payload: PathBuf,
+    /// Output bundle.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Vendor name.
+    #[arg(long)]
+    pub vendor: String,
+    /// PCI vendor id, hex (e.g. 15b3).
+    #[arg(long, value_parser = parse_hex_u16)]
+    pub pci_vendor: u16,
+    /// PCI device id(s), hex; repeat for several.
+    #[arg(long = "pci-device", value_parser = parse_hex_u16, required = true)]
+    pub pci_devices: Vec<u16>,
+    /// Firmware version (semver).
+    #[arg(long)]
+    pub version: Version,
+    /// Agent versions allowed to flash it (semver requirement).
+    #[arg(long, default_value = ">=0.1")]
+    pub agent_version: VersionReq,
+    /// Source revision, recorded in the manifest.
+    #[arg(long)]
+    pub commit: Option<String>,
+    /// Builder, recorded in the manifest.
+    #[arg(long)]
+    pub builder: Option<String>,
+}
+
+/// Arguments of `firmware sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Bundle to sign.
+    pub bundle: PathBuf,
+    /// PKCS#8 private key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Key name recorded in the signature (must match the trust store entry).
+    #[arg(long)]
+    pub key_id: String,
+    /// Output; defaults to replacing the input.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+}
+
+/// Arguments of `firmware inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Bundle file.
+    pub bundle: PathBuf,
+}
+
+/// Arguments of `firmware verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Bundle file.
+    pub bundle: PathBuf,
+    /// Trust store JSON (`{"keys": {"name": "<hex public key>"}}`).
+    #[arg(long, env = "NEXUS_TRUST_STORE")]
+    pub trust_store: PathBuf,
+    /// Also check it fits this PCI vendor id (hex).
+    #[arg(long, value_parser = parse_hex_u16, requires = "pci_device")]
+    pub pci_vendor: Option<u16>,
+    /// Also check it fits this PCI device id (hex).
+    #[arg(long, value_parser = parse_hex_u16, requires = "pci_vendor")]
+    pub pci_device: Option<u16>,
+    /// Agent version for the compatibility check (default: this build's).
+    #[arg(long)]
+    pub agent_version: Option<Version>,
+}
+
+fn write_file(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Runs a `firmware` subcommand, printing results to stdout.
+pub fn run_firmware(cmd: FirmwareCommand) -> anyhow::Result<()> {
+    match cmd {
+        FirmwareCommand::Keygen(a) => {
+            let der = bundle::generate_pkcs8()?;
+            let key = SigningKey::from_pkcs8(&a.id, &der)?;
+            write_file(&a.out, &der, true)?;
+            println!("wrote private key {} ({})", a.out.display(), a.id);
+            println!("public key {}", hex::encode(key.public_key()));
+            if let Some(ts) = a.trust_store {
+                let mut store = if ts.exists() {
+                    read_trust_store(&ts)?
+                } else {
+                    TrustStore::new()
+                };
+                store.insert(&a.id, key.public_key());
+                write_file(&ts, store.to_json().as_bytes(), false)?;
+                println!("added {} to trust store {}", a.id, ts.display());
+            }
+        }
+        FirmwareCommand::Pack(a) => {
+            let payload = read(&a.payload)?;
+            let mut m = Manifest::new(
+                a.vendor,
+                a.pci_vendor,
+                a.pci_devices,
+                a.version,
+                a.agent_version,
+            );
+            m.build = BuildInfo {
+                commit: a.commit,
+                timestamp: Some(flash_now()),
+                builder: a.builder,
+            };
+            let b = bundle::pack(m, payload)?;
+            write_file(&a.out, &b.to_bytes(), false)?;
+            println!(
+                "packed {} ({} bytes payload, sha256 {}), unsigned",
+                a.out.display(),
+                b.manifest().payload_size,
+                b.manifest().payload_sha256
+            );
+        }
+        FirmwareCommand::Sign(a) => {
+            let key = SigningKey::from_pkcs8(&a.key_id, &read(&a.key)?)
+                .with_context(|| format!("loading key {}", a.key.display()))?;
+            let b = bundle::parse(&read_bundle_file(&a.bundle)?)
+                .with_context(|| format!("parsing {}", a.bundle.display()))?;
+            let signed = bundle::sign(b, &key);
+            let out = a.out.unwrap_or(a.bundle);
+            write_file(&out, &signed.to_bytes(), false)?;
+            println!("signed {} with {}", out.display(), a.key_id);
+        }
+        FirmwareCommand::Inspect(a) => {
+            let b = bundle::parse(&read_bundle_file(&a.bundle)?)
+                .with_context(|| format!("parsing {}", a.bundle.display()))?;
+            println!("{}", serde_json::to_string_pretty(b.manifest())?);
+            match b.signature() {
+                Some(s) => println!("signed by key {:?} (not verified; use `verify`)", s.key_id),
+                None => println!("unsigned"),
+            }
+        }
+        FirmwareCommand::Verify(a) => {
+            let trust = read_trust_store(&a.trust_store)?;
+            let b = bundle::parse(&read_bundle_file(&a.bundle)?)
+                .with_context(|| format!("parsing {}", a.bundle.display()))?;
+            let v = bundle::verify(&b, &trust)?;
+            if let (Some(vendor), Some(device)) = (a.pci_vendor, a.pci_device) {
+                v.check_compatible(
+                    vendor,
+                    device,
+                    &a.agent_version.unwrap_or_else(agent_version),
+                )?;
+                println!("compatible with {vendor:04x}:{device:04x}");
+            }
+            println!(
+                "OK: {} {} signed by {:?}, payload sha256 {}",
+                v.manifest().vendor,
+                v.manifest().version,
+                v.key_id(),
+                v.manifest().payload_sha256
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A fault to inject into a simulated NIC (for demos and drills).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FaultArg {
+    /// Power loss before the first byte is written.
+    PowerLossBeforeWrite,
+    /// Power loss halfway through the write.
+    PowerLossMidWrite,
+    /// Power loss after write and read-back, before the switch.
+    PowerLossAfterWrite,
+    /// Power loss after the switch, before the health check.
+    PowerLossAfterSwitch,
+    /// The flash write fails halfway.
+    WriteError,
+    /// A bit flips in flash (caught by read-back).
+    CorruptWrite,
+    /// The new image does not boot (rolled back).
+    FailBoot,
+}
+
+impl FaultArg {
+    fn into_faults(faults: &[FaultArg], image_size_hint: u64) -> Faults {
+        let mut f = Faults::default();
+        for fault in faults {
+            match fault {
+                Self::PowerLossBeforeWrite => f.power_loss = Some(PowerLossPoint::BeforeWrite),
+                Self::PowerLossMidWrite => f.power_loss = Some(PowerLossPoint::MidWrite),
+                Self::PowerLossAfterWrite => f.power_loss = Some(PowerLossPoint::AfterWrite),
+                Self::PowerLossAfterSwitch => f.power_loss = Some(PowerLossPoint::AfterSwitch),
+                Self::WriteError => f.write_error_at = Some(image_size_hint / 2),
+                Self::CorruptWrite => f.corrupt_write = true,
+                Self::FailBoot => f.fail_trial_boot = true,
+            }
+        }
+        f
+    }
+}
+
+/// Arguments of `nexctl agent flash` (and `nexus-agent flash`).
+#[derive(Debug, Args)]
+pub struct AgentFlashArgs {
+    /// Simulated NIC directory.
+    #[arg(long)]
+    pub sim: PathBuf,
+    /// Signed bundle.
+    pub bundle: PathBuf,
+    /// Trust store JSON (`{"keys": {"name": "<hex public key>"}}`).
+    #[arg(long, env = "NEXUS_TRUST_STORE")]
+    pub trust_store: PathBuf,
+    /// Write the agent status JSON here.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+    /// Simulated flash speed in bytes/s (default: unthrottled).
+    #[arg(long)]
+    pub speed: Option<u64>,
+    /// Inject a fault (repeatable).
+    #[arg(long = "fault", value_enum)]
+    pub faults: Vec<FaultArg>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn progress_bar() -> ProgressBar {
+    let pb = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>10} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Verify => "verify",
+        Stage::Write => "write",
+        Stage::ReadBack => "read-back",
+        Stage::Switch => "switch",
+        Stage::HealthCheck => "boot",
+        Stage::Done => "done",
+    }
+}
+
+/// Flashes a simulated NIC with a progress bar: recovery first, then verify → write → read-back
+/// → switch → health check. Exits with an error if the bundle is refused, the flash aborted, or
+/// the new image was rolled back.
+pub fn run_agent_flash(a: AgentFlashArgs) -> anyhow::Result<()> {
+    let trust = read_trust_store(&a.trust_store)?;
+    let bytes = read_bundle_file(&a.bundle)?;
+    let faults = FaultArg::into_faults(&a.faults, bytes.len() as u64);
+    let mut status = StatusFile::open(a.status_file.as_deref(), "sim");
+    let mut nic = SimNic::open(
+        &a.sim,
+        SimOptions {
+            bytes_per_sec: a.speed,
+            faults,
+        },
+    )
+    .with_context(|| format!("opening simulated NIC {}", a.sim.display()))?;
+    let recovery = recover(&mut nic)?;
+    if recovery.outcome != crate::RecoveryOutcome::Clean {
+        eprintln!("recovered: {:?}", recovery.outcome);
+    }
+    status.record(Operation::Recovery {
+        at: flash_now(),
+        report: recovery,
+    })?;
+    let nic_id = crate::BankedNic::id(&nic);
+    let pb = progress_bar();
+    let mut last_stage = None;
+    let mut status_err = None;
+    let result = flash_bundle(
+        &mut nic,
+        &bytes,
+        &trust,
+        &agent_version(),
+        &mut |p: &Progress| {
+            pb.set_message(stage_name(p.stage));
+            pb.set_length(p.bytes_total);
+            pb.set_position(p.bytes_done);
+            if last_stage != Some(p.stage) {
+                last_stage = Some(p.stage);
+                let ip = InProgress {
+                    nic: nic_id.clone(),
+                    progress: *p,
+                };
+                if let Err(e) = status.update(|s| s.in_progress = Some(ip)) {
+                    status_err.get_or_insert(e);
+                }
+            }
+        },
+    );
+    pb.finish_and_clear();
+    if let Some(e) = status_err {
+        tracing::warn!(error = %e, "could not write status file");
+    }
+    match result {
+        Ok(report) => {
+            status.record(Operation::Flash {
+                at: flash_now(),
+                report: report.clone(),
+            })?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            match &report.outcome {
+                FlashOutcome::Updated => {
+                    if !a.json {
+                        println!(
+                            "updated {} from {} to {} (bank {}, signed by {})",
+                            report.nic,
+                            report.from_version.as_deref().unwrap_or("none"),
+                            report.to_version,
+                            report.bank,
+                            report.signed_by
+                        );
+                    }
+                    Ok(())
+                }
+                FlashOutcome::RolledBack { reason } => bail!(
+                    "{} rolled back to bank {} ({}): {reason}",
+                    report.nic,
+                    report.running_bank,
+                    report.from_version.as_deref().unwrap_or("none")
+                ),
+            }
+        }
+        Err(e) => {
+            status.record(Operation::FlashFailed {
+                at: flash_now(),
+                nic: nic_id,
+                reason: e.metric_label().to_owned(),
+                error: e.to_string(),
+            })?;
+            Err(e.into())
+        }
+    }
+}
+
+/// NIC backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverKind {
+    /// Simulated NICs in `--sim-dir`.
+    Sim,
+    /// Real NICs via `devlink`.
+    Devlink,
+}
+
+/// The `nexus-agent` binary's arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nexus-agent",
+    version,
+    about = "Nexus node agent: NIC inventory and safe firmware flashing"
+)]
+pub struct AgentArgs {
+    /// NIC backend.
+    #[arg(long, value_enum, default_value = "sim", env = "NEXUS_AGENT_DRIVER")]
+    pub driver: DriverKind,
+    /// Directory of a simulated NIC, or of several (one per subdirectory).
+    #[arg(long, env = "NEXUS_SIM_DIR", required_if_eq("driver", "sim"))]
+    pub sim_dir: Option<PathBuf>,
+    /// Where to write the JSON status file.
+    #[arg(long, env = "NEXUS_AGENT_STATUS_FILE")]
+    pub status_file: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+    /// What to do (default: `discover`).
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+}
+
+/// `nexus-agent` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Power on / recover simulated NICs, list NICs, write the status file.
+    Discover,
+    /// Flash a bundle onto one NIC.
+    Flash(DaemonFlashArgs),
+    /// Create a simulated NIC.
+    SimCreate(SimCreateArgs),
+    /// Recover, then keep the inventory fresh and serve `/status` and `/healthz` over HTTP.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `nexus-agent serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    pub listen: std::net::SocketAddr,
+    /// Seconds between inventory refreshes.
+    #[arg(long, default_value_t = 30)]
+    pub interval_secs: u64,
+}
+
+/// Lists NICs into `status`. With `recover`, simulated NICs are first powered on and recovered
+/// (what the agent does once at start; later refreshes only look).
+fn inventory(
+    driver: DriverKind,
+    sim_dir: Option<&Path>,
+    recover_first: bool,
+    status: &mut StatusFile,
+) -> Result<Vec<crate::NicInfo>, crate::AgentError> {
+    let nics = match driver {
+        DriverKind::Sim => {
+            let dir = sim_dir.ok_or_else(|| crate::AgentError::NotFound("--sim-dir".into()))?;
+            let mut drv = SimDriver::new(dir);
+            if recover_first {
+                for dir in drv.nic_dirs()? {
+                    let mut nic = SimNic::open(&dir, SimOptions::default())?;
+                    let report = recover(&mut nic)?;
+                    status.record(Operation::Recovery {
+                        at: flash_now(),
+                        report,
+                    })?;
+                }
+            }
+            drv.discover()?
+        }
+        DriverKind::Devlink => DevlinkDriver::system().discover()?,
+    };
+    status.update(|s| s.nics = nics.clone())?;
+    Ok(nics)
+}
+
+/// Arguments of `nexus-agent flash`.
+#[derive(Debug, Args)]
+pub struct DaemonFlashArgs {
+    /// Signed bundle.
+    pub bundle: PathBuf,
+    /// Trust store JSON (`{"keys": {"name": "<hex public key>"}}`).
+    #[arg(long, env = "NEXUS_TRUST_STORE")]
+    pub trust_store: PathBuf,
+    /// devlink handle (`pci/0000:3b:00.0`); for `sim`, defaults to `--sim-dir`.
+    #[arg(long)]
+    pub nic: Option<String>,
+    /// Simulated flash speed in bytes/s.
+    #[arg(long)]
+    pub speed: Option<u64>,
+    /// Inject a fault into the simulated NIC (repeatable).
+    #[arg(long = "fault", value_enum)]
+    pub faults: Vec<FaultArg>,
+}
+
+/// Arguments of `nexus-agent sim-create`.
+#[derive(Debug, Args)]
+pub struct SimCreateArgs {
+    /// PCI vendor id, hex.
+    #[arg(long, value_parser = parse_hex_u16, default_value = "15b3")]
+    pub pci_vendor: u16,
+    /// PCI device id, hex.
+    #[arg(long, value_parser = parse_hex_u16, default_value = "101d")]
+    pub pci_device: u16,
+    /// Serial number.
+    #[arg(long, default_value = "SIM0000001")]
+    pub serial: String,
+    /// Version of the factory image in bank A.
+    #[arg(long, default_value = "1.0.0")]
+    pub version: String,
+    /// Size of the generated factory image.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub image_size: usize,
+}
+
+/// Sets up tracing on stderr (text or JSON), filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs the `nexus-agent` binary.
+pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let driver_name = match args.driver {
+        DriverKind::Sim => "sim",
+        DriverKind::Devlink => "devlink",
+    };
+    let mut status = StatusFile::open(args.status_file.as_deref(), driver_name);
+    let sim_dir = || {
+        args.sim_dir
+            .clone()
+            .context("--sim-dir is required with --driver sim")
+    };
+    match args.command.unwrap_or(AgentCommand::Discover) {
+        AgentCommand::Discover => {
+            let dir = if args.driver == DriverKind::Sim {
+                Some(sim_dir()?)
+            } else {
+                None
+            };
+            let nics = inventory(args.driver, dir.as_deref(), true, &mut status)?;
+            println!("{}", serde_json::to_string_pretty(&nics)?);
+        }
+        AgentCommand::Serve(sa) => {
+            let dir = if args.driver == DriverKind::Sim {
+                Some(sim_dir()?)
+            } else {
+                None
+            };
+            inventory(args.driver, dir.as_deref(), true, &mut status)?;
+            let initial = status.status().clone();
+            let driver = args.driver;
+            crate::serve::serve(
+                sa.listen,
+                Duration::from_secs(sa.interval_secs.max(1)),
+                initial,
+                move || {
+                    inventory(driver, dir.as_deref(), false, &mut status)?;
+                    Ok(status.status().clone())
+                },
+            )?;
+        }
+        AgentCommand::Flash(f) => match args.driver {
+            DriverKind::Sim => {
+                let sim = f.nic.map(PathBuf::from).map_or_else(sim_dir, Ok)?;
+                run_agent_flash(AgentFlashArgs {
+                    sim,
+                    bundle: f.bundle,
+                    trust_store: f.trust_store,
+                    status_file: args.status_file.clone(),
+                    speed: f.speed,
+                    faults: f.faults,
+                    json: false,
+                })?;
+            }
+            DriverKind::Devlink => {
+                let handle = f
+                    .nic
+                    .context("--nic pci/<address> is required with devlink")?;
+                let trust = read_trust_store(&f.trust_store)?;
+                let b = bundle::parse(&read_bundle_file(&f.bundle)?)?;
+                let v = bundle::verify(&b, &trust)?;
+                let info = DevlinkDriver::system().flash(&handle, &v, &agent_version())?;
+                println!("{}", serde_json::to_string_pretty(&info)?);
+                status.update(|s| s.nics = vec![info])?;
+            }
+        },
+        AgentCommand::SimCreate(c) => {
+            let dir = sim_dir()?;
+            // A recognisable, deterministic factory image.
+            let image: Vec<u8> = (0..c.image_size).map(|i| (i % 251) as u8).collect();
+            SimNic::create(
+                &dir,
+                c.pci_vendor,
+                c.pci_device,
+                &c.serial,
+                &c.version,
+                &image,
+            )?;
+            println!(
+                "created simulated NIC {:04x}:{:04x} in {}",
+                c.pci_vendor,
+                c.pci_device,
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
