@@ -1,0 +1,313 @@
+//! Nexus Cloud API (`nexus-cloud`): tenants, API keys and roles, tenant resources, usage metering
+//! and billing, over PostgreSQL.
+//!
+//! Pure cores make the decisions — [`rating`] (tiered prices → invoice lines), [`metering`]
+//! (event acceptance, duplicate classification), [`ratelimit`] (token buckets), [`pagination`]
+//! (cursors) — and the [`routes`] are the I/O edge around them.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metering;
+pub mod metrics;
+pub mod pagination;
+pub mod ratelimit;
+pub mod rating;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+pub use error::{Error, Result};
+
+/// Embedded migrations (`api-server/migrations`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Usage-event timestamp window.
+    pub window: metering::Window,
+    /// Sustained requests per second per API key (0 disables the limit).
+    pub rate_per_sec: u32,
+    /// Bucket size per API key.
+    pub burst: u32,
+    /// Largest request body in bytes.
+    pub body_limit: usize,
+    /// Operator bootstrap token: may create tenants and price plans.
+    pub admin_token: Option<String>,
+    /// gRPC endpoint of the CA service (e.g. `http://127.0.0.1:50051`); `None` makes MIC
+    /// issuance answer 503.
+    pub ca_endpoint: Option<String>,
+    /// Bearer token the CA expects from the cloud API.
+    pub ca_token: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            window: metering::Window::default(),
+            rate_per_sec: 100,
+            burst: 200,
+            body_limit: 1024 * 1024,
+            admin_token: None,
+            ca_endpoint: None,
+            ca_token: None,
+        }
+    }
+}
+
+/// Everything a handler needs.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub limiter: Arc<ratelimit::RateLimiter>,
+    pub verified: Arc<auth::VerifiedKeys>,
+    /// Lazily connected channel to the CA, when one is configured.
+    pub ca: Option<tonic::transport::Channel>,
+}
+
+impl AppState {
+    /// Builds the state. Call inside a Tokio runtime (the CA channel spawns its worker there).
+    pub fn new(pool: PgPool, config: Config) -> AppState {
+        let ca = config
+            .ca_endpoint
+            .as_deref()
+            .and_then(|url| match ca_channel(url) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(url, error = %e, "invalid CA endpoint: MIC issuance disabled");
+                    None
+                }
+            });
+        AppState {
+            ca,
+            pool,
+            limiter: Arc::new(ratelimit::RateLimiter::new(
+                config.rate_per_sec,
+                config.burst,
+            )),
+            config: Arc::new(config),
+            metrics: Arc::new(metrics::Metrics::default()),
+            verified: Arc::new(auth::VerifiedKeys::default()),
+        }
+    }
+}
+
+/// A lazily connected gRPC channel to the CA (connects on first use, reconnects after failures).
+pub fn ca_channel(url: &str) -> Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Error::Internal(format!("CA endpoint {url:?}: {e}")))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(15))
+        .connect_lazy())
+}
+
+/// A pool that survives a PostgreSQL restart: connections are tested before use and replaced
+/// when broken, acquisition gives up after a few seconds (503) rather than hanging.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(true)
+        .idle_timeout(Duration::from_secs(300))
+        .connect(url)
+        .await?;
+    Ok(pool)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Nexus Cloud API", version = "0.1.0", description = "Tenants, keys, resources, usage metering and billing. Errors are RFC 9457 problem documents."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(error::Problem))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(routes::router())
+}
+
+/// The OpenAPI 3.1 document of every `/v1` route.
+pub fn openapi() -> OpenApi {
+    api().into_openapi()
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, doc) = api().split_for_parts();
+    let doc = Arc::new(doc);
+    let body_limit = state.config.body_limit;
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/metrics", axum::routing::get(metrics_handler))
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .fallback(|| async { Error::NotFound("route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
+    let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => Ok("ready"),
+        _ => Err(Error::Unavailable {
+            code: "database_unavailable",
+            detail: "database ping failed".into(),
+        }),
+    }
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests before returning.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A tenant created with its owner user and owner key (the key text is shown only here).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NewTenant {
+    pub tenant_id: Uuid,
+    pub owner_user_id: Uuid,
+    pub api_key_id: Uuid,
+    /// The owner's API key. Shown once: it is stored only as a prefix and an argon2id hash.
+    pub api_key: String,
+}
+
+/// Creates a tenant, its owner user and an owner key with every scope, and audits it.
+pub async fn create_tenant(pool: &PgPool, name: &str, owner_email: &str) -> Result<NewTenant> {
+    let mut tx = pool.begin().await?;
+    let tenant_id = Uuid::new_v4();
+    let owner_user_id = Uuid::new_v4();
+    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
+        .bind(tenant_id)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO users (id, tenant_id, email, role) VALUES ($1, $2, $3, 'owner')")
+        .bind(owner_user_id)
+        .bind(tenant_id)
+        .bind(owner_email)
+        .execute(&mut *tx)
+        .await?;
+    let (api_key_id, api_key, _) = auth::insert_key(
+        &mut tx,
+        tenant_id,
+        owner_user_id,
+        "owner",
+        &[auth::Scope::Read, auth::Scope::Write, auth::Scope::Admin],
+        None,
+    )
+    .await?;
+    routes::audit(
+        &mut tx,
+        tenant_id,
+        "operator",
+        "tenant.create",
+        "tenant",
+        &tenant_id.to_string(),
+        serde_json::json!({"name": name, "owner": owner_email}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(NewTenant {
+        tenant_id,
+        owner_user_id,
+        api_key_id,
+        api_key,
+    })
+}
+
+/// What `seed_demo` made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DemoTenant {
+    pub tenant_id: Uuid,
+    pub user_id: Uuid,
+    pub api_key: String,
+    pub routing_domain_id: Uuid,
+}
+
+/// Creates a demo tenant (owner `demo@nexus.local`, a routing domain `demo`) and returns an owner
+/// API key. Runs the migrations first, so it works on an empty database. `nexctl up` calls this.
+pub async fn seed_demo(pool: &PgPool) -> Result<DemoTenant> {
+    migrate(pool).await?;
+    let t = create_tenant(pool, "demo", "demo@nexus.local").await?;
+    let routing_domain_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO routing_domains (id, tenant_id, name, description) VALUES ($1, $2, 'demo', 'Demo routing domain')",
+    )
+    .bind(routing_domain_id)
+    .bind(t.tenant_id)
+    .execute(pool)
+    .await?;
+    Ok(DemoTenant {
+        tenant_id: t.tenant_id,
+        user_id: t.owner_user_id,
+        api_key: t.api_key,
+        routing_domain_id,
+    })
+}
+
+/// Status of a successful create.
+pub(crate) const CREATED: StatusCode = StatusCode::CREATED;

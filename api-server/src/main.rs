@@ -1,0 +1,148 @@
+//! `nexus-cloud`: serve the Nexus Cloud API, run migrations, or seed a demo tenant.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use nexus_cloud::{AppState, Config, metering::Window};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "nexus-cloud", version, about = "Nexus Cloud API server")]
+struct Cli {
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Log as JSON lines.
+    #[arg(long, env = "NEXUS_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run migrations and serve the API (the default).
+    Serve(ServeArgs),
+    /// Run migrations and exit.
+    Migrate,
+    /// Create a demo tenant and print its owner API key (JSON).
+    SeedDemo,
+}
+
+#[derive(Debug, Parser)]
+struct ServeArgs {
+    #[arg(long, env = "NEXUS_CLOUD_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Operator token: may create tenants and price plans. Unset: no operator access.
+    #[arg(long, env = "NEXUS_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// How late a usage event may arrive, in hours.
+    #[arg(long, env = "NEXUS_LATE_WINDOW_HOURS", default_value_t = 48)]
+    late_window_hours: i64,
+    /// Sustained requests per second per API key (0 disables).
+    #[arg(long, env = "NEXUS_RATE_LIMIT", default_value_t = 100)]
+    rate_limit: u32,
+    /// Burst size per API key.
+    #[arg(long, env = "NEXUS_RATE_BURST", default_value_t = 200)]
+    rate_burst: u32,
+    /// Largest request body, bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    body_limit: usize,
+    /// CA gRPC endpoint for MIC issuance; unset makes issuance answer 503.
+    #[arg(long, env = "NEXUS_CA_ENDPOINT")]
+    ca_endpoint: Option<String>,
+    /// Bearer token for the CA.
+    #[arg(long, env = "NEXUS_CA_TOKEN", hide_env_values = true)]
+    ca_token: Option<String>,
+    #[arg(long, default_value_t = 16)]
+    max_connections: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if cli.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    match cli.command {
+        Some(Command::Migrate) => {
+            let pool = nexus_cloud::connect(&cli.database_url, 2)
+                .await
+                .context("connect")?;
+            nexus_cloud::migrate(&pool).await.context("migrate")?;
+            println!("migrations applied");
+        }
+        Some(Command::SeedDemo) => {
+            let pool = nexus_cloud::connect(&cli.database_url, 2)
+                .await
+                .context("connect")?;
+            let demo = nexus_cloud::seed_demo(&pool)
+                .await
+                .context("seed demo tenant")?;
+            println!("{}", serde_json::to_string_pretty(&demo)?);
+        }
+        Some(Command::Serve(args)) => serve(&cli.database_url, args).await?,
+        None => serve(&cli.database_url, ServeArgs::parse_from(["serve"])).await?,
+    }
+    Ok(())
+}
+
+async fn serve(url: &str, a: ServeArgs) -> anyhow::Result<()> {
+    let pool = nexus_cloud::connect(url, a.max_connections)
+        .await
+        .context("connect to PostgreSQL")?;
+    nexus_cloud::migrate(&pool).await.context("migrate")?;
+    let config = Config {
+        window: Window {
+            late: chrono::Duration::hours(a.late_window_hours),
+            ..Window::default()
+        },
+        rate_per_sec: a.rate_limit,
+        burst: a.rate_burst,
+        body_limit: a.body_limit,
+        admin_token: a.admin_token,
+        ca_endpoint: a.ca_endpoint,
+        ca_token: a.ca_token,
+    };
+    if let Some(url) = &config.ca_endpoint {
+        nexus_cloud::ca_channel(url).context("--ca-endpoint")?;
+    }
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .context("bind")?;
+    tracing::info!(addr = %a.listen, "nexus-cloud listening");
+    nexus_cloud::serve(listener, AppState::new(pool, config), shutdown_signal()).await?;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal: finishing in-flight requests");
+}

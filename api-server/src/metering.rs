@@ -1,0 +1,462 @@
+//! Usage metering: the pure decisions (which events are acceptable, which were duplicates) and the
+//! one SQL statement that stores a batch exactly once and keeps the hourly rollup in step.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// What is metered.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Meter {
+    /// Bytes carried by the dataplane.
+    TrafficBytes,
+    /// Model identity certificates issued.
+    MicsIssued,
+    /// Hours a registered cluster was connected.
+    ClusterHours,
+}
+
+impl Meter {
+    pub const ALL: [Meter; 3] = [Meter::TrafficBytes, Meter::MicsIssued, Meter::ClusterHours];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Meter::TrafficBytes => "traffic_bytes",
+            Meter::MicsIssued => "mics_issued",
+            Meter::ClusterHours => "cluster_hours",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Meter> {
+        Meter::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+}
+
+impl fmt::Display for Meter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Largest batch accepted by one request.
+pub const MAX_BATCH: usize = 1000;
+
+/// One usage event as sent by a dataplane or the CA.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageEvent {
+    pub meter: Meter,
+    /// Non-negative integer in the meter's base unit (bytes, MICs, cluster-hours).
+    pub quantity: u64,
+    /// When the usage happened (RFC 3339).
+    pub timestamp: DateTime<Utc>,
+    /// Free-form string dimensions, e.g. `domain`, `delivery_mode`.
+    #[serde(default)]
+    pub dimensions: BTreeMap<String, String>,
+    /// Unique per tenant: a retried event with the same key is counted once.
+    pub idempotency_key: String,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBatch {
+    pub events: Vec<UsageEvent>,
+}
+
+/// Why one event of a batch was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Older than the late-arrival window.
+    TooOld,
+    /// Further in the future than the allowed clock skew.
+    InFuture,
+    /// Falls in a month whose invoice is finalized.
+    PeriodClosed,
+    /// Idempotency key empty or longer than 255 bytes.
+    InvalidIdempotencyKey,
+    /// Quantity above 2^63-1.
+    QuantityTooLarge,
+    /// More than 32 dimensions, or a name or value longer than 256 bytes.
+    InvalidDimensions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Stored now, billed once.
+    Accepted,
+    /// Same idempotency key and same content as an event already stored: not billed again.
+    Duplicate,
+    /// Same idempotency key as a stored event but different content: not stored, not billed.
+    /// A client bug worth surfacing (Stripe answers such reuse with an error).
+    Conflict,
+    /// Refused (see `reason`).
+    Rejected,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventResult {
+    pub index: usize,
+    pub idempotency_key: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RejectReason>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IngestReport {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub conflicts: usize,
+    pub rejected: usize,
+    pub results: Vec<EventResult>,
+}
+
+/// The acceptance window for event timestamps.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// How late an event may arrive.
+    pub late: Duration,
+    /// How far ahead of the server clock an event may be stamped.
+    pub skew: Duration,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            late: Duration::hours(48),
+            skew: Duration::minutes(5),
+        }
+    }
+}
+
+/// Decides whether one event may be stored: pure, `now` and the closed periods are inputs.
+pub fn check_event(
+    e: &UsageEvent,
+    now: DateTime<Utc>,
+    window: Window,
+    closed: &[(DateTime<Utc>, DateTime<Utc>)],
+) -> Result<(), RejectReason> {
+    if e.idempotency_key.is_empty() || e.idempotency_key.len() > 255 {
+        return Err(RejectReason::InvalidIdempotencyKey);
+    }
+    if i64::try_from(e.quantity).is_err() {
+        return Err(RejectReason::QuantityTooLarge);
+    }
+    if e.dimensions.len() > 32
+        || e.dimensions
+            .iter()
+            .any(|(k, v)| k.len() > 256 || v.len() > 256)
+    {
+        return Err(RejectReason::InvalidDimensions);
+    }
+    if e.timestamp < now - window.late {
+        return Err(RejectReason::TooOld);
+    }
+    if e.timestamp > now + window.skew {
+        return Err(RejectReason::InFuture);
+    }
+    if closed
+        .iter()
+        .any(|(start, end)| e.timestamp >= *start && e.timestamp < *end)
+    {
+        return Err(RejectReason::PeriodClosed);
+    }
+    Ok(())
+}
+
+/// What the database holds for an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub meter: String,
+    pub quantity: i64,
+    pub timestamp: DateTime<Utc>,
+    pub dimensions: BTreeMap<String, String>,
+}
+
+impl Stored {
+    /// Whether `e` is the same event (timestamps compared at the database's microsecond precision).
+    pub fn matches(&self, e: &UsageEvent) -> bool {
+        self.meter == e.meter.as_str()
+            && u64::try_from(self.quantity).ok() == Some(e.quantity)
+            && self.timestamp.timestamp_micros() == e.timestamp.timestamp_micros()
+            && self.dimensions == e.dimensions
+    }
+}
+
+/// Builds the report from the per-event checks, the keys the database actually inserted, and
+/// what it holds for the other keys. The first occurrence of an inserted key is `accepted`;
+/// every other valid event is a `duplicate` if it matches the stored event, else a `conflict`.
+pub fn classify(
+    events: &[UsageEvent],
+    checks: &[Result<(), RejectReason>],
+    inserted: &HashSet<String>,
+    stored: &HashMap<String, Stored>,
+) -> IngestReport {
+    let mut fresh: HashSet<&str> = inserted.iter().map(String::as_str).collect();
+    let mut results = Vec::with_capacity(events.len());
+    let (mut accepted, mut duplicates, mut conflicts, mut rejected) = (0, 0, 0, 0);
+    for (i, (e, c)) in events.iter().zip(checks).enumerate() {
+        let (outcome, reason) = match c {
+            Err(r) => {
+                rejected += 1;
+                (Outcome::Rejected, Some(*r))
+            }
+            Ok(()) if fresh.remove(e.idempotency_key.as_str()) => {
+                accepted += 1;
+                (Outcome::Accepted, None)
+            }
+            Ok(())
+                if stored
+                    .get(&e.idempotency_key)
+                    .is_some_and(|s| !s.matches(e)) =>
+            {
+                conflicts += 1;
+                (Outcome::Conflict, None)
+            }
+            Ok(()) => {
+                duplicates += 1;
+                (Outcome::Duplicate, None)
+            }
+        };
+        results.push(EventResult {
+            index: i,
+            idempotency_key: e.idempotency_key.clone(),
+            outcome,
+            reason,
+        });
+    }
+    IngestReport {
+        accepted,
+        duplicates,
+        conflicts,
+        rejected,
+        results,
+    }
+}
+
+/// Stores a batch for `tenant_id`: validates each event, inserts the valid ones exactly once per
+/// (tenant, idempotency key), and adds the inserted ones to the hourly rollup, in one transaction.
+pub async fn ingest(
+    pool: &sqlx::PgPool,
+    tenant_id: Uuid,
+    events: &[UsageEvent],
+    now: DateTime<Utc>,
+    window: Window,
+) -> Result<IngestReport> {
+    if events.len() > MAX_BATCH {
+        return Err(Error::invalid(format!(
+            "a batch holds at most {MAX_BATCH} events; got {}",
+            events.len()
+        )));
+    }
+    let mut tx = pool.begin().await?;
+    billing_lock(&mut tx, tenant_id, false).await?;
+    // Months already invoiced for good: usage in them would change a finalized invoice.
+    let closed: Vec<(DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT period_start, period_end FROM invoices
+          WHERE tenant_id = $1 AND status = 'finalized' AND period_end > $2",
+    )
+    .bind(tenant_id)
+    .bind(now - window.late)
+    .fetch_all(&mut *tx)
+    .await?;
+    let checks: Vec<Result<(), RejectReason>> = events
+        .iter()
+        .map(|e| check_event(e, now, window, &closed))
+        .collect();
+
+    let n = checks.iter().filter(|c| c.is_ok()).count();
+    let (mut keys, mut meters, mut qty, mut ts, mut dims) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (e, _) in events.iter().zip(&checks).filter(|(_, c)| c.is_ok()) {
+        keys.push(e.idempotency_key.as_str());
+        meters.push(e.meter.as_str());
+        qty.push(i64::try_from(e.quantity).unwrap_or(i64::MAX)); // checked above
+        ts.push(e.timestamp);
+        dims.push(serde_json::to_string(&e.dimensions).unwrap_or_else(|_| "{}".into()));
+    }
+    let inserted: Vec<String> = if n == 0 {
+        Vec::new()
+    } else {
+        sqlx::query_scalar(
+            "WITH input AS (
+                 SELECT * FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::timestamptz[], $6::text[])
+                     AS t(idempotency_key, meter, quantity, ts, dimensions)
+             ), ins AS (
+                 INSERT INTO usage_events (tenant_id, idempotency_key, meter, quantity, ts, dimensions)
+                 SELECT $1, idempotency_key, meter, quantity, ts, dimensions::jsonb FROM input
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+                 RETURNING idempotency_key, meter, quantity, ts
+             ), roll AS (
+                 INSERT INTO usage_hourly (tenant_id, meter, hour, quantity, events)
+                 SELECT $1, meter, date_trunc('hour', ts, 'UTC'), sum(quantity), count(*)
+                   FROM ins GROUP BY 2, 3 ORDER BY 2, 3
+                 ON CONFLICT (tenant_id, meter, hour) DO UPDATE
+                    SET quantity = usage_hourly.quantity + EXCLUDED.quantity,
+                        events = usage_hourly.events + EXCLUDED.events
+             )
+             SELECT idempotency_key FROM ins",
+        )
+        .bind(tenant_id)
+        .bind(&keys)
+        .bind(&meters)
+        .bind(&qty)
+        .bind(&ts)
+        .bind(&dims)
+        .fetch_all(&mut *tx)
+        .await?
+    };
+    let inserted: HashSet<String> = inserted.into_iter().collect();
+    // Keys that were not stored by this batch (or repeat in it): compare with what is stored.
+    let mut seen = HashSet::new();
+    let again: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !inserted.contains(*k) || !seen.insert(*k))
+        .collect();
+    let mut stored = HashMap::new();
+    if !again.is_empty() {
+        let rows: Vec<(String, String, i64, DateTime<Utc>, serde_json::Value)> = sqlx::query_as(
+            "SELECT idempotency_key, meter, quantity, ts, dimensions FROM usage_events
+              WHERE tenant_id = $1 AND idempotency_key = ANY($2)",
+        )
+        .bind(tenant_id)
+        .bind(&again)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (key, meter, quantity, timestamp, dims) in rows {
+            let dimensions = serde_json::from_value(dims).unwrap_or_default();
+            stored.insert(
+                key,
+                Stored {
+                    meter,
+                    quantity,
+                    timestamp,
+                    dimensions,
+                },
+            );
+        }
+    }
+    tx.commit().await?;
+    Ok(classify(events, &checks, &inserted, &stored))
+}
+
+/// Takes the tenant's billing lock: ingestion holds it shared, finalization exclusive, so no
+/// event lands in a month while its invoice is being finalized.
+pub async fn billing_lock(
+    conn: &mut sqlx::PgConnection,
+    tenant: Uuid,
+    exclusive: bool,
+) -> Result<()> {
+    let sql = if exclusive {
+        "SELECT pg_advisory_xact_lock(7243, hashtext($1::text))"
+    } else {
+        "SELECT pg_advisory_xact_lock_shared(7243, hashtext($1::text))"
+    };
+    sqlx::query(sql)
+        .bind(tenant.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Rollup granularity of a usage query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    #[default]
+    Hour,
+    Day,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(key: &str, ts: DateTime<Utc>) -> UsageEvent {
+        UsageEvent {
+            meter: Meter::TrafficBytes,
+            quantity: 10,
+            timestamp: ts,
+            dimensions: BTreeMap::new(),
+            idempotency_key: key.into(),
+        }
+    }
+
+    #[test]
+    fn window_edges() {
+        let now = Utc::now();
+        let w = Window::default();
+        assert_eq!(check_event(&ev("a", now), now, w, &[]), Ok(()));
+        assert_eq!(check_event(&ev("a", now - w.late), now, w, &[]), Ok(()));
+        assert_eq!(
+            check_event(&ev("a", now - w.late - Duration::seconds(1)), now, w, &[]),
+            Err(RejectReason::TooOld)
+        );
+        assert_eq!(
+            check_event(&ev("a", now + w.skew + Duration::seconds(1)), now, w, &[]),
+            Err(RejectReason::InFuture)
+        );
+        assert_eq!(
+            check_event(&ev("", now), now, w, &[]),
+            Err(RejectReason::InvalidIdempotencyKey)
+        );
+        let closed = [(now - Duration::hours(1), now + Duration::hours(1))];
+        assert_eq!(
+            check_event(&ev("a", now), now, w, &closed),
+            Err(RejectReason::PeriodClosed)
+        );
+        let mut big = ev("a", now);
+        big.quantity = u64::MAX;
+        assert_eq!(
+            check_event(&big, now, w, &[]),
+            Err(RejectReason::QuantityTooLarge)
+        );
+    }
+
+    #[test]
+    fn classify_counts_first_occurrence_only() {
+        let now = Utc::now();
+        let events = vec![ev("a", now), ev("a", now), ev("b", now), ev("c", now)];
+        let checks = vec![Ok(()), Ok(()), Ok(()), Err(RejectReason::TooOld)];
+        let inserted: HashSet<String> = ["a".to_owned()].into();
+        let stored: HashMap<String, Stored> = [(
+            "a".to_owned(),
+            Stored {
+                meter: "traffic_bytes".into(),
+                quantity: 10,
+                timestamp: now,
+                dimensions: BTreeMap::new(),
+            },
+        )]
+        .into();
+        let r = classify(&events, &checks, &inserted, &stored);
+        assert_eq!((r.accepted, r.duplicates, r.rejected), (1, 2, 1));
+        assert_eq!(r.results[0].outcome, Outcome::Accepted);
+        assert_eq!(r.results[1].outcome, Outcome::Duplicate);
+        assert_eq!(r.results[2].outcome, Outcome::Duplicate);
+        assert_eq!(r.results[3].reason, Some(RejectReason::TooOld));
+        // Same key, other content: a conflict, not a silent duplicate.
+        let mut other = ev("a", now);
+        other.quantity = 11;
+        let r = classify(&[other], &[Ok(())], &HashSet::new(), &stored);
+        assert_eq!((r.duplicates, r.conflicts), (0, 1));
+        assert_eq!(r.results[0].outcome, Outcome::Conflict);
+    }
+}

@@ -1,0 +1,462 @@
+//! Tenants, users, API keys and the audit log.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use super::{audit, check_name, unique_to_conflict};
+use crate::auth::{Principal, Role, Scope, insert_key};
+use crate::error::{Error, Problem, Result};
+use crate::extract::{Json, Path, Query};
+use crate::pagination::{After, Page, PageParams};
+use crate::{AppState, CREATED, NewTenant, create_tenant};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_tenant_handler))
+        .routes(routes!(get_tenant))
+        .routes(routes!(set_plan))
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(list_audit))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    pub name: String,
+    pub owner_email: String,
+}
+
+fn check_email(s: &str) -> Result<()> {
+    let ok = s.len() <= 254
+        && s.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("{s:?} is not an email address")))
+    }
+}
+
+/// Create a tenant with an owner user and owner API key (operator token only).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant,
+    responses((status = 201, body = NewTenant), (status = "4XX", body = Problem)))]
+async fn create_tenant_handler(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(body): Json<CreateTenant>,
+) -> Result<(StatusCode, Json<NewTenant>)> {
+    p.operator()?;
+    check_name("name", &body.name)?;
+    check_email(&body.owner_email)?;
+    let t = create_tenant(&s.pool, &body.name, &body.owner_email).await?;
+    Ok((CREATED, Json(t)))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    /// Price plan; `null` means the public `standard` plan.
+    pub plan_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The caller's tenant.
+#[utoipa::path(get, path = "/v1/tenant", tag = "tenants",
+    responses((status = 200, body = Tenant), (status = "4XX", body = Problem)))]
+async fn get_tenant(State(s): State<AppState>, p: Principal) -> Result<Json<Tenant>> {
+    let c = p.tenant(Role::Viewer, Scope::Read)?;
+    let t = sqlx::query_as("SELECT id, name, plan_id, created_at FROM tenants WHERE id = $1")
+        .bind(c.tenant_id)
+        .fetch_optional(&s.pool)
+        .await?
+        .ok_or(Error::NotFound("tenant"))?;
+    Ok(Json(t))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPlan {
+    pub plan_id: Uuid,
+}
+
+/// Choose the tenant's price plan (owner, admin scope). Applies to invoices drafted afterwards.
+#[utoipa::path(put, path = "/v1/tenant/plan", tag = "tenants", request_body = SetPlan,
+    responses((status = 200, body = Tenant), (status = "4XX", body = Problem)))]
+async fn set_plan(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(body): Json<SetPlan>,
+) -> Result<Json<Tenant>> {
+    let c = p.tenant(Role::Owner, Scope::Admin)?;
+    let mut tx = s.pool.begin().await?;
+    let visible: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM price_plans WHERE id = $1 AND (tenant_id IS NULL OR tenant_id = $2)",
+    )
+    .bind(body.plan_id)
+    .bind(c.tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    visible.ok_or(Error::NotFound("price plan"))?;
+    let t: Tenant = sqlx::query_as(
+        "UPDATE tenants SET plan_id = $1 WHERE id = $2 RETURNING id, name, plan_id, created_at",
+    )
+    .bind(body.plan_id)
+    .bind(c.tenant_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit(
+        &mut tx,
+        c.tenant_id,
+        &c.actor(),
+        "tenant.set_plan",
+        "price_plan",
+        &body.plan_id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(t))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub email: String,
+    pub role: Role,
+}
+
+/// List the tenant's users (admin).
+#[utoipa::path(get, path = "/v1/users", tag = "users", params(PageParams),
+    responses((status = 200, body = Page<User>), (status = "4XX", body = Problem)))]
+async fn list_users(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<PageParams>,
+) -> Result<Json<Page<User>>> {
+    let c = p.tenant(Role::Admin, Scope::Read)?;
+    let (limit, (at, id)) = (q.limit()?, q.after()?);
+    let rows: Vec<User> = sqlx::query_as(
+        "SELECT id, email, role, created_at FROM users WHERE tenant_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    )
+    .bind(c.tenant_id)
+    .bind(at)
+    .bind(id)
+    .bind(limit + 1)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(Json(Page::new(rows, limit, |r| After {
+        created_at: r.created_at,
+        id: r.id,
+    })))
+}
+
+/// Add a user (admin, admin scope; nobody grants a role above their own).
+#[utoipa::path(post, path = "/v1/users", tag = "users", request_body = CreateUser,
+    responses((status = 201, body = User), (status = "4XX", body = Problem)))]
+async fn create_user(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(body): Json<CreateUser>,
+) -> Result<(StatusCode, Json<User>)> {
+    let c = p.tenant(Role::Admin, Scope::Admin)?;
+    check_email(&body.email)?;
+    if body.role > c.role {
+        return Err(Error::Forbidden(format!(
+            "cannot grant role {} above your own ({})",
+            body.role.as_str(),
+            c.role.as_str()
+        )));
+    }
+    let mut tx = s.pool.begin().await?;
+    let u: User = sqlx::query_as(
+        "INSERT INTO users (id, tenant_id, email, role) VALUES ($1, $2, $3, $4)
+         RETURNING id, email, role, created_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(c.tenant_id)
+    .bind(&body.email)
+    .bind(body.role.as_str())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(unique_to_conflict("a user"))?;
+    audit(
+        &mut tx,
+        c.tenant_id,
+        &c.actor(),
+        "user.create",
+        "user",
+        &u.id.to_string(),
+        serde_json::json!({"email": body.email, "role": body.role}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((CREATED, Json(u)))
+}
+
+/// One user (admin).
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users",
+    params(("id" = Uuid, Path, description = "User id")),
+    responses((status = 200, body = User), (status = "4XX", body = Problem)))]
+async fn get_user(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<User>> {
+    let c = p.tenant(Role::Admin, Scope::Read)?;
+    let u = sqlx::query_as(
+        "SELECT id, email, role, created_at FROM users WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(id)
+    .bind(c.tenant_id)
+    .fetch_optional(&s.pool)
+    .await?
+    .ok_or(Error::NotFound("user"))?;
+    Ok(Json(u))
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct ApiKey {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub name: String,
+    /// The public part of the key (`nxk_<prefix>_…`).
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    /// Owner of the key; default the caller's user. Another user's key needs role admin.
+    pub user_id: Option<Uuid>,
+    /// Subset of the caller's own scopes.
+    pub scopes: Vec<Scope>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    /// The full key. Shown only in this response.
+    pub api_key: String,
+}
+
+/// List API keys: admins see all of the tenant's, others their own.
+#[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", params(PageParams),
+    responses((status = 200, body = Page<ApiKey>), (status = "4XX", body = Problem)))]
+async fn list_keys(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<PageParams>,
+) -> Result<Json<Page<ApiKey>>> {
+    let c = p.tenant(Role::Viewer, Scope::Read)?;
+    let (limit, (at, id)) = (q.limit()?, q.after()?);
+    let only_user = (c.role < Role::Admin).then_some(c.user_id);
+    let rows: Vec<ApiKey> = sqlx::query_as(
+        "SELECT id, user_id, name, prefix, scopes, expires_at, revoked_at, created_at
+           FROM api_keys WHERE tenant_id = $1 AND ($5::uuid IS NULL OR user_id = $5)
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    )
+    .bind(c.tenant_id)
+    .bind(at)
+    .bind(id)
+    .bind(limit + 1)
+    .bind(only_user)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(Json(Page::new(rows, limit, |r| After {
+        created_at: r.created_at,
+        id: r.id,
+    })))
+}
+
+/// Create an API key. The response holds the key; it cannot be shown again.
+#[utoipa::path(post, path = "/v1/api-keys", tag = "api-keys", request_body = CreateKey,
+    responses((status = 201, body = CreatedKey), (status = "4XX", body = Problem)))]
+async fn create_key(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(body): Json<CreateKey>,
+) -> Result<(StatusCode, Json<CreatedKey>)> {
+    let c = p.tenant(Role::Viewer, Scope::Read)?;
+    check_name("name", &body.name)?;
+    if body.scopes.is_empty() {
+        return Err(Error::invalid(
+            "scopes must name at least one of read, write, admin",
+        ));
+    }
+    if let Some(sc) = body.scopes.iter().find(|sc| !c.scopes.contains(sc)) {
+        return Err(Error::Forbidden(format!(
+            "cannot grant scope {} that the calling key lacks",
+            sc.as_str()
+        )));
+    }
+    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
+        return Err(Error::invalid("expires_at must be in the future"));
+    }
+    let user_id = body.user_id.unwrap_or(c.user_id);
+    if user_id != c.user_id {
+        c.require(Role::Admin, Scope::Admin)?;
+    } else {
+        c.require(Role::Member, Scope::Write)?;
+    }
+    let mut tx = s.pool.begin().await?;
+    let role: String =
+        sqlx::query_scalar("SELECT role FROM users WHERE id = $1 AND tenant_id = $2")
+            .bind(user_id)
+            .bind(c.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(Error::NotFound("user"))?;
+    if Role::parse(&role).is_none_or(|r| r > c.role) {
+        return Err(Error::Forbidden(
+            "cannot create a key for a user above your role".into(),
+        ));
+    }
+    let (id, token, _) = insert_key(
+        &mut tx,
+        c.tenant_id,
+        user_id,
+        &body.name,
+        &body.scopes,
+        body.expires_at,
+    )
+    .await?;
+    let key: ApiKey = sqlx::query_as(
+        "SELECT id, user_id, name, prefix, scopes, expires_at, revoked_at, created_at
+           FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit(
+        &mut tx,
+        c.tenant_id,
+        &c.actor(),
+        "api_key.create",
+        "api_key",
+        &id.to_string(),
+        serde_json::json!({"user_id": user_id, "scopes": body.scopes, "expires_at": body.expires_at}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((
+        CREATED,
+        Json(CreatedKey {
+            key,
+            api_key: token,
+        }),
+    ))
+}
+
+/// Revoke an API key: one's own (member), anyone's (admin). Takes effect on the next request.
+#[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys",
+    params(("id" = Uuid, Path, description = "API key id")),
+    responses((status = 204), (status = "4XX", body = Problem)))]
+async fn revoke_key(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode> {
+    let c = p.tenant(Role::Viewer, Scope::Write)?;
+    let mut tx = s.pool.begin().await?;
+    let owner: Uuid = sqlx::query_scalar(
+        "SELECT user_id FROM api_keys WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+    )
+    .bind(id)
+    .bind(c.tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(Error::NotFound("api key"))?;
+    if owner != c.user_id {
+        c.require(Role::Admin, Scope::Admin)?;
+    }
+    let n = sqlx::query(
+        "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .bind(c.tenant_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        audit(
+            &mut tx,
+            c.tenant_id,
+            &c.actor(),
+            "api_key.revoke",
+            "api_key",
+            &id.to_string(),
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct AuditEvent {
+    pub id: Uuid,
+    pub actor: String,
+    pub action: String,
+    pub target_type: String,
+    pub target_id: String,
+    pub details: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The tenant's audit log, newest first (admin). Append-only: the database refuses changes.
+#[utoipa::path(get, path = "/v1/audit-events", tag = "audit", params(PageParams),
+    responses((status = 200, body = Page<AuditEvent>), (status = "4XX", body = Problem)))]
+async fn list_audit(
+    State(s): State<AppState>,
+    p: Principal,
+    Query(q): Query<PageParams>,
+) -> Result<Json<Page<AuditEvent>>> {
+    let c = p.tenant(Role::Admin, Scope::Read)?;
+    let (limit, (at, id)) = (q.limit()?, q.after()?);
+    let rows: Vec<AuditEvent> = sqlx::query_as(
+        "SELECT id, actor, action, target_type, target_id, details, created_at
+           FROM audit_log WHERE tenant_id = $1
+           AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4",
+    )
+    .bind(c.tenant_id)
+    .bind(at)
+    .bind(id)
+    .bind(limit + 1)
+    .fetch_all(&s.pool)
+    .await?;
+    Ok(Json(Page::new(rows, limit, |r| After {
+        created_at: r.created_at,
+        id: r.id,
+    })))
+}
