@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod crds;
 mod mic;
+mod up;
 mod validate;
 
 /// Command-line tool of Nexus, the control plane for AI-to-AI networking.
@@ -18,6 +19,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole Nexus stack on this machine: PostgreSQL (private cluster unless
+    /// DATABASE_URL is set), the CA, the cloud API with a demo tenant. Ctrl-C stops it cleanly.
+    Up(up::Args),
     /// Check Nexus manifests offline: schema, defaults, list rules and CEL rules, as the API
     /// server would. Exit code 0 when all are valid, 1 when any is not, 2 on usage errors.
     Validate(validate::Args),
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Up(args) => up::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Mic(cmd) => mic::run(cmd),

@@ -1,0 +1,218 @@
+//! NexTrust CA service: issues Model Identity Certificates (MICs) from CSRs, revokes them,
+//! publishes a CRL and keeps an append-only, Merkle-hashed issuance log (RFC 6962 style), and
+//! checks zero-knowledge claim proofs against the commitments MICs carry.
+//!
+//! * [`policy`] and [`merkle`] are pure cores (no I/O, no clock) with most of the tests.
+//! * [`ca::Ca`] is the transport-independent service: PostgreSQL state, the log writer, the
+//!   CRL and tree-head signing.
+//! * [`grpc`] (tonic, `nexus.ca.v1` from `nexus-ca-api`) and [`http`] (axum REST, metrics,
+//!   health) are thin edges over it; [`server`] wires them up with graceful shutdown.
+//!
+//! # Trust and storage
+//! * Keys live in PostgreSQL, private keys sealed with AES-256-GCM under a key-encryption key
+//!   given by file or environment ([`kek`]); the KEK is never stored or logged.
+//! * Callers are Nexus services (controller, cloud API) holding a static bearer token. The
+//!   `tenant` in each request scopes data (another tenant's serial is NOT_FOUND); it does not
+//!   authenticate end users — the cloud API does that before calling.
+//! * The CA runs the Groth16 setup for claim proofs on first start and keeps the keys. Whoever
+//!   controls that setup could forge claim proofs; verifiers trusting this CA for MICs already
+//!   trust it for the claims inside them, so the CA adds no new trust by holding the keys. A
+//!   deployment where that is not acceptable replaces the keys with an MPC ceremony's.
+
+pub mod ca;
+mod error;
+pub mod grpc;
+pub mod http;
+pub mod kek;
+pub mod keys;
+pub mod merkle;
+pub mod metrics;
+pub mod policy;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::Error;
+pub use server::{RunningServer, start};
+
+/// Everything the server needs besides its database pool.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// gRPC listen address (port 0 picks one).
+    pub grpc_listen: SocketAddr,
+    /// REST/metrics listen address.
+    pub http_listen: SocketAddr,
+    /// Key-encryption key.
+    pub kek: Arc<kek::Kek>,
+    /// Bearer token callers present.
+    pub auth_token: String,
+    /// Tenants to create if missing.
+    pub tenants: Vec<String>,
+    /// Lifetime bounds.
+    pub limits: policy::Limits,
+    /// `nextUpdate - thisUpdate` of CRLs.
+    pub crl_validity: Duration,
+    /// How often the CRL is re-signed without revocations.
+    pub crl_refresh: Duration,
+}
+
+impl Settings {
+    /// Defaults for tests: loopback, ephemeral ports.
+    pub fn for_tests(kek: Arc<kek::Kek>, auth_token: &str, tenants: &[&str]) -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kek,
+            auth_token: auth_token.to_owned(),
+            tenants: tenants.iter().map(|t| (*t).to_owned()).collect(),
+            limits: policy::Limits::default(),
+            crl_validity: Duration::from_secs(3600),
+            crl_refresh: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Parses `90s`, `15m`, `24h`, `30d` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected e.g. 24h"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("`{s}`: unit must be s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// Command line and environment of the `nexus-ca` binary.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "nexus-ca", version, about = "NexTrust CA service")]
+pub struct Args {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// gRPC listen address.
+    #[arg(long, env = "NEXUS_CA_GRPC_LISTEN", default_value = "127.0.0.1:9443")]
+    pub grpc_listen: SocketAddr,
+    /// REST, /metrics and health listen address.
+    #[arg(long, env = "NEXUS_CA_HTTP_LISTEN", default_value = "127.0.0.1:9080")]
+    pub http_listen: SocketAddr,
+    /// File holding the 32-byte key-encryption key (hex, base64 or raw). Alternative: the
+    /// NEXUS_CA_KEK environment variable (hex or base64).
+    #[arg(long)]
+    pub kek_file: Option<PathBuf>,
+    /// Key-encryption key, hex or base64 (prefer --kek-file).
+    #[arg(
+        long = "kek",
+        env = "NEXUS_CA_KEK",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub kek: Option<String>,
+    /// File holding the bearer token callers must present. Alternative: NEXUS_CA_TOKEN.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Bearer token (prefer --token-file).
+    #[arg(
+        long = "token",
+        env = "NEXUS_CA_TOKEN",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub token: Option<String>,
+    /// Tenant to create if missing (repeatable).
+    #[arg(long = "tenant")]
+    pub tenants: Vec<String>,
+    /// MIC lifetime when a request asks for none.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub default_validity: Duration,
+    /// Longest MIC lifetime granted.
+    #[arg(long, default_value = "2160h", value_parser = parse_duration)]
+    pub max_validity: Duration,
+    /// CRL lifetime (nextUpdate - thisUpdate).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub crl_validity: Duration,
+    /// Re-sign the CRL this often even without revocations.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    pub crl_refresh: Duration,
+    /// Database connections.
+    #[arg(long, default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// Log as JSON lines.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+impl Args {
+    /// Resolves the KEK and token sources into [`Settings`].
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let kek = match (&self.kek_file, &self.kek) {
+            (Some(path), _) => kek::Kek::from_file(path)?,
+            (None, Some(text)) => kek::Kek::parse(text)?,
+            (None, None) => {
+                return Err(Error::Kek(
+                    "no key-encryption key: pass --kek-file or set NEXUS_CA_KEK".into(),
+                ));
+            }
+        };
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .map_err(|e| Error::State(format!("token file {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            (None, Some(t)) => t.trim().to_owned(),
+            (None, None) => String::new(),
+        };
+        if token.len() < 16 {
+            return Err(Error::State(
+                "a bearer token of at least 16 characters is required (--token-file or NEXUS_CA_TOKEN)"
+                    .into(),
+            ));
+        }
+        if self.default_validity.is_zero() || self.default_validity > self.max_validity {
+            return Err(Error::State(
+                "--default-validity must be positive and at most --max-validity".into(),
+            ));
+        }
+        Ok(Settings {
+            grpc_listen: self.grpc_listen,
+            http_listen: self.http_listen,
+            kek: Arc::new(kek),
+            auth_token: token,
+            tenants: self.tenants.clone(),
+            limits: policy::Limits {
+                default_validity: self.default_validity,
+                max_validity: self.max_validity,
+            },
+            crl_validity: self.crl_validity,
+            crl_refresh: self.crl_refresh,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+}

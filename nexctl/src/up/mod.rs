@@ -1,0 +1,375 @@
+//! `nexctl up`: the whole Nexus stack on one machine, with nothing to configure.
+//!
+//! 1. PostgreSQL: `DATABASE_URL` when given, else a private cluster in `<data-dir>/postgres`
+//!    started from the installed server binaries.
+//! 2. The NexTrust CA (`nexus-ca`), in process: gRPC and REST. Its key-encryption key and caller
+//!    token are created once in the data directory (mode 0600).
+//! 3. The Nexus Cloud API (`nexus-cloud`), in process, wired to the CA; a demo tenant with an
+//!    owner API key (kept in `<data-dir>/demo.json` so restarts reuse it).
+//!
+//! Ctrl-C (or SIGTERM) stops accepting, lets in-flight requests finish, and stops PostgreSQL.
+
+mod pg;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Arguments of `nexctl up`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the stack keeps its state (database cluster, keys, demo credentials).
+    #[arg(long, env = "NEXUS_DATA_DIR", default_value = ".nexus")]
+    data_dir: PathBuf,
+    /// Use this PostgreSQL server instead of a private cluster (databases nexus_ca and
+    /// nexus_cloud are created in it).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Port of the private PostgreSQL cluster.
+    #[arg(long, default_value_t = 55432)]
+    pg_port: u16,
+    /// CA gRPC address.
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    ca_grpc: SocketAddr,
+    /// CA REST, /metrics and health address.
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    ca_http: SocketAddr,
+    /// Cloud API address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api: SocketAddr,
+    /// Start, print what is running, check it answers, and stop (for scripts and tests).
+    #[arg(long)]
+    check: bool,
+}
+
+fn step(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.enable_steady_tick(Duration::from_millis(100));
+    pb.set_message(msg.to_owned());
+    pb
+}
+
+fn done(pb: ProgressBar, msg: String) {
+    pb.finish_and_clear();
+    println!("✔ {msg}");
+}
+
+/// Reads a secret from `path`, creating it with `make` (mode 0600) on first use.
+fn secret_file(
+    path: &Path,
+    make: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        return Ok(s.trim().to_owned());
+    }
+    let value = make()?;
+    std::fs::write(path, &value).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(value)
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    Ok(hex::encode(buf))
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(up(args))
+}
+
+async fn up(args: Args) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let data = args.data_dir.canonicalize()?;
+
+    // 1. PostgreSQL.
+    let mut private_pg = None;
+    let (ca_url, cloud_url) = match &args.database_url {
+        Some(url) => {
+            let pb = step("connecting to PostgreSQL");
+            ensure_databases(url).await?;
+            done(pb, "PostgreSQL: using DATABASE_URL".into());
+            (with_db(url, "nexus_ca")?, with_db(url, "nexus_cloud")?)
+        }
+        None => {
+            let pb = step("starting a private PostgreSQL cluster");
+            let dir = pg::cluster_dir(&data);
+            let port = args.pg_port;
+            let pg = tokio::task::spawn_blocking(move || pg::PrivatePostgres::start(&dir, port))
+                .await??;
+            pg.ensure_database("nexus_ca")?;
+            pg.ensure_database("nexus_cloud")?;
+            pg::wait_ready(&pg.url("nexus_ca")).await?;
+            let urls = (pg.url("nexus_ca"), pg.url("nexus_cloud"));
+            done(
+                pb,
+                format!(
+                    "PostgreSQL: private cluster in {} on 127.0.0.1:{port}",
+                    pg::cluster_dir(&data).display()
+                ),
+            );
+            private_pg = Some(pg);
+            urls
+        }
+    };
+
+    // 2. The CA.
+    let pb = step("starting the NexTrust CA");
+    let kek_hex = secret_file(&data.join("ca-kek"), || random_hex(32))?;
+    let ca_token = secret_file(&data.join("ca-token"), || random_hex(24))?;
+    let kek = nexus_ca::kek::Kek::parse(&kek_hex).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ca_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&ca_url)
+        .await
+        .context("connecting the CA to PostgreSQL")?;
+    let mut settings = nexus_ca::Settings::for_tests(Arc::new(kek), &ca_token, &["demo"]);
+    settings.grpc_listen = args.ca_grpc;
+    settings.http_listen = args.ca_http;
+    let ca = nexus_ca::start(ca_pool, settings)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
+    done(
+        pb,
+        format!(
+            "CA: gRPC http://{} · REST http://{}",
+            ca.grpc_addr, ca.http_addr
+        ),
+    );
+
+    // 3. The cloud API.
+    let pb = step("starting the Nexus Cloud API");
+    let pool = nexus_cloud::connect(&cloud_url, 16)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting the cloud API to PostgreSQL: {e}"))?;
+    nexus_cloud::migrate(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("migrating: {e}"))?;
+    let config = nexus_cloud::Config {
+        ca_endpoint: Some(format!("http://{}", ca.grpc_addr)),
+        ca_token: Some(ca_token.clone()),
+        ..nexus_cloud::Config::default()
+    };
+    let state = nexus_cloud::AppState::new(pool.clone(), config);
+    let demo = demo_tenant(&data, &state).await?;
+    let listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .with_context(|| format!("binding the cloud API to {}", args.api))?;
+    let api_addr = listener.local_addr()?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let api_task = tokio::spawn(nexus_cloud::serve(listener, state, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    done(
+        pb,
+        format!("Cloud API: http://{api_addr} (OpenAPI at /openapi.json)"),
+    );
+
+    println!();
+    println!(
+        "Demo tenant API key (keep it; also in {}):",
+        data.join("demo.json").display()
+    );
+    println!("  {}", demo.api_key);
+    println!();
+    println!("Try:");
+    println!(
+        "  curl -s -H 'Authorization: Bearer {}' http://{api_addr}/v1/routing-domains",
+        demo.api_key
+    );
+    println!("  curl -s http://{}/v1/crl -o crl.der", ca.http_addr);
+    println!("  curl -s http://{}/metrics | head", api_addr);
+    println!();
+
+    if args.check {
+        let ok = check_answers(api_addr, &demo.api_key).await;
+        println!(
+            "{} cloud API answers with the demo key",
+            if ok { "✔" } else { "✘" }
+        );
+        shutdown(stop_tx, api_task, ca, private_pg).await?;
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+
+    println!("Running. Press Ctrl-C to stop.");
+    wait_for_signal().await;
+    println!("\nstopping…");
+    shutdown(stop_tx, api_task, ca, private_pg).await?;
+    println!("stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown(
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    api_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    ca: nexus_ca::RunningServer,
+    private_pg: Option<pg::PrivatePostgres>,
+) -> anyhow::Result<()> {
+    let _ = stop_tx.send(true);
+    api_task.await??;
+    ca.shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("stopping the CA: {e}"))?;
+    if let Some(mut pg) = private_pg {
+        tokio::task::spawn_blocking(move || pg.stop()).await??;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The demo tenant: reused from `demo.json` when its key still authenticates, else created.
+async fn demo_tenant(
+    data: &Path,
+    state: &nexus_cloud::AppState,
+) -> anyhow::Result<nexus_cloud::DemoTenant> {
+    let path = data.join("demo.json");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        && let Some(key) = v.get("api_key").and_then(|k| k.as_str())
+        && nexus_cloud::auth::authenticate(state, key).await.is_ok()
+        && let Ok(demo) = serde_json::from_value::<DemoFile>(v.clone())
+    {
+        return Ok(nexus_cloud::DemoTenant {
+            tenant_id: demo.tenant_id,
+            user_id: demo.user_id,
+            api_key: demo.api_key,
+            routing_domain_id: demo.routing_domain_id,
+        });
+    }
+    let demo = nexus_cloud::seed_demo(&state.pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("seeding the demo tenant: {e}"))?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&demo)?)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(demo)
+}
+
+#[derive(serde::Deserialize)]
+struct DemoFile {
+    tenant_id: uuid::Uuid,
+    user_id: uuid::Uuid,
+    api_key: String,
+    routing_domain_id: uuid::Uuid,
+}
+
+/// A plain HTTP/1.1 GET of the demo tenant's routing domains, expecting 200.
+async fn check_answers(addr: SocketAddr, key: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!(
+        "GET /v1/routing-domains HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp).await;
+    resp.starts_with("HTTP/1.1 200") && resp.contains("demo")
+}
+
+/// Creates the two databases on a server given by URL, if missing.
+async fn ensure_databases(url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(url)
+        .await
+        .with_context(|| "connecting to DATABASE_URL".to_string())?;
+    for db in ["nexus_ca", "nexus_cloud"] {
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                .bind(db)
+                .fetch_optional(&mut c)
+                .await?;
+        if exists.is_none() {
+            // `db` is one of two fixed identifiers above, never input.
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&mut c)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The same server URL with another database name.
+fn with_db(url: &str, db: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_and_path = &base[scheme_end..];
+    let server = match host_and_path.find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    Ok(match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_db;
+
+    #[test]
+    fn database_url_rewrites_only_the_database() {
+        assert_eq!(
+            with_db("postgres://postgres@127.0.0.1:5432/postgres", "nexus_ca")
+                .ok()
+                .as_deref(),
+            Some("postgres://postgres@127.0.0.1:5432/nexus_ca")
+        );
+        assert_eq!(
+            with_db("postgres://u:p@h/db?sslmode=disable", "x")
+                .ok()
+                .as_deref(),
+            Some("postgres://u:p@h/x?sslmode=disable")
+        );
+        assert_eq!(
+            with_db("postgres://h:1", "x").ok().as_deref(),
+            Some("postgres://h:1/x")
+        );
+    }
+}
