@@ -1,12 +1,16 @@
 //! Nexus controllers.
 //!
 //! - [`identity`]: ModelIdentity → a renewed Model Identity Certificate in a Secret.
+//! - [`rollout`]: Fabric firmware rollouts over the fleet push protocol (`nexus.fleet.v1`).
+//! - `cli` (feature `cli`): nexctl's `get` and `rollout` commands against the local-mode API.
 //!
 //! Each controller is a pure decision core (`decide`) plus a kube adapter (`reconcile`).
 //!
 //! Invariant: decisions never perform I/O and never read the clock; adapters never decide.
 
 pub mod ca_client;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod identity;
 pub mod metrics;
 pub mod rollout;

@@ -17,14 +17,17 @@ use kube::{Api, Client};
 use nexus_controller::ca_client::GrpcIssuer;
 use nexus_controller::identity::reconcile::{self, Context, MANAGER};
 use nexus_controller::metrics::Metrics;
+use nexus_controller::rollout::local::{LocalArgs, LocalController};
 use nexus_crds::ModelIdentity;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
-/// Nexus controllers: ModelIdentity → renewed MICs in Secrets.
+/// Nexus controllers: ModelIdentity → renewed MICs in Secrets; Fabric rollouts (`local` mode).
 #[derive(Debug, Parser)]
 #[command(name = "nexus-controller", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// gRPC endpoint of the NexTrust CA.
     #[arg(
         long,
@@ -43,6 +46,13 @@ struct Args {
     log_json: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Fabric rollouts without Kubernetes: Fabric manifests from a directory, node agents over
+    /// the fleet gRPC endpoint, state as JSON over HTTP.
+    Local(LocalArgs),
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -56,6 +66,13 @@ async fn main() -> anyhow::Result<()> {
             .init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Some(Command::Local(local)) = args.command {
+        LocalController::start(local)
+            .await?
+            .run_until_signal()
+            .await;
+        return Ok(());
     }
 
     let token = match &args.ca_token_file {

@@ -36,6 +36,10 @@ enum Command {
     /// Signed firmware bundles: keygen, pack, sign, inspect, verify.
     #[command(subcommand)]
     Firmware(nexus_agent::cli::FirmwareCommand),
+    /// Show fabrics or nodes of a (local) controller.
+    Get(nexus_controller::cli::GetArgs),
+    /// Watch and steer firmware rollouts: status (live progress), pause, resume, rollback.
+    Rollout(nexus_controller::cli::RolloutArgs),
     /// Node agent operations run by hand.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -63,6 +67,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Mic(cmd) => mic::run(cmd),
+        Command::Get(args) => block_on(nexus_controller::cli::run_get(args)),
+        Command::Rollout(args) => block_on(nexus_controller::cli::run_rollout(args)),
         // A refused bundle or a failed flash is a "no" (exit 1), not a usage error.
         Command::Firmware(cmd) => Ok(refusal(nexus_agent::cli::run_firmware(cmd))),
         Command::Agent(AgentCommand::Flash(args)) => {
@@ -97,4 +103,15 @@ fn refusal(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Runs an async command on a small runtime of its own.
+fn block_on(
+    fut: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(fut)
+        .map(|()| ExitCode::SUCCESS)
 }

@@ -457,9 +457,72 @@ pub struct AgentArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Fleet mode: dial the rollout controller and apply what it pushes.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
     /// What to do (default: `discover`).
     #[command(subcommand)]
     pub command: Option<AgentCommand>,
+}
+
+/// `nexus-agent --controller URL`: the fleet push protocol (sim driver).
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Rollout controller fleet endpoint, e.g. `http://127.0.0.1:7600`; runs until interrupted.
+    #[arg(long, env = "NEXUS_CONTROLLER")]
+    pub controller: Option<String>,
+    /// Node name reported to the controller (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Node label `key=value`, matched by Fabric node selectors (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Trust store JSON for bundles the controller pushes.
+    #[arg(long = "controller-trust-store", env = "NEXUS_TRUST_STORE")]
+    pub trust_store: Option<PathBuf>,
+    /// Seconds between status reports (the heartbeat).
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_secs: u64,
+    /// Simulated flash speed in bytes/s.
+    #[arg(long = "sim-speed")]
+    pub sim_speed: Option<u64>,
+}
+
+fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Result<()> {
+    use nexus_fleet_agent::{Agent, AgentConfig};
+    let trust = read_trust_store(
+        &f.trust_store
+            .context("--controller-trust-store is required with --controller")?,
+    )?;
+    let target = crate::fleet::SimFleetTarget::new(sim_dir, trust, f.sim_speed);
+    target.recover_all()?;
+    let node = match f.node_name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    };
+    let mut cfg = AgentConfig::new(controller, node);
+    cfg.agent_version = agent_version().to_string();
+    cfg.heartbeat = Duration::from_secs(f.heartbeat_secs.max(1));
+    for l in &f.labels {
+        let (k, v) = l
+            .split_once('=')
+            .with_context(|| format!("--label {l:?}: expected key=value"))?;
+        cfg.labels.insert(k.to_owned(), v.to_owned());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        tracing::info!(node = %cfg.node_name, controller = %cfg.endpoint, "fleet mode");
+        tokio::select! {
+            () = Agent::new(cfg, std::sync::Arc::new(target)).run() => {}
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        }
+    });
+    Ok(())
 }
 
 /// `nexus-agent` subcommands.
@@ -581,6 +644,12 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             .clone()
             .context("--sim-dir is required with --driver sim")
     };
+    if let Some(controller) = args.fleet.controller.clone() {
+        if args.driver != DriverKind::Sim {
+            anyhow::bail!("--controller supports --driver sim only for now");
+        }
+        return run_fleet(sim_dir()?, args.fleet, controller);
+    }
     match args.command.unwrap_or(AgentCommand::Discover) {
         AgentCommand::Discover => {
             let dir = if args.driver == DriverKind::Sim {

@@ -6,12 +6,14 @@
 //! - [`sim`]: a NIC simulated in a directory, with fault injection, for tests and `nexctl up`.
 //! - [`flash`]: the flash state machine and start-up recovery, generic over [`BankedNic`].
 //! - [`status`]: the JSON status file; [`serve`]: the optional `/status` + `/healthz` endpoint.
+//! - [`fleet`]: `--controller` mode, the fleet push protocol over the simulated NICs.
 //! - [`cli`]: clap argument structs and `run` functions shared with `nexctl`.
 
 pub mod cli;
 pub mod devlink;
 mod error;
 pub mod flash;
+pub mod fleet;
 mod fsutil;
 pub mod nic;
 pub mod serve;

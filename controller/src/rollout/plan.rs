@@ -340,6 +340,11 @@ fn plan_rollback(
                 {
                     rolled_back += 1;
                 }
+                // Told to go back but not there yet (the A/B switch is under way): the
+                // rollback is not finished.
+                if n.running.as_deref() == Some(target) && n.spec_target.is_some() {
+                    remaining += 1;
+                }
                 continue;
             }
             remaining += 1;
