@@ -59,7 +59,18 @@ fn up_brings_the_stack_up_and_down() {
         "{out}\n{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(out.contains("cloud API answers with the demo key"), "{out}");
+    assert!(
+        out.contains("✔ cloud API answers with the demo key"),
+        "{out}"
+    );
+    assert!(
+        out.contains("✔ rollout controller sees the simulated fleet"),
+        "{out}"
+    );
+    assert!(
+        data.join("fabrics/demo.yaml").exists(),
+        "the demo Fabric is written"
+    );
     let key = out
         .lines()
         .map(str::trim)

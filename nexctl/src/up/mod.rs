@@ -6,6 +6,10 @@
 //!    token are created once in the data directory (mode 0600).
 //! 3. The Nexus Cloud API (`nexus-cloud`), in process, wired to the CA; a demo tenant with an
 //!    owner API key (kept in `<data-dir>/demo.json` so restarts reuse it).
+//! 4. The rollout controller in local mode, reading Fabric manifests from `<data-dir>/fabrics`
+//!    (a demo Fabric and its firmware image are written there on first start), and a fleet of
+//!    simulated node agents (in-memory A/B NICs running firmware 1.0) over real gRPC, so a
+//!    rollout to 2.0 starts at once: `nexctl rollout status demo --watch`.
 //!
 //! Ctrl-C (or SIGTERM) stops accepting, lets in-flight requests finish, and stops PostgreSQL.
 
@@ -42,6 +46,18 @@ pub struct Args {
     /// Cloud API address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     api: SocketAddr,
+    /// Rollout controller: fleet gRPC address (agents dial it).
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    fleet_grpc: SocketAddr,
+    /// Rollout controller: status API address (`nexctl get`, `nexctl rollout`).
+    #[arg(long, default_value = "127.0.0.1:7601")]
+    fleet_http: SocketAddr,
+    /// Simulated nodes in the demo fleet (0: none).
+    #[arg(long, default_value_t = 20)]
+    sim_nodes: usize,
+    /// Simulated flash time per node.
+    #[arg(long, default_value = "3s", value_parser = |s: &str| nexus_crds::common::parse_duration(s).map_err(|e| e.to_string()))]
+    sim_flash_time: Duration,
     /// Start, print what is running, check it answers, and stop (for scripts and tests).
     #[arg(long)]
     check: bool,
@@ -183,6 +199,37 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         format!("Cloud API: http://{api_addr} (OpenAPI at /openapi.json)"),
     );
 
+    // 4. Rollout controller (local mode) and a simulated fleet.
+    let pb = step("starting the rollout controller and the simulated fleet");
+    let fabrics = demo_fabric(&data)?;
+    let controller = nexus_controller::rollout::local::LocalController::start(
+        nexus_controller::rollout::local::LocalArgs {
+            manifests: fabrics.clone(),
+            listen: args.fleet_grpc,
+            status_listen: args.fleet_http,
+            heartbeat_timeout: Duration::from_secs(10),
+            start_grace: Duration::from_secs(2),
+            rescan: Duration::from_secs(2),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the rollout controller: {e}"))?;
+    let agents = start_sim_fleet(
+        &format!("http://{}", controller.grpc_addr),
+        args.sim_nodes,
+        args.sim_flash_time,
+    );
+    done(
+        pb,
+        format!(
+            "Rollout controller: fleet gRPC {} · status http://{} · {} simulated nodes · Fabrics in {}",
+            controller.grpc_addr,
+            controller.http_addr,
+            args.sim_nodes,
+            fabrics.display()
+        ),
+    );
+
     println!();
     println!(
         "Demo tenant API key (keep it; also in {}):",
@@ -197,14 +244,32 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!("  curl -s http://{}/v1/crl -o crl.der", ca.http_addr);
     println!("  curl -s http://{}/metrics | head", api_addr);
+    println!(
+        "  NEXUS_CONTROLLER_URL=http://{} target/debug/nexctl rollout status demo --watch",
+        controller.http_addr
+    );
     println!();
 
     if args.check {
-        let ok = check_answers(api_addr, &demo.api_key).await;
+        let api_ok =
+            http_get_ok(api_addr, "/v1/routing-domains", Some(&demo.api_key), "demo").await;
         println!(
             "{} cloud API answers with the demo key",
-            if ok { "✔" } else { "✘" }
+            if api_ok { "✔" } else { "✘" }
         );
+        let mut fleet_ok = false;
+        for _ in 0..50 {
+            fleet_ok = http_get_ok(controller.http_addr, "/v1/nodes", None, "sim-node-").await;
+            if fleet_ok || args.sim_nodes == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "{} rollout controller sees the simulated fleet",
+            if fleet_ok { "✔" } else { "✘" }
+        );
+        let ok = api_ok && (fleet_ok || args.sim_nodes == 0);
         shutdown(stop_tx, api_task, ca, private_pg).await?;
         return Ok(if ok {
             ExitCode::SUCCESS
@@ -216,6 +281,10 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     println!("Running. Press Ctrl-C to stop.");
     wait_for_signal().await;
     println!("\nstopping…");
+    for a in &agents {
+        a.abort();
+    }
+    controller.stop().await;
     shutdown(stop_tx, api_task, ca, private_pg).await?;
     println!("stopped cleanly");
     Ok(ExitCode::SUCCESS)
@@ -251,6 +320,78 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Writes the demo Fabric (firmware 2.0 for the simulated fleet) and its image on first start;
+/// returns the manifest directory. Edit or add manifests there while the stack runs.
+fn demo_fabric(data: &Path) -> anyhow::Result<PathBuf> {
+    use sha2::Digest;
+    let dir = data.join("fabrics");
+    std::fs::create_dir_all(&dir)?;
+    let image = data.join("firmware-2.0.bin");
+    if !image.exists() {
+        let mut bytes = vec![0u8; 256 * 1024];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        std::fs::write(&image, bytes)?;
+    }
+    let manifest = dir.join("demo.yaml");
+    if !manifest.exists() {
+        let sha = hex::encode(sha2::Sha256::digest(std::fs::read(&image)?));
+        std::fs::write(
+            &manifest,
+            format!(
+                "# Demo fabric of `nexctl up`: the simulated fleet runs 1.0; this rolls it to 2.0.
+# Edit and save (e.g. set rollout.paused: true) — the controller re-reads this directory.
+apiVersion: nexus.dev/v1alpha1
+kind: Fabric
+metadata:
+  name: demo
+spec:
+  nodeSelector:
+    matchLabels:
+      nexus.dev/fabric: demo
+  nic:
+    vendor: nexus-sim
+    pciVendorId: \"1d0f\"
+    pciDeviceIds: [\"efa1\"]
+  firmware:
+    version: \"2.0\"
+    bundle:
+      url: file://{}
+    sha256: {sha}
+  rollout:
+    canary: 1
+    maxUnavailable: 25%
+    soakTime: 5s
+    failureThreshold: 1
+",
+                image.display()
+            ),
+        )?;
+    }
+    Ok(dir)
+}
+
+/// Simulated node agents (in-memory A/B NICs on firmware 1.0) dialing the controller.
+fn start_sim_fleet(
+    endpoint: &str,
+    nodes: usize,
+    flash_time: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use nexus_fleet_agent::memnic::MemNic;
+    use nexus_fleet_agent::session::{Agent, AgentConfig};
+    (0..nodes)
+        .map(|i| {
+            let mut cfg = AgentConfig::new(endpoint.to_owned(), format!("sim-node-{i:03}"));
+            cfg.labels.insert("nexus.dev/fabric".into(), "demo".into());
+            cfg.heartbeat = Duration::from_secs(2);
+            let nic = Arc::new(MemNic::new("1.0", flash_time));
+            tokio::spawn(async move {
+                let _ = Agent::new(cfg, nic).run().await;
+            })
+        })
+        .collect()
 }
 
 /// The demo tenant: reused from `demo.json` when its key still authenticates, else created.
@@ -292,21 +433,22 @@ struct DemoFile {
     routing_domain_id: uuid::Uuid,
 }
 
-/// A plain HTTP/1.1 GET of the demo tenant's routing domains, expecting 200.
-async fn check_answers(addr: SocketAddr, key: &str) -> bool {
+/// A plain HTTP/1.1 GET expecting 200 and `needle` in the body.
+async fn http_get_ok(addr: SocketAddr, path: &str, key: Option<&str>, needle: &str) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
         return false;
     };
-    let req = format!(
-        "GET /v1/routing-domains HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
-    );
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
         return false;
     }
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp).await;
-    resp.starts_with("HTTP/1.1 200") && resp.contains("demo")
+    resp.starts_with("HTTP/1.1 200") && resp.contains(needle)
 }
 
 /// Creates the two databases on a server given by URL, if missing.
