@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -11,18 +12,26 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use nexus_controller::ca_client::GrpcIssuer;
 use nexus_controller::identity::reconcile::{self, Context, MANAGER};
 use nexus_controller::metrics::Metrics;
+use nexus_controller::rollout::fleet::selector_matches;
+use nexus_controller::rollout::lease::LeaseLock;
 use nexus_controller::rollout::local::{LocalArgs, LocalController};
-use nexus_crds::ModelIdentity;
+use nexus_controller::rollout::metrics::RolloutMetrics;
+use nexus_controller::rollout::reconcile::{self as rollout, Context as RolloutContext};
+use nexus_crds::node::NexusNode;
+use nexus_crds::{Fabric, ModelIdentity};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 
-/// Nexus controllers: ModelIdentity → renewed MICs in Secrets; Fabric rollouts (`local` mode).
+/// Nexus controllers: ModelIdentity → renewed MICs in Secrets; Fabric rollouts (`rollout`
+/// against the cluster, `local` without it).
 #[derive(Debug, Parser)]
 #[command(name = "nexus-controller", version)]
 struct Args {
@@ -51,6 +60,28 @@ enum Command {
     /// Fabric rollouts without Kubernetes: Fabric manifests from a directory, node agents over
     /// the fleet gRPC endpoint, state as JSON over HTTP.
     Local(LocalArgs),
+    /// Fabric rollouts against the cluster: NexusNode specs, cordon and drain, Fabric status;
+    /// acts only while holding the coordination Lease.
+    Rollout(RolloutArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RolloutArgs {
+    /// Namespace of the Lease and of ConfigMap bundle sources.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nexus-system")]
+    namespace: String,
+    /// Name of the coordination Lease.
+    #[arg(long, default_value = "nexus-controller")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: POD_NAME, else the hostname).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a Lease holder's claim lasts without renewal, in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_duration_secs: u64,
+    /// A node whose agent has not reported for this long counts as unavailable, in seconds.
+    #[arg(long, default_value_t = 30)]
+    heartbeat_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -73,6 +104,9 @@ async fn main() -> anyhow::Result<()> {
             .run_until_signal()
             .await;
         return Ok(());
+    }
+    if let Some(Command::Rollout(rollout)) = args.command {
+        return run_rollout(rollout, args.http_listen).await;
     }
 
     let token = match &args.ca_token_file {
@@ -97,7 +131,34 @@ async fn main() -> anyhow::Result<()> {
         now: chrono::Utc::now,
     });
 
-    let registry = Arc::new(registry);
+    serve_http(Arc::new(registry), args.http_listen).await?;
+
+    let identities: Api<ModelIdentity> = Api::all(client.clone());
+    identities
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .context("the ModelIdentity CRD is not installed: kubectl apply --server-side -f crds/")?;
+    let secrets: Api<Secret> = Api::all(client);
+    info!("ModelIdentity controller starting");
+    Controller::new(identities, watcher::Config::default().any_semantic())
+        .owns(
+            secrets,
+            watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
+        )
+        .shutdown_on_signal()
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile error");
+            }
+        })
+        .await;
+    info!("controller stopped");
+    Ok(())
+}
+
+/// Serves /metrics, /healthz and /readyz in the background.
+async fn serve_http(registry: Arc<Registry>, addr: SocketAddr) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -122,36 +183,83 @@ async fn main() -> anyhow::Result<()> {
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind(args.http_listen)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding {}", args.http_listen))?;
-    info!(addr = %args.http_listen, "serving /metrics, /healthz, /readyz");
+        .with_context(|| format!("binding {}", addr))?;
+    info!(addr = %addr, "serving /metrics, /healthz, /readyz");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "metrics server stopped");
         }
     });
 
-    let identities: Api<ModelIdentity> = Api::all(client.clone());
-    identities
+    Ok(())
+}
+
+/// The Fabric rollout controller against the cluster, leader-elected.
+async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let identity = args
+        .identity
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| format!("nexus-controller-{}", std::process::id()));
+    let mut registry = Registry::default();
+    let metrics = Arc::new(RolloutMetrics::new(&mut registry));
+    serve_http(Arc::new(registry), http_listen).await?;
+
+    let fabrics: Api<Fabric> = Api::all(client.clone());
+    fabrics
         .list(&kube::api::ListParams::default().limit(1))
         .await
-        .context("the ModelIdentity CRD is not installed: kubectl apply --server-side -f crds/")?;
-    let secrets: Api<Secret> = Api::all(client);
-    info!("ModelIdentity controller starting");
-    Controller::new(identities, watcher::Config::default().any_semantic())
-        .owns(
-            secrets,
-            watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
+        .context("the Fabric CRD is not installed: kubectl apply --server-side -f crds/")?;
+    let mut ctx = RolloutContext::new(client.clone(), &args.namespace);
+    ctx.heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);
+    ctx.metrics = Some(metrics);
+    let ctx = Arc::new(ctx);
+    let lock = LeaseLock::new(
+        client.clone(),
+        &args.namespace,
+        &args.lease_name,
+        &identity,
+        Duration::from_secs(args.lease_duration_secs.max(3)),
+    );
+    info!(lease = %args.lease_name, namespace = %args.namespace, %identity, "rollout controller starting");
+    let lease = tokio::spawn(rollout::hold_lease(lock, ctx.leader.clone()));
+
+    let controller = Controller::new(fabrics, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
+    let store = controller.store();
+    controller
+        .watches(
+            Api::<NexusNode>::all(client.clone()),
+            watcher::Config::default(),
+            |n| rollout::fabric_of(&n),
+        )
+        .watches(
+            Api::<Node>::all(client),
+            watcher::Config::default(),
+            move |node| {
+                let labels = node.metadata.labels.clone().unwrap_or_default();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|f| selector_matches(&f.spec.node_selector, &labels))
+                    .map(|f| ObjectRef::from_obj(&*f))
+                    .collect::<Vec<_>>()
+            },
         )
         .shutdown_on_signal()
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .run(rollout::reconcile, rollout::error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
-                warn!(error = %e, "reconcile error");
+                warn!(error = %e, "fabric reconcile error");
             }
         })
         .await;
-    info!("controller stopped");
+    lease.abort();
+    info!("rollout controller stopped");
     Ok(())
 }

@@ -4,9 +4,8 @@
 //! `maxUnavailable` at once), cordons and drains it through the Eviction API, and only then
 //! points it at the target; a Finish clears maintenance and uncordons.
 //!
-//! Status: these adapters and their scripted API conversations are done; the leader-elected
-//! loop that lists Fabrics and NexusNodes and calls them (and the agents writing
-//! `NexusNode.status` in kube mode) is not wired into `main` yet — local mode is.
+//! The leader-elected loop that calls them is [`super::reconcile`] (`nexus-controller rollout`);
+//! the agents writing `NexusNode.status` in kube mode are not wired yet.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! [`server`] the fleet gRPC endpoint (`nexus.fleet.v1`); [`bundle`] fetches and verifies
 //! bundles; [`local`] runs it all without Kubernetes. For the kube mode: [`apply`] (actions →
 //! server-side applies, cordon, drain), [`drain`] (Eviction API, PDB-aware), [`lease`] (leader
-//! election).
+//! election); [`reconcile`] the leader-elected Fabric reconciler that drives them.
 
 pub mod apply;
 pub mod bundle;
@@ -13,5 +13,6 @@ pub mod lease;
 pub mod local;
 pub mod metrics;
 pub mod plan;
+pub mod reconcile;
 pub mod server;
 pub mod view;
