@@ -536,6 +536,59 @@ pub enum AgentCommand {
     SimCreate(SimCreateArgs),
     /// Recover, then keep the inventory fresh and serve `/status` and `/healthz` over HTTP.
     Serve(ServeArgs),
+    /// Kube mode: follow this node's `NexusNode` spec and write its status (sim driver).
+    Kube(KubeArgs),
+}
+
+/// Arguments of `nexus-agent kube`.
+#[derive(Debug, Args)]
+pub struct KubeArgs {
+    /// This node's name, which is also the name of its (cluster-scoped) NexusNode.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// Trust store JSON: only bundles signed by one of its keys are flashed.
+    #[arg(long, env = "NEXUS_TRUST_STORE")]
+    pub trust_store: PathBuf,
+    /// Status heartbeat and spec poll interval, a Go duration (`10s`).
+    #[arg(long, default_value = "10s", value_parser = parse_heartbeat)]
+    pub heartbeat: Duration,
+    /// Namespace of ConfigMap bundle sources that name none.
+    #[arg(long, default_value = "nexus-system")]
+    pub config_map_namespace: String,
+}
+
+fn parse_heartbeat(s: &str) -> Result<Duration, String> {
+    match nexus_crds::common::parse_duration(s) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        Ok(_) => Err("the heartbeat must be at least 1s".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn run_kube(sim_dir: PathBuf, k: KubeArgs) -> anyhow::Result<()> {
+    let trust = read_trust_store(&k.trust_store)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let mut agent =
+            crate::kube_mode::KubeAgent::new(client, k.node_name.clone(), sim_dir, trust);
+        agent.default_namespace = k.config_map_namespace;
+        // Recovery first, before any spec is read; the first status write reports it.
+        for r in agent.recover(chrono::Utc::now())? {
+            tracing::info!(nic = %r.nic, outcome = ?r.outcome, "start-up recovery");
+        }
+        tracing::info!(node = %k.node_name, "kube mode");
+        tokio::select! {
+            () = agent.run(k.heartbeat) => {}
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        }
+        anyhow::Ok(())
+    })
 }
 
 /// Arguments of `nexus-agent serve`.
@@ -659,6 +712,12 @@ pub fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
             };
             let nics = inventory(args.driver, dir.as_deref(), true, &mut status)?;
             println!("{}", serde_json::to_string_pretty(&nics)?);
+        }
+        AgentCommand::Kube(k) => {
+            if args.driver != DriverKind::Sim {
+                anyhow::bail!("kube mode supports --driver sim only for now");
+            }
+            run_kube(sim_dir()?, k)?;
         }
         AgentCommand::Serve(sa) => {
             let dir = if args.driver == DriverKind::Sim {

@@ -76,6 +76,9 @@ pub enum AgentError {
     /// `devlink -j` printed JSON we cannot read.
     #[error("unexpected devlink JSON: {0}")]
     DevlinkJson(serde_json::Error),
+    /// A Kubernetes API call failed (kube mode).
+    #[error("kubernetes API: {0}")]
+    Kube(kube::Error),
 }
 
 impl AgentError {
@@ -93,6 +96,7 @@ impl AgentError {
             Self::NotFound(_) => "not_found",
             Self::Devlink { .. } => "devlink",
             Self::DevlinkJson(_) => "devlink_json",
+            Self::Kube(_) => "kube",
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`flash`]: the flash state machine and start-up recovery, generic over [`BankedNic`].
 //! - [`status`]: the JSON status file; [`serve`]: the optional `/status` + `/healthz` endpoint.
 //! - [`fleet`]: `--controller` mode, the fleet push protocol over the simulated NICs.
+//! - [`kube_mode`]: `nexus-agent kube`, the agent's half of its `NexusNode` (status by SSA).
 //! - [`cli`]: clap argument structs and `run` functions shared with `nexctl`.
 
 pub mod cli;
@@ -15,6 +16,7 @@ mod error;
 pub mod flash;
 pub mod fleet;
 mod fsutil;
+pub mod kube_mode;
 pub mod nic;
 pub mod serve;
 pub mod sim;
@@ -43,10 +45,14 @@ pub(crate) fn flash_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// The size of the largest valid bundle; anything longer is refused before it is read whole.
+pub fn max_bundle_len() -> u64 {
+    FIXED_HEADER_LEN as u64 + u64::from(MAX_MANIFEST_LEN) + MAX_PAYLOAD_LEN + 2 + 1 + 64 + 64
+}
+
 /// Reads a bundle file, refusing files larger than any valid bundle before reading them.
 pub fn read_bundle_file(path: &Path) -> Result<Vec<u8>, AgentError> {
-    let max =
-        FIXED_HEADER_LEN as u64 + u64::from(MAX_MANIFEST_LEN) + MAX_PAYLOAD_LEN + 2 + 1 + 64 + 64;
+    let max = max_bundle_len();
     let len = std::fs::metadata(path)
         .map_err(AgentError::io("stat", path))?
         .len();

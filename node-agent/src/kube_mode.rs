@@ -1,0 +1,799 @@
+//! `nexus-agent kube`: the agent's half of a `NexusNode` in a real cluster.
+//!
+//! - [`decide`] (pure): the node's spec, the local NIC inventory and the agent's memory of what it
+//!   already handled → [`Action`]: nothing, flash a bundle, switch to the inactive bank (a
+//!   rollback, no download) or refuse.
+//! - [`node_status`] (pure): the `NexusNode.status` to publish, with `Ready` and
+//!   `FirmwareCurrent` conditions.
+//! - [`KubeAgent`] (adapter): reads its own `NexusNode`, fetches bundles (`file://` URLs and
+//!   ConfigMap `binaryData`), checks the spec's sha256 before anything else, runs the verified
+//!   flash state machine over the simulated NICs and writes only `status`, by server-side apply
+//!   with field manager [`FIELD_MANAGER`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use nexus_crds::common::{ArtifactSource, Condition, Time};
+use nexus_crds::node::{
+    Bank as CrdBank, BankStatus, FlashOutcome as CrdOutcome, FlashResult, NicStatus, condition,
+};
+use nexus_crds::{NexusNode, NexusNodeSpec, NexusNodeStatus};
+use nexus_fleet_agent::FlashTarget;
+use nexus_fleet_api::v1 as pb;
+use sha2::{Digest, Sha256};
+
+use crate::fleet::SimFleetTarget;
+use crate::sim::{SimDriver, SimNic, SimOptions};
+use crate::{AgentError, RecoveryOutcome, agent_version, recover};
+
+/// Field manager of every status write.
+pub const FIELD_MANAGER: &str = "nexus-agent";
+
+/// What the agent should do about its spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The NICs run what the spec asks, or this desired version was already handled.
+    Nothing,
+    /// Fetch the bundle, check its digest and signature, flash.
+    Flash {
+        /// Target version.
+        version: String,
+        /// Where the bundle is.
+        source: ArtifactSource,
+        /// Expected sha256 of the bundle.
+        sha256: String,
+    },
+    /// The inactive bank already holds a bootable image of the target: switch to it.
+    SwitchBank {
+        /// Target version.
+        version: String,
+    },
+    /// The spec cannot be carried out; report why.
+    Refuse {
+        /// Target version.
+        version: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the agent remembers between polls (rebuilt from the published status after a restart).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Memory {
+    /// `spec.desiredVersion` handled last.
+    pub applied_version: Option<i64>,
+    /// The most recent flash.
+    pub last_flash: Option<FlashResult>,
+}
+
+fn inactive_holds(nic: &NicStatus, version: &str) -> bool {
+    let Some(active) = nic.active_bank else {
+        return false;
+    };
+    nic.banks
+        .iter()
+        .any(|b| b.bank != active && b.bootable && b.version.as_deref() == Some(version))
+}
+
+/// Decides what to do. No I/O, no clock.
+pub fn decide(spec: &NexusNodeSpec, nics: &[NicStatus], memory: &Memory) -> Action {
+    let Some(fw) = &spec.firmware else {
+        return Action::Nothing;
+    };
+    let stale: Vec<&NicStatus> = nics
+        .iter()
+        .filter(|n| n.running_firmware.as_deref() != Some(fw.version.as_str()))
+        .collect();
+    if stale.is_empty() {
+        return Action::Nothing;
+    }
+    // A failed or refused attempt at this very desired state is not retried: the controller
+    // retries by writing a new desiredVersion.
+    let handled = memory.applied_version == Some(spec.desired_version)
+        && memory
+            .last_flash
+            .as_ref()
+            .is_some_and(|f| f.version == fw.version);
+    if handled {
+        return Action::Nothing;
+    }
+    if stale.iter().all(|n| inactive_holds(n, &fw.version)) {
+        return Action::SwitchBank {
+            version: fw.version.clone(),
+        };
+    }
+    let src = &fw.bundle;
+    let refuse = |reason: &str| Action::Refuse {
+        version: fw.version.clone(),
+        reason: reason.to_owned(),
+    };
+    if src.oci.is_some() {
+        return refuse(
+            "OCI bundle sources are not supported by this agent; use a url or configMap",
+        );
+    }
+    if src.url.is_none() && src.config_map.is_none() {
+        return refuse("the firmware bundle has no source");
+    }
+    Action::Flash {
+        version: fw.version.clone(),
+        source: src.clone(),
+        sha256: fw.sha256.clone(),
+    }
+}
+
+/// Converts a chrono time to the API's `Time`.
+pub fn to_time(t: DateTime<Utc>) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis()).unwrap_or_default())
+}
+
+fn cond(
+    previous: &[Condition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: &Time,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // Keep the transition time while the status does not change.
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+        observed_generation: None,
+    }
+}
+
+/// The status to publish. `previous` are the conditions published before (for transition
+/// times); `flashing` is the stage of a flash in progress right now.
+pub fn node_status(
+    spec: &NexusNodeSpec,
+    nics: Vec<NicStatus>,
+    memory: &Memory,
+    previous: &[Condition],
+    flashing: Option<&str>,
+    now: DateTime<Utc>,
+) -> NexusNodeStatus {
+    let t = to_time(now);
+    let target = spec.firmware.as_ref().map(|f| f.version.as_str());
+    // While a flash runs the NICs are in flux: not current, whatever they read right now.
+    let current = flashing.is_none()
+        && nics
+            .iter()
+            .all(|n| target.is_none_or(|v| n.running_firmware.as_deref() == Some(v)));
+    let (fc_reason, fc_message) = match (target, current, &memory.last_flash) {
+        (None, _, _) => ("NoTarget", "the spec names no firmware".to_owned()),
+        (Some(v), true, _) => ("Current", format!("every NIC runs {v}")),
+        (Some(v), false, _) if flashing.is_some() => (
+            "Flashing",
+            format!("flashing {v}: {}", flashing.unwrap_or_default()),
+        ),
+        (Some(v), false, Some(f)) if f.version == v && f.result != CrdOutcome::Succeeded => {
+            let reason = match f.result {
+                CrdOutcome::Refused => "FlashRefused",
+                CrdOutcome::RolledBack => "FlashRolledBack",
+                _ => "FlashFailed",
+            };
+            (reason, f.message.clone().unwrap_or_default())
+        }
+        (Some(v), false, _) => ("Pending", format!("{v} not yet applied")),
+    };
+    let firmware_current = cond(
+        previous,
+        condition::FIRMWARE_CURRENT,
+        current,
+        fc_reason,
+        fc_message,
+        &t,
+    );
+    let (ready, r_reason, r_message) = if nics.is_empty() {
+        (false, "NoNics", "no NICs discovered".to_owned())
+    } else if !current {
+        (
+            false,
+            "FirmwareNotCurrent",
+            "NICs do not run the spec's firmware".to_owned(),
+        )
+    } else {
+        (
+            true,
+            "AgentReady",
+            "NICs run the spec's firmware".to_owned(),
+        )
+    };
+    let ready = cond(previous, condition::READY, ready, r_reason, r_message, &t);
+    let applied_version = if current {
+        Some(spec.desired_version)
+    } else {
+        memory.applied_version
+    };
+    NexusNodeStatus {
+        applied_version,
+        nics,
+        last_flash: memory.last_flash.clone(),
+        agent_version: Some(agent_version().to_string()),
+        heartbeat: Some(t),
+        conditions: vec![ready, firmware_current],
+    }
+}
+
+fn crd_bank(b: i32) -> Option<CrdBank> {
+    match pb::Bank::try_from(b) {
+        Ok(pb::Bank::A) => Some(CrdBank::A),
+        Ok(pb::Bank::B) => Some(CrdBank::B),
+        _ => None,
+    }
+}
+
+/// Converts the fleet inventory of a NIC to its status entry.
+pub fn nic_status(n: &pb::Nic) -> NicStatus {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    NicStatus {
+        pci_address: n.pci_address.clone(),
+        vendor: n.vendor.clone(),
+        model: n.model.clone(),
+        pci_vendor_id: n.pci_vendor_id.clone(),
+        pci_device_id: n.pci_device_id.clone(),
+        running_firmware: opt(&n.running_firmware),
+        active_bank: crd_bank(n.active_bank),
+        banks: n
+            .banks
+            .iter()
+            .filter_map(|b| {
+                Some(BankStatus {
+                    bank: crd_bank(b.bank)?,
+                    version: opt(&b.version),
+                    sha256: opt(&b.sha256),
+                    bootable: b.bootable,
+                })
+            })
+            .collect(),
+    }
+}
+
+fn crd_outcome(o: pb::FlashOutcome) -> CrdOutcome {
+    match o {
+        pb::FlashOutcome::Succeeded => CrdOutcome::Succeeded,
+        pb::FlashOutcome::RolledBack => CrdOutcome::RolledBack,
+        pb::FlashOutcome::Refused => CrdOutcome::Refused,
+        _ => CrdOutcome::Failed,
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// Downloads a bundle over http(s), refusing anything longer than the largest valid bundle.
+async fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
+    // reqwest is built without a crypto provider: make sure rustls has one (an error only means
+    // one is installed already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(|e| format!("http client: {e}"))?;
+    let mut resp = client
+        .get(url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let max = crate::max_bundle_len();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+        if bytes.len() as u64 + chunk.len() as u64 > max {
+            return Err(format!("GET {url}: larger than the maximum bundle size"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// The kube-mode agent over simulated NICs.
+pub struct KubeAgent {
+    client: kube::Client,
+    node: String,
+    sim_dir: PathBuf,
+    target: SimFleetTarget,
+    /// Namespace of ConfigMap bundle sources that name none.
+    pub default_namespace: String,
+    memory: Memory,
+    restored: bool,
+}
+
+impl std::fmt::Debug for KubeAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeAgent")
+            .field("node", &self.node)
+            .field("sim_dir", &self.sim_dir)
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeAgent {
+    /// An agent for NexusNode `node` over the simulated NICs under `sim_dir`.
+    pub fn new(
+        client: kube::Client,
+        node: impl Into<String>,
+        sim_dir: impl Into<PathBuf>,
+        trust: nexus_firmware::bundle::TrustStore,
+    ) -> Self {
+        let sim_dir = sim_dir.into();
+        Self {
+            client,
+            node: node.into(),
+            target: SimFleetTarget::new(sim_dir.clone(), trust, None),
+            sim_dir,
+            default_namespace: "nexus-system".into(),
+            memory: Memory::default(),
+            restored: false,
+        }
+    }
+
+    /// What the agent remembers.
+    pub fn memory(&self) -> &Memory {
+        &self.memory
+    }
+
+    /// Powers every NIC on and finishes or undoes an interrupted update; an interruption is
+    /// remembered as the last flash, so the next status write reports it.
+    pub fn recover(
+        &mut self,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::RecoveryReport>, AgentError> {
+        let mut reports = Vec::new();
+        for dir in SimDriver::new(&self.sim_dir).nic_dirs()? {
+            let mut nic = SimNic::open(&dir, SimOptions::default())?;
+            let report = recover(&mut nic)?;
+            let found = match &report.outcome {
+                RecoveryOutcome::Clean => None,
+                RecoveryOutcome::Completed { version } => Some((
+                    version.clone(),
+                    CrdOutcome::Succeeded,
+                    "HealthCheck",
+                    "completed after a restart".to_owned(),
+                )),
+                RecoveryOutcome::RolledBack { version, reason } => Some((
+                    version.clone(),
+                    CrdOutcome::RolledBack,
+                    "HealthCheck",
+                    format!("rolled back after a restart: {reason}"),
+                )),
+                RecoveryOutcome::Discarded { stage, version } => Some((
+                    version.clone(),
+                    CrdOutcome::Failed,
+                    "Write",
+                    format!("interrupted at {stage:?}; image discarded, previous bank runs"),
+                )),
+            };
+            if let Some((version, result, stage, message)) = found {
+                tracing::warn!(nic = %report.nic, %message, "recovered interrupted update");
+                self.memory.last_flash = Some(FlashResult {
+                    version,
+                    result,
+                    stage: Some(stage.into()),
+                    message: Some(truncate(message, 1024)),
+                    started_at: None,
+                    finished_at: Some(to_time(now)),
+                });
+            }
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    fn nics(&self) -> Vec<NicStatus> {
+        self.target.inventory().iter().map(nic_status).collect()
+    }
+
+    async fn publish(&self, status: &NexusNodeStatus) -> Result<(), AgentError> {
+        let api: Api<NexusNode> = Api::all(self.client.clone());
+        let body = serde_json::json!({
+            "apiVersion": "nexus.dev/v1alpha1",
+            "kind": "NexusNode",
+            "metadata": { "name": self.node },
+            "status": status,
+        });
+        api.patch_status(
+            &self.node,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(AgentError::Kube)?;
+        Ok(())
+    }
+
+    async fn fetch(&self, source: &ArtifactSource) -> Result<Vec<u8>, String> {
+        if let Some(url) = &source.url {
+            if let Some(path) = url.strip_prefix("file://") {
+                return crate::read_bundle_file(Path::new(path)).map_err(|e| e.to_string());
+            }
+            if url.starts_with("http://") || url.starts_with("https://") {
+                return fetch_http(url).await;
+            }
+            return Err(format!(
+                "bundle url {url}: only file://, http(s):// and configMap sources are supported"
+            ));
+        }
+        if let Some(cm) = &source.config_map {
+            let ns = cm.namespace.as_deref().unwrap_or(&self.default_namespace);
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+            let map = api
+                .get(&cm.name)
+                .await
+                .map_err(|e| format!("ConfigMap {ns}/{}: {e}", cm.name))?;
+            if let Some(b) = map.binary_data.as_ref().and_then(|d| d.get(&cm.key)) {
+                return Ok(b.0.clone());
+            }
+            if let Some(s) = map.data.as_ref().and_then(|d| d.get(&cm.key)) {
+                return Ok(s.as_bytes().to_vec());
+            }
+            return Err(format!("ConfigMap {ns}/{} has no key {}", cm.name, cm.key));
+        }
+        Err("the firmware bundle has no url or configMap source".into())
+    }
+
+    /// One round: read the NexusNode, act on its spec, publish the status.
+    pub async fn step(&mut self, now: DateTime<Utc>) -> Result<(), AgentError> {
+        let api: Api<NexusNode> = Api::all(self.client.clone());
+        let node = api.get(&self.node).await.map_err(AgentError::Kube)?;
+        let previous = node.status.clone().unwrap_or_default();
+        if !self.restored {
+            // After a restart, what was handled is what the status says.
+            self.restored = true;
+            if self.memory.applied_version.is_none() {
+                self.memory.applied_version = previous.applied_version;
+            }
+            if self.memory.last_flash.is_none() {
+                self.memory.last_flash = previous.last_flash.clone();
+            }
+        }
+        let spec = &node.spec;
+        let action = decide(spec, &self.nics(), &self.memory);
+        let mut conditions = previous.conditions.clone();
+        let first_stage = match &action {
+            Action::Flash { .. } => Some("Fetch"),
+            Action::SwitchBank { .. } => Some("Switch"),
+            Action::Nothing | Action::Refuse { .. } => None,
+        };
+        if action != Action::Nothing {
+            tracing::info!(?action, node = %self.node, "acting on spec");
+        }
+        if first_stage.is_some() {
+            let s = node_status(
+                spec,
+                self.nics(),
+                &self.memory,
+                &conditions,
+                first_stage,
+                now,
+            );
+            self.publish(&s).await?;
+            conditions = s.conditions;
+        }
+        let started = Some(to_time(now));
+        let record =
+            |version: String, result: CrdOutcome, stage: &str, message: String| FlashResult {
+                version,
+                result,
+                stage: Some(truncate(stage.to_owned(), 32)),
+                message: (!message.is_empty()).then(|| truncate(message, 1024)),
+                started_at: started.clone(),
+                finished_at: Some(to_time(Utc::now().max(now))),
+            };
+        match action {
+            Action::Nothing => {}
+            Action::Refuse { version, reason } => {
+                self.memory.last_flash =
+                    Some(record(version, CrdOutcome::Refused, "Verify", reason));
+                self.memory.applied_version = Some(spec.desired_version);
+            }
+            Action::SwitchBank { version } => {
+                let fw = pb::FirmwareTarget {
+                    version: version.clone(),
+                    ..Default::default()
+                };
+                let out = self.target.apply(&fw, &|_, _, _| {}).await;
+                self.memory.last_flash = Some(record(
+                    version,
+                    crd_outcome(out.outcome),
+                    &out.stage,
+                    out.message,
+                ));
+                self.memory.applied_version = Some(spec.desired_version);
+            }
+            Action::Flash {
+                version,
+                source,
+                sha256,
+            } => match self.fetch(&source).await {
+                Err(e) => {
+                    // Not marked applied: fetching is retried on the next round.
+                    tracing::warn!(error = %e, "cannot fetch bundle");
+                    self.memory.last_flash = Some(record(version, CrdOutcome::Failed, "Fetch", e));
+                }
+                Ok(bytes) => {
+                    let digest = hex::encode(Sha256::digest(&bytes));
+                    let out = if digest != sha256 {
+                        nexus_fleet_agent::FlashOutput::err(
+                            pb::FlashOutcome::Refused,
+                            "Verify",
+                            format!(
+                                "bundle sha256 {digest} does not match spec.firmware.sha256 {sha256}; nothing written"
+                            ),
+                        )
+                    } else {
+                        let fw = pb::FirmwareTarget {
+                            version: version.clone(),
+                            bundle: bytes,
+                            sha256,
+                            ..Default::default()
+                        };
+                        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+                        let progress = move |stage: &str, _done: u64, _total: u64| {
+                            let _ = tx.send(stage.to_owned());
+                        };
+                        let apply = self.target.apply(&fw, &progress);
+                        tokio::pin!(apply);
+                        let mut shown = String::new();
+                        // Report each stage as it is entered; a failed report does not stop
+                        // the flash.
+                        loop {
+                            tokio::select! {
+                                out = &mut apply => break out,
+                                Some(stage) = rx.recv() => {
+                                    if stage == shown || stage == "Done" {
+                                        continue;
+                                    }
+                                    shown = stage;
+                                    let s = node_status(
+                                        spec,
+                                        self.nics(),
+                                        &self.memory,
+                                        &conditions,
+                                        Some(&shown),
+                                        now,
+                                    );
+                                    if let Err(e) = self.publish(&s).await {
+                                        tracing::warn!(error = %e, "cannot report progress");
+                                    }
+                                    conditions = s.conditions;
+                                }
+                            }
+                        }
+                    };
+                    self.memory.last_flash = Some(record(
+                        version,
+                        crd_outcome(out.outcome),
+                        &out.stage,
+                        out.message,
+                    ));
+                    self.memory.applied_version = Some(spec.desired_version);
+                }
+            },
+        }
+        let status = node_status(spec, self.nics(), &self.memory, &conditions, None, now);
+        self.publish(&status).await
+    }
+
+    /// Runs until interrupted: a round every `interval` (the heartbeat); errors are logged and
+    /// retried on the next round.
+    pub async fn run(mut self, interval: Duration) {
+        loop {
+            if let Err(e) = self.step(Utc::now()).await {
+                tracing::warn!(error = %e, node = %self.node, "kube round failed");
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use nexus_crds::node::NodeFirmware;
+
+    fn spec(version: Option<&str>, desired: i64) -> NexusNodeSpec {
+        serde_json::from_value(serde_json::json!({
+            "fabric": "f",
+            "desiredVersion": desired,
+            "firmware": version.map(|v| serde_json::json!({
+                "version": v,
+                "bundle": {"url": "file:///b.nxfw"},
+                "sha256": "ab".repeat(32),
+            })),
+        }))
+        .unwrap()
+    }
+
+    fn nic(running: &str, inactive: Option<(&str, bool)>) -> NicStatus {
+        let mut banks = vec![BankStatus {
+            bank: CrdBank::A,
+            version: Some(running.into()),
+            sha256: None,
+            bootable: true,
+        }];
+        if let Some((v, bootable)) = inactive {
+            banks.push(BankStatus {
+                bank: CrdBank::B,
+                version: Some(v.into()),
+                sha256: None,
+                bootable,
+            });
+        }
+        NicStatus {
+            pci_address: "0000:3b:00.0".into(),
+            running_firmware: Some(running.into()),
+            active_bank: Some(CrdBank::A),
+            banks,
+            ..Default::default()
+        }
+    }
+
+    fn flash(version: &str, result: CrdOutcome) -> FlashResult {
+        FlashResult {
+            version: version.into(),
+            result,
+            stage: None,
+            message: Some("why".into()),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn no_firmware_or_current_means_nothing() {
+        let m = Memory::default();
+        assert_eq!(
+            decide(&spec(None, 1), &[nic("1.0.0", None)], &m),
+            Action::Nothing
+        );
+        assert_eq!(
+            decide(&spec(Some("1.0.0"), 1), &[nic("1.0.0", None)], &m),
+            Action::Nothing
+        );
+    }
+
+    #[test]
+    fn new_version_is_flashed() {
+        let a = decide(
+            &spec(Some("1.1.0"), 2),
+            &[nic("1.0.0", None)],
+            &Memory::default(),
+        );
+        assert!(
+            matches!(a, Action::Flash { ref version, .. } if version == "1.1.0"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn inactive_bootable_bank_means_switch() {
+        let s = spec(Some("0.9.0"), 3);
+        let m = Memory::default();
+        assert_eq!(
+            decide(&s, &[nic("1.0.0", Some(("0.9.0", true)))], &m),
+            Action::SwitchBank {
+                version: "0.9.0".into()
+            }
+        );
+        // Not bootable: a download is needed.
+        assert!(matches!(
+            decide(&s, &[nic("1.0.0", Some(("0.9.0", false)))], &m),
+            Action::Flash { .. }
+        ));
+    }
+
+    #[test]
+    fn oci_is_refused() {
+        let mut s = spec(Some("1.1.0"), 2);
+        s.firmware = Some(NodeFirmware {
+            version: "1.1.0".into(),
+            bundle: ArtifactSource {
+                oci: Some("reg.example/fw:1.1.0".into()),
+                ..Default::default()
+            },
+            sha256: "ab".repeat(32),
+        });
+        let a = decide(&s, &[nic("1.0.0", None)], &Memory::default());
+        assert!(
+            matches!(a, Action::Refuse { ref reason, .. } if reason.contains("OCI")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_desired_version_is_not_retried_until_bumped() {
+        let m = Memory {
+            applied_version: Some(2),
+            last_flash: Some(flash("1.1.0", CrdOutcome::Refused)),
+        };
+        assert_eq!(
+            decide(&spec(Some("1.1.0"), 2), &[nic("1.0.0", None)], &m),
+            Action::Nothing
+        );
+        assert!(matches!(
+            decide(&spec(Some("1.1.0"), 3), &[nic("1.0.0", None)], &m),
+            Action::Flash { .. }
+        ));
+    }
+
+    #[test]
+    fn status_conditions() {
+        let now = Utc::now();
+        let s = node_status(
+            &spec(Some("1.0.0"), 4),
+            vec![nic("1.0.0", None)],
+            &Memory::default(),
+            &[],
+            None,
+            now,
+        );
+        assert_eq!(s.applied_version, Some(4));
+        assert_eq!(s.conditions[0].type_, "Ready");
+        assert_eq!(s.conditions[0].status, "True");
+        assert_eq!(s.conditions[1].reason, "Current");
+        assert!(s.heartbeat.is_some());
+
+        let m = Memory {
+            applied_version: Some(5),
+            last_flash: Some(flash("1.1.0", CrdOutcome::Refused)),
+        };
+        let s2 = node_status(
+            &spec(Some("1.1.0"), 5),
+            vec![nic("1.0.0", None)],
+            &m,
+            &s.conditions,
+            None,
+            now,
+        );
+        assert_eq!(s2.applied_version, Some(5));
+        assert_eq!(s2.conditions[0].status, "False");
+        assert_eq!(s2.conditions[0].reason, "FirmwareNotCurrent");
+        assert_eq!(s2.conditions[1].reason, "FlashRefused");
+        assert_eq!(s2.conditions[1].message, "why");
+
+        let flashing = node_status(
+            &spec(Some("1.1.0"), 6),
+            vec![nic("1.0.0", None)],
+            &Memory::default(),
+            &[],
+            Some("Write"),
+            now,
+        );
+        assert_eq!(flashing.conditions[1].reason, "Flashing");
+        assert_eq!(flashing.applied_version, None);
+
+        let none = node_status(
+            &spec(None, 1),
+            Vec::new(),
+            &Memory::default(),
+            &[],
+            None,
+            now,
+        );
+        assert_eq!(none.conditions[0].reason, "NoNics");
+    }
+}
