@@ -157,9 +157,16 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         .connect(&ca_url)
         .await
         .context("connecting the CA to PostgreSQL")?;
-    let mut settings = nexus_ca::Settings::for_tests(Arc::new(kek), &ca_token, &["demo"]);
-    settings.grpc_listen = args.ca_grpc;
-    settings.http_listen = args.ca_http;
+    let settings = nexus_ca::Settings {
+        grpc_listen: args.ca_grpc,
+        http_listen: args.ca_http,
+        kek: Arc::new(kek),
+        auth_token: ca_token.clone(),
+        tenants: vec!["demo".to_owned()],
+        limits: nexus_ca::policy::Limits::default(),
+        crl_validity: Duration::from_secs(3600),
+        crl_refresh: Duration::from_secs(900),
+    };
     let ca = nexus_ca::start(ca_pool, settings)
         .await
         .map_err(|e| anyhow::anyhow!("starting the CA: {e}"))?;
