@@ -53,6 +53,12 @@ struct Args {
     /// Emit logs as JSON.
     #[arg(long, env = "NEXUS_LOG_JSON")]
     log_json: bool,
+    /// ModelIdentity controller: namespace of its coordination Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nexus-system")]
+    lease_namespace: String,
+    /// ModelIdentity controller: act without holding a Lease (a single replica only).
+    #[arg(long)]
+    no_leader_election: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -123,12 +129,33 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to Kubernetes")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let leader = if args.no_leader_election {
+        None
+    } else {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let identity = std::env::var("POD_NAME")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("nexus-identity-controller-{}", std::process::id()));
+        let lock = nexus_controller::rollout::lease::LeaseLock::new(
+            client.clone(),
+            &args.lease_namespace,
+            "nexus-identity-controller",
+            &identity,
+            Duration::from_secs(15),
+        );
+        info!(namespace = %args.lease_namespace, %identity, "ModelIdentity controller: leader election on");
+        tokio::spawn(rollout::hold_lease(lock, flag.clone()));
+        Some(flag)
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         issuer: Arc::new(GrpcIssuer::new(&args.ca_endpoint, token)?),
         reporter: MANAGER.into(),
         metrics,
         now: chrono::Utc::now,
+        leader,
     });
 
     serve_http(Arc::new(registry), args.http_listen).await?;

@@ -75,6 +75,7 @@ async fn model_identity_lifecycle_on_a_real_cluster() {
         reporter: "nexus-controller-e2e".into(),
         metrics: Arc::new(Metrics::new(&mut registry)),
         now: chrono::Utc::now,
+        leader: None,
     });
     let identities: Api<ModelIdentity> = Api::namespaced(client.clone(), &ns_name);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns_name);

@@ -69,6 +69,7 @@ fn ctx(issuer: Arc<LocalCa>) -> (Arc<Context>, Handle) {
         reporter: "nexus-controller".into(),
         metrics: Arc::new(Metrics::new(&mut registry)),
         now,
+        leader: None,
     };
     (Arc::new(ctx), handle)
 }
@@ -456,4 +457,29 @@ async fn refuses_to_overwrite_a_secret_it_does_not_own() {
     let err = reconcile(mi, ctx).await.expect_err("conflict");
     server.await.expect("scenario ran");
     assert_eq!(err.metric_label(), "secret_conflict");
+}
+
+#[tokio::test]
+async fn a_replica_without_the_lease_changes_nothing() {
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let ctx = Arc::new(Context {
+        client: kube::Client::new(svc, "acme"),
+        issuer: Arc::new(LocalCa::new(false)),
+        reporter: "nexus-controller".into(),
+        metrics: Arc::new(Metrics::new(&mut registry)),
+        now,
+        leader: Some(Arc::new(std::sync::atomic::AtomicBool::new(false))),
+    });
+    let mi = Arc::new(identity(json!({})));
+    let action = reconcile(mi, ctx)
+        .await
+        .expect("a follower succeeds without acting");
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+    );
+    // No request reached the API server.
+    let next = tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await;
+    assert!(next.is_err() || matches!(next, Ok(None)), "no API call");
 }

@@ -78,6 +78,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Clock, injectable for tests.
     pub now: fn() -> DateTime<Utc>,
+    /// Leader flag kept by a coordination Lease (`None`: act unconditionally, e.g. in tests or a
+    /// single replica). A replica that does not hold the Lease touches nothing.
+    pub leader: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -136,6 +139,12 @@ pub async fn reconcile(mi: Arc<ModelIdentity>, ctx: Arc<Context>) -> Result<Acti
 }
 
 async fn reconcile_inner(mi: &ModelIdentity, ctx: &Context) -> Result<Action, Error> {
+    if let Some(leader) = &ctx.leader
+        && !leader.load(std::sync::atomic::Ordering::Acquire)
+    {
+        // Another replica holds the Lease: look again later, change nothing.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
     let ns = mi
         .namespace()
         .ok_or_else(|| Error::InvalidSpec("ModelIdentity must be namespaced".into()))?;
