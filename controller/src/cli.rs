@@ -100,9 +100,7 @@ pub enum RolloutCommand {
     },
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    nexus_crds::common::parse_duration(s).map_err(|e| e.to_string())
-}
+use nexus_crds::common::parse_duration_arg as parse_duration;
 
 #[derive(Deserialize)]
 struct List<T> {

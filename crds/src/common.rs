@@ -158,6 +158,61 @@ pub fn parse_duration(s: &str) -> Result<Duration, crate::Error> {
     Duration::try_from_secs_f64(total).map_err(|_| bad())
 }
 
+/// `chrono` → the API's `Time`, keeping milliseconds (agents report flash times in milliseconds;
+/// the wire format itself has whole seconds).
+pub fn time_from_chrono(t: chrono::DateTime<chrono::Utc>) -> Time {
+    Time(k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis()).unwrap_or_default())
+}
+
+/// The API's `Time` → `chrono`, keeping sub-second precision.
+pub fn time_to_chrono(t: &Time) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    let nanos = u32::try_from(t.0.subsec_nanosecond()).unwrap_or(0);
+    chrono::Utc
+        .timestamp_opt(t.0.as_second(), nanos)
+        .single()
+        .unwrap_or_default()
+}
+
+/// Sets one condition of a `conditions` list, keeping `lastTransitionTime` when its status did
+/// not change — the rule every writer of `metav1.Condition` follows.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    generation: Option<i64>,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    let status = if status { "True" } else { "False" }.to_owned();
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = time_from_chrono(now);
+            }
+            c.status = status;
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: time_from_chrono(now),
+        }),
+    }
+}
+
+/// [`parse_duration`] with the error as text, for clap's `value_parser`.
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
 /// Looks a condition up by type.
 pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -235,6 +290,24 @@ mod tests {
         assert!(resolve_budget(&pct("0%"), 10).is_err());
         assert!(resolve_budget(&pct("101%"), 10).is_err());
         assert!(resolve_budget(&IntOrString::Int(-1), 10).is_err());
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_until_status_changes() {
+        use chrono::TimeZone;
+        let t = |s| chrono::Utc.timestamp_opt(s, 0).single().expect("valid");
+        let mut c = Vec::new();
+        set_condition(&mut c, "Ready", false, "Issuing", "wait", Some(1), t(100));
+        set_condition(&mut c, "Ready", false, "Issuing", "still", Some(2), t(200));
+        assert_eq!(c.len(), 1);
+        assert_eq!(time_to_chrono(&c[0].last_transition_time), t(100));
+        assert_eq!(
+            (c[0].message.as_str(), c[0].observed_generation),
+            ("still", Some(2))
+        );
+        set_condition(&mut c, "Ready", true, "Issued", "ok", Some(2), t(300));
+        assert_eq!(time_to_chrono(&c[0].last_transition_time), t(300));
+        assert_eq!(c[0].status, "True");
     }
 
     proptest::proptest! {

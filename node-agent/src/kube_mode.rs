@@ -126,10 +126,7 @@ pub fn decide(spec: &NexusNodeSpec, nics: &[NicStatus], memory: &Memory) -> Acti
     }
 }
 
-/// Converts a chrono time to the API's `Time`.
-pub fn to_time(t: DateTime<Utc>) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis()).unwrap_or_default())
-}
+pub use nexus_crds::common::time_from_chrono as to_time;
 
 fn cond(
     previous: &[Condition],

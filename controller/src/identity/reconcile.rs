@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -91,41 +91,10 @@ impl std::fmt::Debug for Context {
     }
 }
 
-fn time(t: DateTime<Utc>) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap_or_default())
-}
+pub use nexus_crds::common::set_condition;
 
-/// Sets one condition, keeping `lastTransitionTime` when the status did not change.
-pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: impl Into<String>,
-    generation: Option<i64>,
-    now: DateTime<Utc>,
-) {
-    let status = if status { "True" } else { "False" }.to_owned();
-    let message = message.into();
-    match conditions.iter_mut().find(|c| c.type_ == type_) {
-        Some(c) => {
-            if c.status != status {
-                c.last_transition_time = time(now);
-            }
-            c.status = status;
-            c.reason = reason.into();
-            c.message = message;
-            c.observed_generation = generation;
-        }
-        None => conditions.push(Condition {
-            type_: type_.into(),
-            status,
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: time(now),
-        }),
-    }
+fn time(t: DateTime<Utc>) -> Time {
+    nexus_crds::common::time_from_chrono(t)
 }
 
 /// Reconciles one ModelIdentity.

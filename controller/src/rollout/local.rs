@@ -63,9 +63,7 @@ pub struct LocalArgs {
     pub rescan: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    nexus_crds::common::parse_duration(s).map_err(|e| e.to_string())
-}
+use nexus_crds::common::parse_duration_arg as parse_duration;
 
 /// Errors of local mode.
 #[derive(Debug, thiserror::Error)]

@@ -3,33 +3,19 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use nexus_crds::fabric::{self, BatchStatus, BundleStatus, FabricPhase, FabricStatus};
 use nexus_crds::node::NexusNode;
 use nexus_crds::{Fabric, common};
 
 use super::plan::{NodeView, Plan, Strategy};
 use crate::Error;
-use crate::identity::reconcile::set_condition;
+use nexus_crds::common::set_condition;
 
 /// A node whose agent has not reported for this long counts as unavailable.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Converts keeping sub-second precision (agents report flash times in milliseconds; soaks and
-/// heartbeat timeouts of simulated fleets are shorter than a second).
-pub fn to_chrono(t: &common::Time) -> DateTime<Utc> {
-    let nanos = u32::try_from(t.0.subsec_nanosecond()).unwrap_or(0);
-    Utc.timestamp_opt(t.0.as_second(), nanos)
-        .single()
-        .unwrap_or_default()
-}
-
-/// The inverse of [`to_chrono`] (millisecond precision).
-pub fn to_time(t: DateTime<Utc>) -> common::Time {
-    common::Time(
-        k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis()).unwrap_or_default(),
-    )
-}
+pub use nexus_crds::common::{time_from_chrono as to_time, time_to_chrono as to_chrono};
 
 /// The planner's view of a NexusNode.
 pub fn node_view(node: &NexusNode, now: DateTime<Utc>, heartbeat_timeout: Duration) -> NodeView {

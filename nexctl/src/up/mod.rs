@@ -56,7 +56,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20)]
     sim_nodes: usize,
     /// Simulated flash time per node.
-    #[arg(long, default_value = "3s", value_parser = |s: &str| nexus_crds::common::parse_duration(s).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "3s", value_parser = nexus_crds::common::parse_duration_arg)]
     sim_flash_time: Duration,
     /// Start, print what is running, check it answers, and stop (for scripts and tests).
     #[arg(long)]
