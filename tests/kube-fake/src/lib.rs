@@ -654,8 +654,10 @@ impl Watcher {
             {
                 let mut st = self.server.state();
                 st.sweep();
+                // The log is ordered by resource version: start where this watch left off.
                 let from = self.cursor;
-                for e in st.log.iter().filter(|e| e.rv > from) {
+                let start = st.log.partition_point(|e| e.rv <= from);
+                for e in &st.log[start..] {
                     self.cursor = self.cursor.max(e.rv);
                     if e.key.ty != self.ty
                         || self
