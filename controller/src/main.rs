@@ -189,7 +189,16 @@ async fn shutdown_signal() {
 
 /// Serves /metrics, /healthz and /readyz in the background.
 async fn serve_http(registry: Arc<Registry>, addr: SocketAddr) -> anyhow::Result<()> {
-    let app = Router::new()
+    serve_http_with(registry, addr, Router::new()).await
+}
+
+/// Serves /metrics, /healthz, /readyz and `extra` in the background.
+async fn serve_http_with(
+    registry: Arc<Registry>,
+    addr: SocketAddr,
+    extra: Router,
+) -> anyhow::Result<()> {
+    let app = extra
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route(
@@ -238,7 +247,7 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
         .unwrap_or_else(|| format!("nexus-controller-{}", std::process::id()));
     let mut registry = Registry::default();
     let metrics = Arc::new(RolloutMetrics::new(&mut registry));
-    serve_http(Arc::new(registry), http_listen).await?;
+    let registry = Arc::new(registry);
 
     let fabrics: Api<Fabric> = Api::all(client.clone());
     fabrics
@@ -272,7 +281,15 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
             ctx.heartbeat_timeout = heartbeat_timeout;
             ctx.metrics = Some(metrics);
             ctx.leader = leader;
-            Arc::new(ctx)
+            let ctx = Arc::new(ctx);
+            // /metrics, health, and verified bundles for the node agents.
+            let extra = rollout::bundle_router(ctx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = serve_http_with(registry, http_listen, extra).await {
+                    warn!(error = %e, "HTTP endpoint failed");
+                }
+            });
+            ctx
         },
         shutdown_signal(),
     )

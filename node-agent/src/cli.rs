@@ -555,6 +555,12 @@ pub struct KubeArgs {
     /// Namespace of ConfigMap bundle sources that name none.
     #[arg(long, default_value = "nexus-system")]
     pub config_map_namespace: String,
+    /// The rollout controller's bundle endpoint, e.g.
+    /// `http://nexus-rollout-controller.nexus-system.svc:7602/v1/bundles`: bundles are fetched
+    /// from it by sha256 (verified by the controller), so the agent needs no access to the
+    /// Fabric's ConfigMaps or URLs. Without it the agent reads the source itself.
+    #[arg(long, env = "NEXUS_BUNDLE_SERVER")]
+    pub bundle_server: Option<String>,
 }
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
@@ -578,6 +584,8 @@ fn run_kube(sim_dir: PathBuf, k: KubeArgs) -> anyhow::Result<()> {
         let mut agent =
             crate::kube_mode::KubeAgent::new(client, k.node_name.clone(), sim_dir, trust);
         agent.default_namespace = k.config_map_namespace;
+        agent.bundle_server = k.bundle_server;
+        agent.heartbeat = k.heartbeat;
         // Recovery first, before any spec is read; the first status write reports it.
         for r in agent.recover(chrono::Utc::now())? {
             tracing::info!(nic = %r.nic, outcome = ?r.outcome, "start-up recovery");

@@ -62,6 +62,11 @@ impl SimFleetTarget {
         }
     }
 
+    /// The trust store bundles are checked against.
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
     fn dirs(&self) -> Result<Vec<PathBuf>, AgentError> {
         SimDriver::new(&self.root).nic_dirs()
     }

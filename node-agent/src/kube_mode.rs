@@ -322,6 +322,16 @@ impl KubeAgent {
         }
     }
 
+    /// Flashes at `bytes_per_sec` (simulated NICs; tests of long flashes).
+    pub fn with_flash_speed(mut self, bytes_per_sec: u64) -> Self {
+        self.target = SimFleetTarget::new(
+            self.sim_dir.clone(),
+            self.target.trust().clone(),
+            Some(bytes_per_sec),
+        );
+        self
+    }
+
     /// What the agent remembers.
     pub fn memory(&self) -> &Memory {
         &self.memory

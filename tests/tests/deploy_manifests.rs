@@ -35,6 +35,19 @@ fn deploy_manifests_render_and_apply() {
     // The controller's ClusterRole allows what the controllers call, including evictions.
     assert!(rendered.contains("pods/eviction"));
     assert!(rendered.contains("fabrics/status"));
+    // The agent: no ConfigMaps (bundles come from the controller), its writes restricted to its
+    // own node by an admission policy bound to Deny.
+    let docs: Vec<&str> = rendered.split("\n---\n").collect();
+    let agent_role = docs
+        .iter()
+        .find(|d| d.contains("kind: ClusterRole\n") && d.contains("name: nexus-agent\n"))
+        .expect("the agent's ClusterRole");
+    assert!(!agent_role.contains("configmaps"), "{agent_role}");
+    assert!(!agent_role.contains("secrets"), "{agent_role}");
+    assert!(rendered.contains("kind: ValidatingAdmissionPolicy\n"));
+    assert!(rendered.contains("authentication.kubernetes.io/node-name"));
+    assert!(rendered.contains("validationActions:\n  - Deny"));
+    assert!(rendered.contains("--bundle-server"));
 
     if let Some(why) = cluster_unavailable() {
         skip("deploy_manifests_render_and_apply (cluster part)", &why);

@@ -55,7 +55,7 @@ pub struct Context {
     /// Set while this replica holds the Lease.
     pub leader: Arc<AtomicBool>,
     /// Fetched bundles and failed fetches, by source and digest.
-    pub bundles: Mutex<nexus_artifact::Cache>,
+    pub bundles: Arc<Mutex<nexus_artifact::Cache>>,
     /// Reads bundle sources (URLs and ConfigMaps in any namespace).
     pub fetcher: Fetcher,
     /// Pods whose last eviction a PodDisruptionBudget refused (shown in status).
@@ -109,7 +109,7 @@ impl Context {
             namespace: namespace.into(),
             heartbeat_timeout: super::view::DEFAULT_HEARTBEAT_TIMEOUT,
             leader: Arc::new(AtomicBool::new(false)),
-            bundles: Mutex::new(nexus_artifact::Cache::new()),
+            bundles: Arc::new(Mutex::new(nexus_artifact::Cache::new())),
             blocked: Mutex::new(BTreeSet::new()),
             stores,
             now: Utc::now,
@@ -463,6 +463,74 @@ pub async fn hold_lease(lock: LeaseLock, leader: Arc<AtomicBool>) {
         lease_step(&lock, &leader, Utc::now()).await;
         tokio::time::sleep(period).await;
     }
+}
+
+/// `GET /v1/bundles/{sha256}`: a verified bundle, for node agents. Agents fetch bundles here by
+/// digest instead of reading the Fabric's source themselves, so they need no access to
+/// ConfigMaps or registries, and every replica can answer (it fetches and verifies through the
+/// same cache the reconciler uses, from the source of the Fabric that pins that digest).
+pub fn bundle_router(ctx: Arc<Context>) -> axum::Router {
+    use axum::extract::{Path, State};
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+
+    async fn get_bundle(
+        State(ctx): State<Arc<Context>>,
+        Path(sha): Path<String>,
+    ) -> axum::response::Response {
+        let hex64 = sha.len() == 64 && sha.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex64 {
+            return (
+                StatusCode::BAD_REQUEST,
+                "a bundle is named by its sha256 (64 lowercase hex digits)\n",
+            )
+                .into_response();
+        }
+        let serve = |bytes: Arc<Vec<u8>>| {
+            (
+                [(header::CONTENT_TYPE, "application/octet-stream")],
+                bytes.as_ref().clone(),
+            )
+                .into_response()
+        };
+        if let Some(bytes) = ctx.bundles.lock().await.by_digest(&sha) {
+            return serve(bytes);
+        }
+        let Some(fabric) = ctx
+            .stores
+            .fabrics
+            .state()
+            .into_iter()
+            .find(|f| f.spec.firmware.sha256 == sha)
+        else {
+            return (
+                StatusCode::NOT_FOUND,
+                format!("no Fabric pins a bundle with sha256 {sha}\n"),
+            )
+                .into_response();
+        };
+        match bundle(&ctx, &fabric, (ctx.now)()).await {
+            Bundle::Verified => match ctx.bundles.lock().await.by_digest(&sha) {
+                Some(bytes) => serve(bytes),
+                None => {
+                    (StatusCode::SERVICE_UNAVAILABLE, "bundle evicted; retry\n").into_response()
+                }
+            },
+            Bundle::Fetching => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "2")],
+                "the controller is fetching this bundle\n",
+            )
+                .into_response(),
+            Bundle::Failed { message, .. } => {
+                (StatusCode::BAD_GATEWAY, format!("{message}\n")).into_response()
+            }
+        }
+    }
+
+    axum::Router::new()
+        .route("/v1/bundles/{sha256}", axum::routing::get(get_bundle))
+        .with_state(ctx)
 }
 
 /// The Fabric a NexusNode belongs to.

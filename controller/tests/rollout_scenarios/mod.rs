@@ -254,6 +254,13 @@ pub async fn cluster(client: kube::Client, eviction_client: kube::Client, opts: 
     let mut stop = Vec::new();
     let mut tasks = Vec::new();
     let mut nodes = Vec::new();
+    // The controller's bundle endpoint: odd-numbered agents fetch there by digest, the others
+    // read the ConfigMap themselves — both paths run.
+    let bundle_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bundle_server = format!(
+        "http://{}/v1/bundles",
+        bundle_listener.local_addr().unwrap()
+    );
     for i in 0..opts.nodes {
         let name = format!("{id}-node-{i}");
         nodes.push(name.clone());
@@ -288,6 +295,9 @@ pub async fn cluster(client: kube::Client, eviction_client: kube::Client, opts: 
         .unwrap();
         let mut agent = KubeAgent::new(client.clone(), name.clone(), dir.path(), trust.clone());
         agent.heartbeat = Duration::from_millis(500);
+        if i % 2 == 1 {
+            agent.bundle_server = Some(bundle_server.clone());
+        }
         dirs.push(dir);
         let (tx, mut rx) = oneshot::channel::<()>();
         stop.push(tx);
@@ -413,7 +423,10 @@ pub async fn cluster(client: kube::Client, eviction_client: kube::Client, opts: 
         move |stores: Stores| {
             let ctx = Context::new(c2, eviction_client, "nexus-system", stores);
             ctx.leader.store(true, Ordering::SeqCst);
-            Arc::new(ctx)
+            let ctx = Arc::new(ctx);
+            let app = nexus_controller::rollout::reconcile::bundle_router(ctx.clone());
+            tokio::spawn(async move { axum::serve(bundle_listener, app).await });
+            ctx
         },
         async move {
             let _ = rx.await;
