@@ -30,6 +30,8 @@ async fn snapshot(pool: &PgPool, tenant: Uuid) -> BTreeMap<&'static str, Value> 
         "invoice_lines",
         "price_plans",
         "mic_certificates",
+        "cluster_rollouts",
+        "usage_hourly_domain",
     ] {
         let col = if table == "tenants" {
             "id"
@@ -173,16 +175,19 @@ async fn isolation_every_route(pool: PgPool) {
                 match t.split('/').next().unwrap() {
                     "routing-domains" => &bo.domain,
                     "model-identities" => &bo.model,
-                    "clusters" => &bo.cluster,
                     "users" => &bo.user,
                     "api-keys" => &bo.key,
                     "invoices" => &bo.invoice,
                     "price-plans" => &bo.plan,
+                    "clusters" | "rollouts" => &bo.cluster,
                     other => panic!("isolation walk does not know the objects of /v1/{other}"),
                 }
             };
             let has_params = template.contains('{');
-            let mut path = template.replace("{endpoint_id}", &bo.endpoint);
+            let mut path = template
+                .replace("{endpoint_id}", &bo.endpoint)
+                .replace("{serial}", "abc123")
+                .replace("{fabric}", "fab");
             if path.contains("{id}") {
                 path = path.replace("{id}", id_for(template));
             }
@@ -202,7 +207,9 @@ async fn isolation_every_route(pool: PgPool) {
                     json!({"name": "k", "user_id": bo.user, "scopes": ["read"]})
                 }
                 ("put", "/v1/tenant/plan") => json!({"plan_id": bo.plan}),
-                ("post", "/v1/tenants") => json!({"name": "t", "owner_email": "o@t.example"}),
+                ("post", "/v1/tenants") => {
+                    json!({"name": "t", "slug": "t", "owner_email": "o@t.example"})
+                }
                 ("post", "/v1/price-plans") => {
                     json!({"name": "p", "tenant_id": b.tenant_id, "spec": {"meters": []}})
                 }
@@ -214,9 +221,21 @@ async fn isolation_every_route(pool: PgPool) {
                 }
                 ("post", "/v1/invoices/{id}/finalize") => json!({}),
                 ("post", "/v1/model-identities/{id}/certificates") => {
-                    json!({"csr_der_base64": "MAEA", "version": "1"})
+                    json!({"csr_der_base64": nexus_cloud::validate::EXAMPLE_CSR, "version": "1",
+                        "attestation": {"architecture_hash": "00".repeat(32),
+                        "provenance": {"publisher": "p"}, "capabilities": {"context_window": 1}}})
                 }
-                ("post" | "put", t) => {
+                ("post", "/v1/model-identities/{id}/certificates/{serial}/revoke") => json!({}),
+                ("patch", "/v1/routing-domains/{id}") => json!({"name": "x"}),
+                ("patch", "/v1/users/{id}") => json!({"role": "viewer"}),
+                ("put", "/v1/routing-domains/{id}/endpoints/{endpoint_id}/admission") => {
+                    json!({"state": "admitted"})
+                }
+                ("put", "/v1/clusters/{id}/rollouts/{fabric}") => {
+                    json!({"phase": "Progressing", "target_version": "2.0", "nodes_total": 1,
+                        "nodes_updated": 0, "nodes_failed": 0})
+                }
+                ("post" | "put" | "patch", t) => {
                     panic!("isolation walk needs a request body for {method} {t}")
                 }
                 _ => Value::Null,
@@ -352,12 +371,15 @@ async fn malformed_requests_are_problems_and_write_nothing(pool: PgPool) {
     api.get("/v1/usage?meter=nope", k)
         .await
         .problem(400, "invalid_query");
-    api.get(
-        "/v1/usage?from=2026-01-01T00:00:00Z&to=2025-01-01T00:00:00Z",
-        k,
-    )
-    .await
-    .problem(400, "invalid_range");
+    // A reversed range is empty, not an error (every schema-valid query is answered).
+    let r = api
+        .get(
+            "/v1/usage?from=2026-01-01T00:00:00Z&to=2025-01-01T00:00:00Z",
+            k,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["buckets"], json!([]));
     api.get("/v1/routing-domains/not-a-uuid", k)
         .await
         .problem(404, "not_found");
@@ -727,7 +749,7 @@ async fn roles_and_scopes_are_enforced(pool: PgPool) {
     api.post(
         "/v1/tenants",
         owner,
-        json!({"name": "n", "owner_email": "a@b.example"}),
+        json!({"name": "n", "slug": "n", "owner_email": "a@b.example"}),
     )
     .await
     .problem(403, "forbidden");
@@ -738,7 +760,7 @@ async fn roles_and_scopes_are_enforced(pool: PgPool) {
         .post(
             "/v1/tenants",
             OPERATOR,
-            json!({"name": "n", "owner_email": "a@b.example"}),
+            json!({"name": "n", "slug": "n", "owner_email": "a@b.example"}),
         )
         .await;
     assert_eq!(created.status, 201, "{}", created.text);
@@ -883,6 +905,12 @@ async fn service_endpoints(pool: PgPool) {
             .status,
         200
     );
+    api.raw(Method::DELETE, "/v1/usage", None, None, vec![])
+        .await
+        .problem(405, "method_not_allowed");
+    api.raw(Method::GET, "/v1/nope", None, None, vec![])
+        .await
+        .problem(404, "not_found");
     api.raw(Method::GET, "/nope", None, None, vec![])
         .await
         .problem(404, "not_found");
@@ -906,7 +934,9 @@ async fn service_endpoints(pool: PgPool) {
     api.post(
         &format!("/v1/model-identities/{id}/certificates"),
         &t.api_key,
-        json!({"csr_der_base64": "MAEA", "version": "1"}),
+        json!({"csr_der_base64": "MAEA", "version": "1", "attestation": {
+            "architecture_hash": "00".repeat(32), "provenance": {"publisher": "p"},
+            "capabilities": {"context_window": 1}}}),
     )
     .await
     .problem(503, "ca_not_configured");
