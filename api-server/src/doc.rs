@@ -110,13 +110,17 @@ pub const ACCESS: &[Op] = &[
     op(
         "generate_invoice",
         Tenant(Admin, Write),
-        &[(409, &["invoice_finalized"]), INVALID],
+        &[(409, &["invoice_finalized", "amount_too_large"]), INVALID],
     ),
-    op("preview_invoice", Tenant(Viewer, Read), &[INVALID]),
+    op(
+        "preview_invoice",
+        Tenant(Viewer, Read),
+        &[(409, &["amount_too_large"]), INVALID],
+    ),
     op(
         "finalize_invoice",
         Tenant(Admin, AdminScope),
-        &[(409, &["invoice_finalized"])],
+        &[(409, &["invoice_finalized", "amount_too_large"])],
     ),
     op("list_invoices", Tenant(Viewer, Read), &[]),
     op("get_invoice", Tenant(Viewer, Read), &[]),
@@ -175,22 +179,30 @@ pub fn finish(doc: &mut Value) {
             "description": "The platform operator's bootstrap token (`--admin-token`)."
         }
     });
+    // An externally tagged enum is an object with exactly its one variant key.
+    if let Some(variants) = doc["components"]["schemas"]["ClaimValue"]["oneOf"].as_array_mut() {
+        for v in variants {
+            v["additionalProperties"] = Value::Bool(false);
+        }
+    }
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
+    let mut shared: Map<String, Value> = Map::new();
     for item in paths.values_mut() {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
         for method in METHODS {
             if let Some(op) = item.get_mut(method) {
-                finish_operation(op);
+                finish_operation(op, &mut shared);
             }
         }
     }
+    doc["components"]["responses"] = Value::Object(shared);
 }
 
-fn finish_operation(op: &mut Value) {
+fn finish_operation(op: &mut Value, shared: &mut Map<String, Value>) {
     let id = op["operationId"].as_str().unwrap_or_default().to_owned();
     let params: Vec<Value> = op["parameters"].as_array().cloned().unwrap_or_default();
     let has_path = params.iter().any(|p| p["in"] == "path");
@@ -257,23 +269,31 @@ fn finish_operation(op: &mut Value) {
     // Undeclared catch-alls from handler attributes are replaced by the exact list.
     responses.retain(|k, _| !k.ends_with("XX"));
     for (status, codes) in errors {
-        let list = codes
-            .iter()
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        // One shared response per (status, codes): `Problem404` or `Problem409_already_exists`.
+        let name = format!("Problem{status}_{}", codes.join("_"));
+        if !shared.contains_key(&name) {
+            let list = codes
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            shared.insert(
+                name.clone(),
+                json!({
+                    "description": format!("{}: problem code {list}.", reason(status)),
+                    "content": {"application/problem+json": {"schema": {"allOf": [
+                        {"$ref": "#/components/schemas/Problem"},
+                        {"type": "object", "properties": {
+                            "status": {"const": status},
+                            "code": {"enum": codes}
+                        }}
+                    ]}}}
+                }),
+            );
+        }
         responses.insert(
             status.to_string(),
-            json!({
-                "description": format!("{}: problem code {list}.", reason(status)),
-                "content": {"application/problem+json": {"schema": {"allOf": [
-                    {"$ref": "#/components/schemas/Problem"},
-                    {"type": "object", "properties": {
-                        "status": {"const": status},
-                        "code": {"enum": codes}
-                    }}
-                ]}}}
-            }),
+            json!({"$ref": format!("#/components/responses/{name}")}),
         );
     }
     op["responses"] = Value::Object(responses);

@@ -68,7 +68,7 @@ pub struct UsageEvent {
     #[schema(schema_with = dimensions_schema)]
     pub dimensions: BTreeMap<String, String>,
     /// Unique per tenant: a retried event with the same key is counted once.
-    #[schema(min_length = 1, max_length = 255)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
     pub idempotency_key: String,
 }
 
@@ -76,6 +76,7 @@ fn dimensions_schema() -> utoipa::openapi::schema::Object {
     use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
     let value = ObjectBuilder::new()
         .schema_type(Type::String)
+        .pattern(Some(NO_NUL_PATTERN))
         .max_length(Some(MAX_DIMENSION_LEN));
     ObjectBuilder::new()
         .schema_type(Type::Object)
@@ -83,6 +84,7 @@ fn dimensions_schema() -> utoipa::openapi::schema::Object {
         .property_names(Some(
             ObjectBuilder::new()
                 .schema_type(Type::String)
+                .pattern(Some(NO_NUL_PATTERN))
                 .max_length(Some(MAX_DIMENSION_LEN)),
         ))
         .max_properties(Some(MAX_DIMENSIONS))
@@ -92,6 +94,9 @@ fn dimensions_schema() -> utoipa::openapi::schema::Object {
         .examples([serde_json::json!({"domain": "prod", "delivery_mode": "stream"})])
         .build()
 }
+
+/// Strings stored as text or JSON cannot hold NUL (PostgreSQL refuses it).
+pub const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
 
 /// Most dimensions on one event.
 pub const MAX_DIMENSIONS: usize = 32;
@@ -183,16 +188,20 @@ pub fn check_event(
     closed: &[(DateTime<Utc>, DateTime<Utc>)],
 ) -> Result<(), RejectReason> {
     let chars = |s: &str| s.chars().count();
-    if e.idempotency_key.is_empty() || chars(&e.idempotency_key) > MAX_KEY_LEN {
+    let nul = |s: &str| s.contains('\0');
+    if e.idempotency_key.is_empty()
+        || chars(&e.idempotency_key) > MAX_KEY_LEN
+        || nul(&e.idempotency_key)
+    {
         return Err(RejectReason::InvalidIdempotencyKey);
     }
     if i64::try_from(e.quantity).is_err() {
         return Err(RejectReason::QuantityTooLarge);
     }
     if e.dimensions.len() > MAX_DIMENSIONS
-        || e.dimensions
-            .iter()
-            .any(|(k, v)| chars(k) > MAX_DIMENSION_LEN || chars(v) > MAX_DIMENSION_LEN)
+        || e.dimensions.iter().any(|(k, v)| {
+            chars(k) > MAX_DIMENSION_LEN || chars(v) > MAX_DIMENSION_LEN || nul(k) || nul(v)
+        })
     {
         return Err(RejectReason::InvalidDimensions);
     }

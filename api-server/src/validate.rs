@@ -274,6 +274,27 @@ pub fn score(s: &str) -> Result<()> {
     }
 }
 
+/// A model identity's claims: a flat map (see [`claims_schema`]).
+pub fn claims(map: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    use serde_json::Value;
+    if map.len() > 64 {
+        return Err(Error::invalid("claims: at most 64 entries"));
+    }
+    for (k, v) in map {
+        short_text("claims (name)", k)?;
+        match v {
+            Value::String(s) => text(&format!("claims.{k}"), s, 1000)?,
+            Value::Number(_) | Value::Bool(_) | Value::Null => {}
+            Value::Array(_) | Value::Object(_) => {
+                return Err(Error::invalid(format!(
+                    "claims.{k}: a claim is a string, number, boolean or null"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------ the published schemas
 
 use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
@@ -373,6 +394,38 @@ pub fn capability_schema() -> Object {
     )
     .examples(["code-generation"])
     .build()
+}
+
+pub fn claims_schema() -> Object {
+    use utoipa::openapi::schema::{AdditionalProperties, OneOfBuilder};
+    let value = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(TEXT_PATTERN))
+                .max_length(Some(1000)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::Null));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(SHORT_TEXT_PATTERN))
+                .min_length(Some(1))
+                .max_length(Some(64)),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            utoipa::openapi::schema::Schema::OneOf(value.build()).into(),
+        )))
+        .max_properties(Some(64))
+        .description(Some(
+            "At most 64 claims: names of 1–64 characters, values a string (≤ 1000 characters), number, boolean or null.",
+        ))
+        .examples([serde_json::json!({"humaneval": 0.91, "license": "apache-2.0"})])
+        .build()
 }
 
 pub fn hex32_schema() -> Object {
@@ -498,7 +551,9 @@ pub const CSR_MAX_CHARS: usize = 10920;
 pub const EXAMPLE_CSR: &str = "MIHRMHoCAQAwGDEWMBQGA1UEAwwNbmV4dXMgZXhhbXBsZTBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABBK9HZG+dhRxrCWRLUwp3TaJag7PDGTYuhvxkphuK81kgVQAZBGdhANNH/bzL8PH1pa00IuttAyIW7vTH9YfgbqgADAKBggqhkjOPQQDAgNHADBEAiAYIlDJJUbZKLn87RuCYvo6JN5zsH9gDsixW+KMzmAxewIgbjTmOH8/qBBHp+BkLeVha8lV3HoqzCQFTtC+QlRilmk=";
 
 pub fn csr_schema() -> Object {
-    string(BASE64_PATTERN, 4, CSR_MAX_CHARS, "PKCS#10 certificate request, DER, standard base64. Key: ECDSA P-256/P-384 or Ed25519. A request naming URI SANs must name exactly the model URI.")
+    string(BASE64_PATTERN, 4, CSR_MAX_CHARS, "PKCS#10 certificate request, DER, standard base64 (`contentMediaType`): the CA checks its signature and key (422 `ca_refused` otherwise). Key: ECDSA P-256/P-384 or Ed25519. A request naming URI SANs must name exactly the model URI; one without SANs is valid for any model.")
+        .content_encoding("base64")
+        .content_media_type("application/pkcs10")
         .examples([EXAMPLE_CSR])
         .build()
 }

@@ -74,8 +74,17 @@ impl TryFrom<PlanRow> for PricePlan {
     }
 }
 
+/// A price plan to create. Beyond the schema, the plan's tiers must be valid together: per
+/// meter, bounds strictly increasing, only the last tier unbounded, each meter priced once, a
+/// positive `unit_size`, prices ≤ 10^12 micros (422 `validation_failed` otherwise; see the
+/// example).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "enterprise", "currency": "USD", "spec": {"meters": [
+    {"meter": "traffic_bytes", "unit": "GB", "unit_size": 1000000000,
+     "tiers": [{"up_to": 1000, "unit_price_micros": 60000}, {"up_to": null, "unit_price_micros": 15000}]},
+    {"meter": "mics_issued", "unit": "MIC", "unit_size": 1,
+     "tiers": [{"up_to": null, "unit_price_micros": 2500000}]}]}}))]
 pub struct CreatePlan {
     #[schema(schema_with = validate::name_schema)]
     pub name: String,
@@ -320,8 +329,8 @@ async fn rate_usage(
     (start, end): (DateTime<Utc>, DateTime<Utc>),
     spec: &PlanSpec,
 ) -> Result<(Vec<rating::Line>, i64)> {
-    let usage: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT meter, sum(quantity)::int8 FROM usage_hourly
+    let usage: Vec<(String, String)> = sqlx::query_as(
+        "SELECT meter, sum(quantity)::text FROM usage_hourly
           WHERE tenant_id = $1 AND hour >= $2 AND hour < $3 GROUP BY meter",
     )
     .bind(tenant)
@@ -329,13 +338,29 @@ async fn rate_usage(
     .bind(end)
     .fetch_all(&mut *conn)
     .await?;
-    let usage: Vec<(Meter, u64)> = usage
-        .into_iter()
-        .filter_map(|(m, q)| Some((Meter::parse(&m)?, u64::try_from(q).ok()?)))
-        .collect();
-    let lines = rating::rate(spec, &usage);
-    let total = i64::try_from(rating::total(&lines))
-        .map_err(|_| Error::Internal("invoice total overflows".into()))?;
+    let too_large = || {
+        Error::conflict(
+            "amount_too_large",
+            "this month's usage rates to more than an invoice can hold (2^63−1 micro-units)",
+        )
+    };
+    let mut rated = Vec::with_capacity(usage.len());
+    for (m, q) in usage {
+        let Some(meter) = Meter::parse(&m) else {
+            continue;
+        };
+        rated.push((meter, q.parse::<u64>().map_err(|_| too_large())?));
+    }
+    let lines = rating::rate(spec, &rated);
+    let fits = |v: u64| i64::try_from(v).is_ok();
+    if lines
+        .iter()
+        .any(|l| !fits(l.quantity) || !fits(l.amount_micros))
+    {
+        return Err(too_large());
+    }
+    let total: u128 = lines.iter().map(|l| u128::from(l.amount_micros)).sum();
+    let total = i64::try_from(total).map_err(|_| too_large())?;
     Ok((lines, total))
 }
 

@@ -54,8 +54,10 @@ pub struct CreateModel {
     pub name: String,
     #[schema(schema_with = validate::digest_schema)]
     pub model_digest: String,
-    /// Free-form claims, at most 16 KiB as JSON (422 `validation_failed` otherwise).
+    /// Claims to show beside the model (evaluation scores, provenance notes): at most 64 names
+    /// of 1–64 characters, each a string (≤ 1000 characters), number, boolean or null.
     #[serde(default)]
+    #[schema(schema_with = validate::claims_schema)]
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -116,10 +118,8 @@ async fn create_model(
     let c = p.tenant(Role::Member, Scope::Write)?;
     validate::model_name(&body.name)?;
     validate::digest(&body.model_digest)?;
+    validate::claims(&body.claims)?;
     let claims = serde_json::Value::Object(body.claims);
-    if claims.to_string().len() > 16 * 1024 {
-        return Err(Error::invalid("claims are larger than 16 KiB"));
-    }
     let mut tx = s.pool.begin().await?;
     let id = Uuid::new_v4();
     sqlx::query(

@@ -94,7 +94,7 @@ pub struct UsageBucket {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     pub start: DateTime<Utc>,
-    /// Sum of the events' quantities, in the meter's base unit.
+    /// Sum of the events' quantities, in the meter's base unit (saturating at 2^63−1).
     pub quantity: i64,
     pub events: i64,
 }
@@ -166,14 +166,14 @@ async fn query_usage(
     let by_domain = group_by == GroupBy::Domain || q.domain.is_some();
     let sql = if by_domain {
         "SELECT meter, CASE WHEN $7 THEN domain END AS domain, date_trunc($5, hour, 'UTC') AS start,
-                sum(quantity)::int8 AS quantity, sum(events)::int8 AS events
+                LEAST(sum(quantity), 9223372036854775807)::int8 AS quantity, sum(events)::int8 AS events
            FROM usage_hourly_domain
           WHERE tenant_id = $1 AND hour >= date_trunc('hour', $2::timestamptz, 'UTC') AND hour < $3
             AND ($4::text IS NULL OR meter = $4) AND ($6::text IS NULL OR domain = $6)
           GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     } else {
         "SELECT meter, NULL::text AS domain, date_trunc($5, hour, 'UTC') AS start,
-                sum(quantity)::int8 AS quantity, sum(events)::int8 AS events
+                LEAST(sum(quantity), 9223372036854775807)::int8 AS quantity, sum(events)::int8 AS events
            FROM usage_hourly
           WHERE tenant_id = $1 AND hour >= date_trunc('hour', $2::timestamptz, 'UTC') AND hour < $3
             AND ($4::text IS NULL OR meter = $4) AND ($6::text IS NULL OR $7)
