@@ -24,8 +24,9 @@ const queryClient = new QueryClient({
       // A 4xx will not get better by retrying; network and 5xx errors may.
       retry: (count, error) =>
         count < 2 && !(error instanceof ApiError && error.status >= 400 && error.status < 500),
-      refetchOnWindowFocus: false,
-      staleTime: 10_000,
+      // Usage and bills change outside the console (dataplanes, the CA): every page shows its
+      // cached data at once and refetches on mount.
+      staleTime: 0,
     },
   },
 });

@@ -128,7 +128,7 @@ function IssueMic({
   const [modalities, setModalities] = useState<string[]>(["text"]);
   const [context, setContext] = useState<number | string>(128000);
   const [hours, setHours] = useState<number | string>(24);
-  const [privateKey, setPrivateKey] = useState<string | null>(null);
+  const [issued, setIssued] = useState<{ serial: string; key: string } | null>(null);
   const m = useMutation({
     mutationFn: async () => {
       const req = await makeCsr(model.name);
@@ -153,24 +153,30 @@ function IssueMic({
     },
     onSuccess: ({ issued, key }) => {
       qc.invalidateQueries({ queryKey: ["models"] });
-      setPrivateKey(key);
-      onIssued(issued.serial);
+      setIssued({ serial: issued.serial, key });
     },
   });
   const submit = (e: FormEvent) => {
     e.preventDefault();
     m.mutate();
   };
-  if (privateKey) {
+  if (issued) {
+    const done = () => {
+      onClose();
+      onIssued(issued.serial);
+    };
     return (
-      <Modal opened onClose={onClose} title="MIC issued" size="lg">
+      <Modal opened onClose={done} title="MIC issued" size="lg">
         <Stack>
+          <Text size="sm">
+            Serial <span className="mono" data-testid="issued-serial">{issued.serial}</span>
+          </Text>
           <Alert color="yellow" title="Download the private key now">
             The key pair was made in this browser. The server never saw the private key and cannot show it again.
           </Alert>
           <Group>
-            <Button onClick={() => download(`${model.name}.key.pem`, privateKey)}>Download private key</Button>
-            <Button variant="default" onClick={onClose}>
+            <Button onClick={() => download(`${model.name}.key.pem`, issued.key)}>Download private key</Button>
+            <Button variant="default" onClick={done}>
               Done
             </Button>
           </Group>

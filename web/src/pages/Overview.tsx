@@ -90,7 +90,7 @@ export function Overview() {
                   {d.next_cursor ? "+" : ""}
                 </Text>
                 <Text size="xs" c="dimmed">
-                  {d.data.reduce((s, x) => s + x.endpoints_admitted, 0)} endpoints admitted ·{" "}
+                  Endpoints: {d.data.reduce((s, x) => s + x.endpoints_admitted, 0)} admitted ·{" "}
                   {d.data.reduce((s, x) => s + x.endpoints_rejected, 0)} rejected
                 </Text>
               </Stack>
