@@ -501,7 +501,8 @@ async fn create_key(
     ))
 }
 
-/// Revoke an API key: one's own (member), anyone's (admin). Takes effect on the next request.
+/// Revoke an API key: one's own (any role, with a write-scoped key), anyone's (admin, admin
+/// scope). Takes effect on the next request.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys",
     params(("id" = Uuid, Path, description = "API key id")),
     responses((status = 204)))]

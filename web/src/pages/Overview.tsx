@@ -108,7 +108,12 @@ export function Overview() {
           </Text>
         </Group>
         <QueryView query={traffic} label="traffic">
-          {(t) => (
+          {(t) =>
+            total(t, "traffic_bytes") === 0 ? (
+              <Text c="dimmed" py="lg" ta="center" data-testid="empty">
+                No traffic in the last 14 days. Dataplanes report it as traffic_bytes usage.
+              </Text>
+            ) : (
             <Stack gap="xs">
               <Text size="sm">Total: {formatBytes(total(t, "traffic_bytes"))}</Text>
               <UsageChart
@@ -118,7 +123,8 @@ export function Overview() {
                 label="Traffic per day, last 14 days"
               />
             </Stack>
-          )}
+            )
+          }
         </QueryView>
       </Card>
       <Card withBorder>
