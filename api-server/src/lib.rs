@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod metering;
 pub mod metrics;
+pub mod num;
 pub mod pagination;
 pub mod ratelimit;
 pub mod rating;

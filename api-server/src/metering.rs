@@ -56,6 +56,7 @@ pub const MAX_BATCH: usize = 1000;
 pub struct UsageEvent {
     pub meter: Meter,
     /// Non-negative integer in the meter's base unit (bytes, MICs, cluster-hours).
+    #[serde(deserialize_with = "crate::num::u63")]
     #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub quantity: u64,
     /// When the usage happened (RFC 3339). Accepted within the late-arrival window (48 h by
@@ -178,6 +179,37 @@ impl Default for Window {
             skew: Duration::minutes(5),
         }
     }
+}
+
+/// The rules on an event's fields that the API document states (lengths, NUL, counts): an
+/// event breaking one makes the whole request invalid (422), unlike the time and period rules,
+/// which reject that event alone. `None` when the event is well formed.
+pub fn shape_error(e: &UsageEvent) -> Option<String> {
+    let chars = |s: &str| s.chars().count();
+    let key = &e.idempotency_key;
+    if key.is_empty() || chars(key) > MAX_KEY_LEN || key.contains('\0') {
+        return Some(format!(
+            "idempotency_key must be 1–{MAX_KEY_LEN} characters without NUL"
+        ));
+    }
+    if i64::try_from(e.quantity).is_err() {
+        return Some("quantity must be at most 9223372036854775807".into());
+    }
+    if e.dimensions.len() > MAX_DIMENSIONS {
+        return Some(format!("dimensions: at most {MAX_DIMENSIONS} entries"));
+    }
+    for (k, v) in &e.dimensions {
+        if chars(k) > MAX_DIMENSION_LEN
+            || chars(v) > MAX_DIMENSION_LEN
+            || k.contains('\0')
+            || v.contains('\0')
+        {
+            return Some(format!(
+                "dimensions: names and values are at most {MAX_DIMENSION_LEN} characters without NUL"
+            ));
+        }
+    }
+    None
 }
 
 /// Decides whether one event may be stored: pure, `now` and the closed periods are inputs.

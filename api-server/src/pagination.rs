@@ -19,6 +19,7 @@ pub const CURSOR_PATTERN: &str = "^[0-9]{1,18}\\.[0-9a-f]{32}$";
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Items per page, 1–100 (default 20).
+    #[serde(default, deserialize_with = "crate::num::query_u32")]
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page: the page starts after that item.

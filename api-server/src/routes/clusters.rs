@@ -200,11 +200,14 @@ pub struct RolloutReport {
     /// Firmware version the Fabric rolls to.
     #[schema(schema_with = validate::version_schema)]
     pub target_version: String,
+    #[serde(deserialize_with = "crate::num::u32")]
     #[schema(minimum = 0, maximum = 1000000)]
     pub nodes_total: u32,
     /// Nodes running the target and healthy.
+    #[serde(deserialize_with = "crate::num::u32")]
     #[schema(minimum = 0, maximum = 1000000)]
     pub nodes_updated: u32,
+    #[serde(deserialize_with = "crate::num::u32")]
     #[schema(minimum = 0, maximum = 1000000)]
     pub nodes_failed: u32,
     /// What is happening, in words (e.g. the condition message).

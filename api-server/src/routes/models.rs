@@ -235,6 +235,7 @@ pub struct Capabilities {
     #[schema(schema_with = validate::capabilities_schema)]
     pub capabilities: Vec<String>,
     /// Context window in tokens.
+    #[serde(deserialize_with = "crate::num::u64")]
     #[schema(minimum = 0)]
     pub context_window: u64,
     /// Input/output modalities such as `text`, `image` (at most 16).
@@ -370,7 +371,7 @@ pub struct IssueMic {
     pub attestation: Attestation,
     /// Requested lifetime in seconds; 0 or absent: the CA's default (24 h). At most 90 days,
     /// and the CA's `--max-validity` may be lower (422 `ca_refused`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::num::u64")]
     #[schema(minimum = 0, maximum = 7776000)]
     pub validity_seconds: u64,
     /// Idempotency key: a retry with the same id returns the first certificate.

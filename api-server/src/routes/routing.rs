@@ -298,9 +298,11 @@ pub struct CreateEndpoint {
     #[schema(schema_with = validate::capabilities_schema)]
     pub capabilities: Vec<String>,
     /// Tokens.
+    #[serde(deserialize_with = "crate::num::u32")]
     #[schema(minimum = 1, maximum = 2147483647)]
     pub context_window: u32,
     /// Milliseconds.
+    #[serde(deserialize_with = "crate::num::u32")]
     #[schema(minimum = 1, maximum = 2147483647)]
     pub latency_sla_ms: u32,
     #[schema(schema_with = validate::decimal_schema)]
@@ -461,6 +463,7 @@ pub struct SetAdmission {
     #[schema(schema_with = validate::reason_schema)]
     pub reason: String,
     /// Version of the routing table programmed with this decision.
+    #[serde(default, deserialize_with = "crate::num::opt_i64_nonneg")]
     #[schema(minimum = 0)]
     pub table_version: Option<i64>,
 }

@@ -380,8 +380,10 @@ pub struct CreateKey {
     /// Subset of the caller's own scopes (403 `forbidden` otherwise).
     #[schema(min_items = 1)]
     pub scopes: Vec<Scope>,
-    /// When the key stops working; must be in the future (422 `validation_failed` otherwise).
-    pub expires_at: Option<DateTime<Utc>>,
+    /// Seconds from now until the key stops working (1 minute to 10 years); never when absent.
+    #[serde(default, deserialize_with = "crate::num::opt_u64")]
+    #[schema(minimum = 60, maximum = 315360000)]
+    pub expires_in_seconds: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -443,9 +445,17 @@ async fn create_key(
             sc.as_str()
         )));
     }
-    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
-        return Err(Error::invalid("expires_at must be in the future"));
-    }
+    let expires_at = match body.expires_in_seconds {
+        None => None,
+        Some(s @ 60..=315_360_000) => i64::try_from(s)
+            .ok()
+            .map(|s| Utc::now() + chrono::Duration::seconds(s)),
+        Some(_) => {
+            return Err(Error::invalid(
+                "expires_in_seconds must be from 60 (a minute) to 315360000 (ten years)",
+            ));
+        }
+    };
     let user_id = body.user_id.unwrap_or(c.user_id);
     if user_id != c.user_id {
         c.require(Role::Admin, Scope::Admin)?;
@@ -471,7 +481,7 @@ async fn create_key(
         user_id,
         &body.name,
         &body.scopes,
-        body.expires_at,
+        expires_at,
     )
     .await?;
     let key: ApiKey = sqlx::query_as(
@@ -488,7 +498,7 @@ async fn create_key(
         "api_key.create",
         "api_key",
         &id.to_string(),
-        serde_json::json!({"user_id": user_id, "scopes": body.scopes, "expires_at": body.expires_at}),
+        serde_json::json!({"user_id": user_id, "scopes": body.scopes, "expires_at": expires_at}),
     )
     .await?;
     tx.commit().await?;

@@ -19,10 +19,11 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(query_usage))
 }
 
-/// Ingest a batch of at most 1,000 usage events (member, write). Exactly once per
-/// (tenant, idempotency key): a retried batch reports `duplicate` and is billed once; reusing a key for a different event
-/// reports `conflict` and stores nothing. Events
-/// outside the late-arrival window, in the future, or in an invoiced month are rejected one by one.
+/// Ingest a batch of 1 to 1,000 usage events. Exactly once per (tenant, idempotency key): a
+/// retried batch reports `duplicate` and is billed once; reusing a key for a different event
+/// reports `conflict` and stores nothing. Events outside the late-arrival window, in the future,
+/// or in an invoiced month are `rejected` one by one, with a reason; an event that breaks the
+/// document's field rules makes the whole request a 422.
 #[utoipa::path(post, path = "/v1/usage/events", tag = "usage", request_body = UsageBatch,
     responses((status = 200, body = IngestReport)))]
 async fn ingest(
@@ -31,8 +32,16 @@ async fn ingest(
     Json(batch): Json<UsageBatch>,
 ) -> Result<Json<IngestReport>> {
     let c = p.tenant(Role::Member, Scope::Write)?;
-    if batch.events.is_empty() {
+    if batch.events.is_empty() || batch.events.len() > metering::MAX_BATCH {
         return Err(Error::invalid("events must hold 1 to 1000 events"));
+    }
+    if let Some((i, why)) = batch
+        .events
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| metering::shape_error(e).map(|w| (i, w)))
+    {
+        return Err(Error::invalid(format!("events[{i}].{why}")));
     }
     let report = metering::ingest(
         &s.pool,

@@ -5,7 +5,8 @@
 //! some optional ones. Date-times are drawn from the next 30 days (time-relative rules such as
 //! "expires in the future" cannot be written in a schema). Values whose meaning the schema says
 //! but cannot check — `contentMediaType` (a CSR) — come from the schema's `examples`, as would a
-//! person's. Every instance is checked against the schema with `jsonschema` by the caller.
+//! person's. Integers are sometimes written as `12.0`, which JSON Schema counts as an integer.
+//! Every instance is checked against the schema with `jsonschema` by the caller.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use chrono::{Duration, Utc};
@@ -128,6 +129,10 @@ impl<'a> Gen<'a> {
                 }
             }
         };
+        // JSON Schema counts 12.0 as an integer: sometimes send one that way.
+        if v.unsigned_abs() < (1 << 53) && self.chance(0.1) {
+            return json!(v as f64);
+        }
         json!(v)
     }
 

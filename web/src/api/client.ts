@@ -1,7 +1,7 @@
 // The API client, generated from openapi.json (openapi-typescript + openapi-fetch): a change of
 // the contract changes these types, and the build fails where the console no longer fits it.
 import createClient, { type Middleware } from "openapi-fetch";
-import type { paths } from "./schema";
+import type { components, paths } from "./schema";
 import { ApiError } from "./problem";
 
 export type Api = ReturnType<typeof createApi>;
@@ -38,3 +38,7 @@ export async function unwrap<T>(call: Promise<Result<T>>): Promise<T> {
   // 204 answers carry no body.
   return r.data as T;
 }
+
+/** A schema of the contract by name. Request bodies are written `{…} satisfies S<"CreateKey">`,
+ * so a field the contract no longer has is a compile error too, not only a missing one. */
+export type S<K extends keyof components["schemas"]> = components["schemas"][K];

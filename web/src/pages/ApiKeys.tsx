@@ -1,10 +1,10 @@
 import { useState, type FormEvent } from "react";
 import {
-  Alert, Badge, Button, Checkbox, Code, CopyButton, Group, Modal, Stack, Table, Text, TextInput, Title,
+  Alert, Badge, Button, Checkbox, Code, CopyButton, Group, Modal, Select, Stack, Table, Text, TextInput, Title,
 } from "@mantine/core";
 import { useMutation, useQueryClient } from "@tanstack/react-query";
 import { useSession } from "../session";
-import { unwrap } from "../api/client";
+import { unwrap, type S } from "../api/client";
 import type { components } from "../api/schema";
 import { formatDate, formatTime } from "../api/format";
 import { ErrorAlert, NotAllowed, QueryView } from "../components/states";
@@ -115,12 +115,16 @@ function CreateKey({ onClose }: { onClose: () => void }) {
   const available = (me?.scopes ?? []) as Scope[];
   const [name, setName] = useState("");
   const [scopes, setScopes] = useState<Scope[]>(available.filter((s) => s === "read"));
-  const [expires, setExpires] = useState("");
+  const [expires, setExpires] = useState<string>("never");
   const m = useMutation({
     mutationFn: () =>
       unwrap(
         api.POST("/v1/api-keys", {
-          body: { name, scopes, expires_at: expires ? `${expires}T00:00:00Z` : null },
+          body: {
+            name,
+            scopes,
+            expires_in_seconds: expires === "never" ? null : Number(expires) * 86_400,
+          } satisfies S<"CreateKey">,
         }),
       ),
     onSuccess: () => qc.invalidateQueries({ queryKey: ["keys"] }),
@@ -168,7 +172,19 @@ function CreateKey({ onClose }: { onClose: () => void }) {
               ))}
             </Group>
           </Checkbox.Group>
-          <TextInput type="date" label="Expires (optional)" value={expires} onChange={(e) => setExpires(e.currentTarget.value)} />
+          <Select
+            label="Expires"
+            data={[
+              { value: "never", label: "Never" },
+              { value: "7", label: "In 7 days" },
+              { value: "30", label: "In 30 days" },
+              { value: "90", label: "In 90 days" },
+              { value: "365", label: "In a year" },
+            ]}
+            value={expires}
+            onChange={(v) => v && setExpires(v)}
+            allowDeselect={false}
+          />
           {m.isError && <ErrorAlert error={m.error} title="Could not create the key" />}
           <Group justify="flex-end">
             <Button variant="default" onClick={onClose}>

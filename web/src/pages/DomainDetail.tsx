@@ -5,7 +5,7 @@ import {
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useNavigate, useParams } from "react-router";
 import { useSession } from "../session";
-import { unwrap } from "../api/client";
+import { unwrap, type S } from "../api/client";
 import type { components } from "../api/schema";
 import { formatTime } from "../api/format";
 import { ErrorAlert, NotAllowed, QueryView } from "../components/states";
@@ -200,7 +200,7 @@ function EditDomain(props: { opened: boolean; onClose: () => void; id: string; n
   const [description, setDescription] = useState(props.description);
   const m = useMutation({
     mutationFn: () =>
-      unwrap(api.PATCH("/v1/routing-domains/{id}", { params: { path: { id: props.id } }, body: { name, description } })),
+      unwrap(api.PATCH("/v1/routing-domains/{id}", { params: { path: { id: props.id } }, body: { name, description } satisfies S<"UpdateDomain"> })),
     onSuccess: () => {
       qc.invalidateQueries({ queryKey: ["domains"] });
       props.onClose();
@@ -257,7 +257,7 @@ function AddEndpoint({ domain, opened, onClose }: { domain: string; opened: bool
             context_window: Number(context),
             latency_sla_ms: Number(latency),
             cost_per_1k_tokens: cost.trim(),
-          },
+          } satisfies S<"CreateEndpoint">,
         }),
       ),
     onSuccess: () => {

@@ -3,7 +3,7 @@ import { Badge, Button, Group, Modal, Stack, Table, Text, TextInput, Textarea, T
 import { useMutation, useQueryClient } from "@tanstack/react-query";
 import { Link, useNavigate } from "react-router";
 import { useSession } from "../session";
-import { unwrap } from "../api/client";
+import { unwrap, type S } from "../api/client";
 import { formatDate } from "../api/format";
 import { ErrorAlert, NotAllowed, QueryView } from "../components/states";
 import { LoadMore, usePaged } from "../components/paged";
@@ -88,7 +88,7 @@ function CreateDomain({ opened, onClose }: { opened: boolean; onClose: () => voi
   const [name, setName] = useState("");
   const [description, setDescription] = useState("");
   const m = useMutation({
-    mutationFn: () => unwrap(api.POST("/v1/routing-domains", { body: { name, description } })),
+    mutationFn: () => unwrap(api.POST("/v1/routing-domains", { body: { name, description } satisfies S<"CreateDomain"> })),
     onSuccess: (d) => {
       qc.invalidateQueries({ queryKey: ["domains"] });
       onClose();

@@ -3,7 +3,7 @@ import { Badge, Button, Card, Group, Stack, Table, Text, TextInput, Title } from
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { Link, useNavigate } from "react-router";
 import { useSession } from "../session";
-import { unwrap } from "../api/client";
+import { unwrap, type S } from "../api/client";
 import { currentPeriod, formatDate } from "../api/format";
 import { ErrorAlert, NotAllowed, QueryView } from "../components/states";
 import { LoadMore, usePaged } from "../components/paged";
@@ -83,7 +83,7 @@ function DraftInvoice() {
   const navigate = useNavigate();
   const [period, setPeriod] = useState(currentPeriod());
   const m = useMutation({
-    mutationFn: () => unwrap(api.POST("/v1/invoices/generate", { body: { period } })),
+    mutationFn: () => unwrap(api.POST("/v1/invoices/generate", { body: { period } satisfies S<"GenerateInvoice"> })),
     onSuccess: (inv) => {
       qc.invalidateQueries({ queryKey: ["invoices"] });
       navigate(`/invoices/${inv.id}`);

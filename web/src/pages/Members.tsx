@@ -2,7 +2,7 @@ import { useState, type FormEvent } from "react";
 import { Button, Group, Modal, Select, Stack, Table, TextInput, Title } from "@mantine/core";
 import { useMutation, useQueryClient } from "@tanstack/react-query";
 import { useSession } from "../session";
-import { unwrap } from "../api/client";
+import { unwrap, type S } from "../api/client";
 import type { components } from "../api/schema";
 import { formatDate } from "../api/format";
 import { ErrorAlert, NotAllowed, QueryView } from "../components/states";
@@ -33,7 +33,7 @@ function MemberList() {
   const manage = can("set_role");
   const setRole = useMutation({
     mutationFn: ({ id, role }: { id: string; role: Role }) =>
-      unwrap(api.PATCH("/v1/users/{id}", { params: { path: { id } }, body: { role } })),
+      unwrap(api.PATCH("/v1/users/{id}", { params: { path: { id } }, body: { role } satisfies S<"SetRole"> })),
     onSuccess: () => qc.invalidateQueries({ queryKey: ["users"] }),
   });
   const mine = me ? RANK[me.user.role] : -1;
@@ -97,7 +97,7 @@ function AddMember({ onClose, maxRank }: { onClose: () => void; maxRank: number 
   const [email, setEmail] = useState("");
   const [role, setRole] = useState<Role>("viewer");
   const m = useMutation({
-    mutationFn: () => unwrap(api.POST("/v1/users", { body: { email: email.trim(), role } })),
+    mutationFn: () => unwrap(api.POST("/v1/users", { body: { email: email.trim(), role } satisfies S<"CreateUser"> })),
     onSuccess: () => {
       qc.invalidateQueries({ queryKey: ["users"] });
       onClose();

@@ -6,7 +6,7 @@ import {
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
 import { useParams } from "react-router";
 import { useSession } from "../session";
-import { unwrap } from "../api/client";
+import { unwrap, type S } from "../api/client";
 import type { components } from "../api/schema";
 import { formatTime } from "../api/format";
 import { makeCsr, sha256Of } from "../api/csr";
@@ -146,7 +146,7 @@ function IssueMic({
             attestation,
             validity_seconds: Math.round(Number(hours) * 3600),
             request_id: `console-${crypto.randomUUID()}`,
-          },
+          } satisfies S<"IssueMic">,
         }),
       );
       return { issued, key: req.privateKeyPem };
@@ -247,7 +247,7 @@ function InspectMic({ model, serial, onClose }: { model: string; serial: string;
       unwrap(
         api.POST("/v1/model-identities/{id}/certificates/{serial}/revoke", {
           params: { path: { id: model, serial } },
-          body: { reason },
+          body: { reason } satisfies S<"RevokeMic">,
         }),
       ),
     onSuccess: () => qc.invalidateQueries({ queryKey: ["models"] }),

@@ -3,7 +3,7 @@ import { Badge, Button, Group, Modal, Stack, Table, Text, TextInput, Title } fro
 import { useMutation, useQueryClient } from "@tanstack/react-query";
 import { Link, useNavigate } from "react-router";
 import { useSession } from "../session";
-import { unwrap } from "../api/client";
+import { unwrap, type S } from "../api/client";
 import { formatDate } from "../api/format";
 import { ErrorAlert, NotAllowed, QueryView } from "../components/states";
 import { LoadMore, usePaged } from "../components/paged";
@@ -70,7 +70,7 @@ function RegisterModel({ opened, onClose }: { opened: boolean; onClose: () => vo
   const [name, setName] = useState("");
   const [digest, setDigest] = useState("");
   const m = useMutation({
-    mutationFn: () => unwrap(api.POST("/v1/model-identities", { body: { name, model_digest: digest.trim() } })),
+    mutationFn: () => unwrap(api.POST("/v1/model-identities", { body: { name, model_digest: digest.trim() } satisfies S<"CreateModel"> })),
     onSuccess: (created) => {
       qc.invalidateQueries({ queryKey: ["models"] });
       onClose();
