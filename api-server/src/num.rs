@@ -108,6 +108,14 @@ pub fn opt_i64_nonneg<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D:
     d.deserialize_option(Opt)
 }
 
+/// An optional field that may be absent but not `null` (the document says "string", not
+/// "string or null"): use with `#[serde(default, deserialize_with = "crate::num::not_null")]`.
+pub fn not_null<'de, D: Deserializer<'de>, T: serde::Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
 /// An integer query parameter: the text of a JSON number with an integral value (`12`, `12.0`).
 pub fn query_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     let text: Option<String> = serde::Deserialize::deserialize(d)?;
@@ -135,6 +143,8 @@ mod tests {
         b: Option<u64>,
         #[serde(default, deserialize_with = "super::u63")]
         c: u64,
+        #[serde(default, deserialize_with = "super::not_null")]
+        d: Option<String>,
     }
 
     fn parse(s: &str) -> Result<T, serde_json::Error> {
@@ -150,6 +160,11 @@ mod tests {
             parse(r#"{"a": 1, "b": null}"#).map(|t| t.b).ok(),
             Some(None)
         );
+        assert_eq!(
+            parse(r#"{"a": 1, "d": "x"}"#).map(|t| t.d).ok(),
+            Some(Some("x".into()))
+        );
+        assert_eq!(parse(r#"{"a": 1}"#).map(|t| t.d).ok(), Some(None));
         for bad in [
             r#"{"a": 12.5}"#,
             r#"{"a": "12"}"#,
@@ -158,6 +173,7 @@ mod tests {
             r#"{"a": 1, "c": 9223372036854775808}"#,
             r#"{"a": 1e300}"#,
             r#"{"a": true}"#,
+            r#"{"a": 1, "d": null}"#,
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }

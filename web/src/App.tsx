@@ -1,3 +1,4 @@
+import { lazy, Suspense } from "react";
 import { AppShell, Badge, Burger, Button, Center, Group, Loader, NavLink, ScrollArea, Text, Title } from "@mantine/core";
 import { useDisclosure } from "@mantine/hooks";
 import { Link, Navigate, Route, Routes, useLocation } from "react-router";
@@ -7,7 +8,8 @@ import { Overview } from "./pages/Overview";
 import { Domains } from "./pages/Domains";
 import { DomainDetail } from "./pages/DomainDetail";
 import { Models } from "./pages/Models";
-import { ModelDetail } from "./pages/ModelDetail";
+// The model page carries the X.509 and ASN.1 code that makes CSRs: loaded when first opened.
+const ModelDetail = lazy(() => import("./pages/ModelDetail").then((m) => ({ default: m.ModelDetail })));
 import { Usage } from "./pages/Usage";
 import { Invoices } from "./pages/Invoices";
 import { InvoiceDetail } from "./pages/InvoiceDetail";
@@ -96,7 +98,14 @@ export function App() {
           <Route path="/domains" element={<Domains />} />
           <Route path="/domains/:id" element={<DomainDetail />} />
           <Route path="/models" element={<Models />} />
-          <Route path="/models/:id" element={<ModelDetail />} />
+          <Route
+            path="/models/:id"
+            element={
+              <Suspense fallback={<Center py="lg" aria-busy="true"><Loader size="sm" /></Center>}>
+                <ModelDetail />
+              </Suspense>
+            }
+          />
           <Route path="/usage" element={<Usage />} />
           <Route path="/invoices" element={<Invoices />} />
           <Route path="/invoices/:id" element={<InvoiceDetail />} />

@@ -223,7 +223,11 @@ pub struct Provenance {
     #[schema(schema_with = validate::short_text_schema)]
     pub publisher: String,
     /// The model this one was derived from, usually a model URI.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::num::not_null"
+    )]
     #[schema(schema_with = validate::short_text_schema)]
     pub parent_model: Option<String>,
 }
@@ -309,7 +313,11 @@ pub struct Endorsement {
     #[schema(schema_with = validate::short_text_schema)]
     pub issuer: String,
     /// The endorser's signature, 1–512 bytes as hex.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::num::not_null"
+    )]
     #[schema(schema_with = validate::signature_schema)]
     pub signature: Option<String>,
 }
@@ -375,6 +383,7 @@ pub struct IssueMic {
     #[schema(minimum = 0, maximum = 7776000)]
     pub validity_seconds: u64,
     /// Idempotency key: a retry with the same id returns the first certificate.
+    #[serde(default, deserialize_with = "crate::num::not_null")]
     #[schema(schema_with = validate::request_id_schema)]
     pub request_id: Option<String>,
 }

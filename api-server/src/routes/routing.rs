@@ -57,9 +57,11 @@ pub struct CreateDomain {
 #[serde(deny_unknown_fields)]
 pub struct UpdateDomain {
     /// New name; unchanged when absent.
+    #[serde(default, deserialize_with = "crate::num::not_null")]
     #[schema(schema_with = validate::name_schema)]
     pub name: Option<String>,
     /// New description; unchanged when absent.
+    #[serde(default, deserialize_with = "crate::num::not_null")]
     #[schema(schema_with = validate::description_schema)]
     pub description: Option<String>,
 }
