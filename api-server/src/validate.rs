@@ -274,6 +274,9 @@ pub fn score(s: &str) -> Result<()> {
     }
 }
 
+/// Largest magnitude of a number in a model identity's claims.
+pub const CLAIM_NUMBER_MAX: f64 = 1e15;
+
 /// A model identity's claims: a flat map (see [`claims_schema`]).
 pub fn claims(map: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
     use serde_json::Value;
@@ -284,7 +287,16 @@ pub fn claims(map: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
         short_text("claims (name)", k)?;
         match v {
             Value::String(s) => text(&format!("claims.{k}"), s, 1000)?,
-            Value::Number(_) | Value::Bool(_) | Value::Null => {}
+            Value::Number(n) => {
+                // PostgreSQL writes a jsonb number back in full digits; beyond ±10^15 it can come
+                // back as a number serde cannot read, so claims stay within it.
+                if n.as_f64().is_none_or(|f| f.abs() > CLAIM_NUMBER_MAX) {
+                    return Err(Error::invalid(format!(
+                        "claims.{k}: numbers must be within ±1e15"
+                    )));
+                }
+            }
+            Value::Bool(_) | Value::Null => {}
             Value::Array(_) | Value::Object(_) => {
                 return Err(Error::invalid(format!(
                     "claims.{k}: a claim is a string, number, boolean or null"
@@ -405,7 +417,12 @@ pub fn claims_schema() -> Object {
                 .pattern(Some(TEXT_PATTERN))
                 .max_length(Some(1000)),
         )
-        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .minimum(Some(-CLAIM_NUMBER_MAX))
+                .maximum(Some(CLAIM_NUMBER_MAX)),
+        )
         .item(ObjectBuilder::new().schema_type(Type::Boolean))
         .item(ObjectBuilder::new().schema_type(Type::Null));
     ObjectBuilder::new()
@@ -422,7 +439,7 @@ pub fn claims_schema() -> Object {
         )))
         .max_properties(Some(64))
         .description(Some(
-            "At most 64 claims: names of 1–64 characters, values a string (≤ 1000 characters), number, boolean or null.",
+            "At most 64 claims: names of 1–64 characters, values a string (≤ 1000 characters), number (within ±1e15), boolean or null.",
         ))
         .examples([serde_json::json!({"humaneval": 0.91, "license": "apache-2.0"})])
         .build()

@@ -55,7 +55,7 @@ pub struct CreateModel {
     #[schema(schema_with = validate::digest_schema)]
     pub model_digest: String,
     /// Claims to show beside the model (evaluation scores, provenance notes): at most 64 names
-    /// of 1–64 characters, each a string (≤ 1000 characters), number, boolean or null.
+    /// of 1–64 characters, each a string (≤ 1000 characters), number (within ±1e15), boolean or null.
     #[serde(default)]
     #[schema(schema_with = validate::claims_schema)]
     pub claims: serde_json::Map<String, serde_json::Value>,
