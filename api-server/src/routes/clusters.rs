@@ -142,24 +142,28 @@ async fn delete_cluster(
 
 // ---------------------------------------------------------------- rollouts
 
-/// A Fabric's rollout phase, as `Fabric.status.phase` says it.
+/// A Fabric's rollout phase, as `Fabric.status.phase` (`nexus-crds`) says it; a test holds the
+/// two lists equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub enum RolloutPhase {
     Pending,
     Progressing,
     Paused,
     Ready,
+    /// Finished, with some nodes left on their previous firmware.
+    Degraded,
     Halted,
     RollingBack,
     RolledBack,
 }
 
 impl RolloutPhase {
-    const ALL: [RolloutPhase; 7] = [
+    const ALL: [RolloutPhase; 8] = [
         RolloutPhase::Pending,
         RolloutPhase::Progressing,
         RolloutPhase::Paused,
         RolloutPhase::Ready,
+        RolloutPhase::Degraded,
         RolloutPhase::Halted,
         RolloutPhase::RollingBack,
         RolloutPhase::RolledBack,
@@ -171,15 +175,19 @@ impl RolloutPhase {
             RolloutPhase::Progressing => "Progressing",
             RolloutPhase::Paused => "Paused",
             RolloutPhase::Ready => "Ready",
+            RolloutPhase::Degraded => "Degraded",
             RolloutPhase::Halted => "Halted",
             RolloutPhase::RollingBack => "RollingBack",
             RolloutPhase::RolledBack => "RolledBack",
         }
     }
 
-    /// Whether the rollout still needs attention or time (not settled on a version).
+    /// Whether the rollout still moves (not settled: `Ready`, `Degraded` or `RolledBack`).
     pub fn in_progress(self) -> bool {
-        !matches!(self, RolloutPhase::Ready | RolloutPhase::RolledBack)
+        !matches!(
+            self,
+            RolloutPhase::Ready | RolloutPhase::Degraded | RolloutPhase::RolledBack
+        )
     }
 }
 
@@ -223,7 +231,7 @@ pub struct Rollout {
     pub fabric: String,
     #[sqlx(try_from = "String")]
     pub phase: RolloutPhase,
-    /// Whether the phase is one that still moves (not `Ready` or `RolledBack`).
+    /// Whether the phase is one that still moves (not `Ready`, `Degraded` or `RolledBack`).
     pub in_progress: bool,
     pub target_version: String,
     pub nodes_total: i32,
@@ -234,7 +242,7 @@ pub struct Rollout {
 }
 
 const ROLLOUT_COLS: &str = "r.cluster_id, c.name AS cluster_name, r.fabric, r.phase,
-    r.phase NOT IN ('Ready', 'RolledBack') AS in_progress, r.target_version, r.nodes_total,
+    r.phase NOT IN ('Ready', 'Degraded', 'RolledBack') AS in_progress, r.target_version, r.nodes_total,
     r.nodes_updated, r.nodes_failed, r.message, r.reported_at";
 
 /// Report a Fabric's rollout (the cluster's rollout controller, with a member key). The latest
@@ -320,7 +328,7 @@ async fn list_rollouts(
     let c = p.tenant(Role::Viewer, Scope::Read)?;
     let data: Vec<Rollout> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ROLLOUT_COLS} FROM cluster_rollouts r JOIN clusters c ON c.id = r.cluster_id
-          WHERE r.tenant_id = $1 AND (NOT $2 OR r.phase NOT IN ('Ready', 'RolledBack'))
+          WHERE r.tenant_id = $1 AND (NOT $2 OR r.phase NOT IN ('Ready', 'Degraded', 'RolledBack'))
           ORDER BY r.reported_at DESC, r.cluster_id, r.fabric LIMIT 500"
     )))
     .bind(c.tenant_id)
@@ -328,4 +336,34 @@ async fn list_rollouts(
     .fetch_all(&s.pool)
     .await?;
     Ok(Json(RolloutList { data }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RolloutPhase;
+    use nexus_crds::fabric::FabricPhase;
+
+    /// Exhaustive: a phase added to the CRD fails to compile here until the API knows it.
+    fn from_crd(p: FabricPhase) -> RolloutPhase {
+        match p {
+            FabricPhase::Pending => RolloutPhase::Pending,
+            FabricPhase::Progressing => RolloutPhase::Progressing,
+            FabricPhase::Paused => RolloutPhase::Paused,
+            FabricPhase::Ready => RolloutPhase::Ready,
+            FabricPhase::Degraded => RolloutPhase::Degraded,
+            FabricPhase::Halted => RolloutPhase::Halted,
+            FabricPhase::RollingBack => RolloutPhase::RollingBack,
+            FabricPhase::RolledBack => RolloutPhase::RolledBack,
+        }
+    }
+
+    #[test]
+    fn phases_are_the_crds() {
+        for p in RolloutPhase::ALL {
+            let crd: FabricPhase = serde_json::from_value(serde_json::json!(p.as_str()))
+                .unwrap_or_else(|e| panic!("{p:?} is not a FabricPhase: {e}"));
+            assert_eq!(from_crd(crd), p);
+            assert_eq!(serde_json::json!(crd), serde_json::json!(p));
+        }
+    }
 }
