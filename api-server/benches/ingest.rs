@@ -108,7 +108,7 @@ async fn main() {
         .await
         .unwrap();
     nexus_cloud::migrate(&pool).await.unwrap();
-    let tenant = nexus_cloud::create_tenant(&pool, "bench", "bench@example.com")
+    let tenant = nexus_cloud::create_tenant(&pool, "bench", "bench", "bench@example.com")
         .await
         .unwrap();
     println!("ingest bench: {n} events, batches of 1000, {conc} concurrent writers");

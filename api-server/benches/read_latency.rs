@@ -34,7 +34,7 @@ async fn main() {
     let url = format!("{}/{db}", base.rsplit_once('/').unwrap().0);
     let pool = nexus_cloud::connect(&url, 16).await.unwrap();
     nexus_cloud::migrate(&pool).await.unwrap();
-    let t = nexus_cloud::create_tenant(&pool, "bench", "bench@example.com")
+    let t = nexus_cloud::create_tenant(&pool, "bench", "bench", "bench@example.com")
         .await
         .unwrap();
 

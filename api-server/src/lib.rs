@@ -6,28 +6,31 @@
 //! (cursors) — and the [`routes`] are the I/O edge around them.
 
 pub mod auth;
+pub mod console;
+pub mod doc;
 pub mod error;
 pub mod extract;
 pub mod metering;
 pub mod metrics;
+pub mod num;
 pub mod pagination;
 pub mod ratelimit;
 pub mod rating;
 pub mod routes;
+pub mod validate;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::IntoResponse;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
-use utoipa::openapi::OpenApi;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
@@ -54,6 +57,16 @@ pub struct Config {
     pub ca_endpoint: Option<String>,
     /// Bearer token the CA expects from the cloud API.
     pub ca_token: Option<String>,
+    /// The built console (`web/dist`), served at `/`; `None` serves no console.
+    pub console_dir: Option<PathBuf>,
+}
+
+/// Where the console build is looked for unless configured: `NEXUS_CONSOLE_DIR`, else `web/dist`
+/// relative to the working directory (the repository root for `scripts/quickstart`).
+pub fn default_console_dir() -> PathBuf {
+    std::env::var_os("NEXUS_CONSOLE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("web/dist"))
 }
 
 impl Default for Config {
@@ -66,6 +79,7 @@ impl Default for Config {
             admin_token: None,
             ca_endpoint: None,
             ca_token: None,
+            console_dir: Some(default_console_dir()),
         }
     }
 }
@@ -139,39 +153,41 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    info(title = "Nexus Cloud API", version = "0.1.0", description = "Tenants, keys, resources, usage metering and billing. Errors are RFC 9457 problem documents."),
-    modifiers(&BearerAuth),
-    security(("bearer" = [])),
+    info(
+        title = "Nexus Cloud API",
+        version = "0.1.0",
+        description = "Tenants, keys, resources, usage metering and billing.\n\nEvery error is an RFC 9457 problem document (`application/problem+json`) with a stable `code`; each operation lists the codes it can answer. An unknown route answers 404 `not_found` and a known route with another method 405 `method_not_allowed`, also as problem documents. Lists are newest first with `cursor` pagination. Money is in exact decimal strings (and integer micro-units), never floats."
+    ),
     components(schemas(error::Problem))
 )]
 struct ApiDoc;
-
-struct BearerAuth;
-
-impl utoipa::Modify for BearerAuth {
-    fn modify(&self, openapi: &mut OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
-    }
-}
 
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(routes::router())
 }
 
-/// The OpenAPI 3.1 document of every `/v1` route.
-pub fn openapi() -> OpenApi {
-    api().into_openapi()
+/// The OpenAPI 3.1 document of every `/v1` route, complete with per-operation security and
+/// every error response (see [`doc`]). This is what `/openapi.json` serves.
+pub fn openapi() -> serde_json::Value {
+    let mut doc = serde_json::to_value(api().into_openapi()).unwrap_or_default();
+    doc::finish(&mut doc);
+    doc
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application: the API under `/v1`, the console everywhere else.
 pub fn app(state: AppState) -> Router {
-    let (router, doc) = api().split_for_parts();
-    let doc = Arc::new(doc);
+    let (router, _) = api().split_for_parts();
+    let doc = Arc::new(openapi());
     let body_limit = state.config.body_limit;
+    let console = state.config.console_dir.clone().map(console::Console::new);
+    if let Some(c) = &console
+        && !c.is_built()
+    {
+        tracing::warn!(
+            dir = ?state.config.console_dir,
+            "no console build found: / answers a page saying how to build it"
+        );
+    }
     router
         .route(
             "/openapi.json",
@@ -183,7 +199,18 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", axum::routing::get(metrics_handler))
         .route("/healthz", axum::routing::get(|| async { "ok" }))
         .route("/readyz", axum::routing::get(readyz))
-        .fallback(|| async { Error::NotFound("route") })
+        .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
+        .fallback(move |method: Method, uri: Uri| {
+            let console = console.clone();
+            async move {
+                let path = uri.path();
+                let api_path = path == "/v1" || path.starts_with("/v1/");
+                match console {
+                    Some(c) if !api_path => c.serve(&method, &uri).await,
+                    _ => Error::NotFound("route").into_response(),
+                }
+            }
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,
@@ -236,15 +263,23 @@ pub struct NewTenant {
 }
 
 /// Creates a tenant, its owner user and an owner key with every scope, and audits it.
-pub async fn create_tenant(pool: &PgPool, name: &str, owner_email: &str) -> Result<NewTenant> {
+/// `slug` names the tenant in model URIs and to the CA; 409 `already_exists` when taken.
+pub async fn create_tenant(
+    pool: &PgPool,
+    name: &str,
+    slug: &str,
+    owner_email: &str,
+) -> Result<NewTenant> {
     let mut tx = pool.begin().await?;
     let tenant_id = Uuid::new_v4();
     let owner_user_id = Uuid::new_v4();
-    sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO tenants (id, name, slug) VALUES ($1, $2, $3)")
         .bind(tenant_id)
         .bind(name)
+        .bind(slug)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(routes::unique_to_conflict("a tenant with this slug"))?;
     sqlx::query("INSERT INTO users (id, tenant_id, email, role) VALUES ($1, $2, $3, 'owner')")
         .bind(owner_user_id)
         .bind(tenant_id)
@@ -267,7 +302,7 @@ pub async fn create_tenant(pool: &PgPool, name: &str, owner_email: &str) -> Resu
         "tenant.create",
         "tenant",
         &tenant_id.to_string(),
-        serde_json::json!({"name": name, "owner": owner_email}),
+        serde_json::json!({"name": name, "slug": slug, "owner": owner_email}),
     )
     .await?;
     tx.commit().await?;
@@ -288,11 +323,21 @@ pub struct DemoTenant {
     pub routing_domain_id: Uuid,
 }
 
-/// Creates a demo tenant (owner `demo@nexus.local`, a routing domain `demo`) and returns an owner
-/// API key. Runs the migrations first, so it works on an empty database. `nexctl up` calls this.
+/// Creates a demo tenant (slug `demo` when free, owner `demo@nexus.local`, a routing domain
+/// `demo`) and returns an owner API key. Runs the migrations first, so it works on an empty
+/// database. `nexctl up` calls this (and seeds the CA with tenant `demo`).
 pub async fn seed_demo(pool: &PgPool) -> Result<DemoTenant> {
     migrate(pool).await?;
-    let t = create_tenant(pool, "demo", "demo@nexus.local").await?;
+    let taken: bool =
+        sqlx::query_scalar("SELECT exists(SELECT 1 FROM tenants WHERE slug = 'demo')")
+            .fetch_one(pool)
+            .await?;
+    let slug = if taken {
+        format!("demo-{}", &Uuid::new_v4().simple().to_string()[..8])
+    } else {
+        "demo".to_owned()
+    };
+    let t = create_tenant(pool, "demo", &slug, "demo@nexus.local").await?;
     let routing_domain_id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO routing_domains (id, tenant_id, name, description) VALUES ($1, $2, 'demo', 'Demo routing domain')",

@@ -32,6 +32,8 @@ enum Command {
     Migrate,
     /// Create a demo tenant and print its owner API key (JSON).
     SeedDemo,
+    /// Print the OpenAPI document (what `/openapi.json` serves) and exit.
+    Openapi,
 }
 
 #[derive(Debug, Parser)]
@@ -61,6 +63,12 @@ struct ServeArgs {
     ca_token: Option<String>,
     #[arg(long, default_value_t = 16)]
     max_connections: u32,
+    /// The built console (`npm run build` in web/), served at `/`. Default `web/dist`.
+    #[arg(long, env = "NEXUS_CONSOLE_DIR")]
+    console_dir: Option<std::path::PathBuf>,
+    /// Serve no console, only the API.
+    #[arg(long)]
+    no_console: bool,
 }
 
 #[tokio::main]
@@ -77,6 +85,9 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     match cli.command {
+        Some(Command::Openapi) => {
+            println!("{}", serde_json::to_string_pretty(&nexus_cloud::openapi())?);
+        }
         Some(Command::Migrate) => {
             let pool = nexus_cloud::connect(&cli.database_url, 2)
                 .await
@@ -115,6 +126,10 @@ async fn serve(url: &str, a: ServeArgs) -> anyhow::Result<()> {
         admin_token: a.admin_token,
         ca_endpoint: a.ca_endpoint,
         ca_token: a.ca_token,
+        console_dir: (!a.no_console).then(|| {
+            a.console_dir
+                .unwrap_or_else(nexus_cloud::default_console_dir)
+        }),
     };
     if let Some(url) = &config.ca_endpoint {
         nexus_cloud::ca_channel(url).context("--ca-endpoint")?;

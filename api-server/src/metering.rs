@@ -56,19 +56,60 @@ pub const MAX_BATCH: usize = 1000;
 pub struct UsageEvent {
     pub meter: Meter,
     /// Non-negative integer in the meter's base unit (bytes, MICs, cluster-hours).
+    #[serde(deserialize_with = "crate::num::u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
     pub quantity: u64,
-    /// When the usage happened (RFC 3339).
+    /// When the usage happened (RFC 3339). Accepted within the late-arrival window (48 h by
+    /// default) and 5 minutes of clock skew, outside months already invoiced; otherwise the event
+    /// is `rejected` in the report with a reason (the request still succeeds).
     pub timestamp: DateTime<Utc>,
-    /// Free-form string dimensions, e.g. `domain`, `delivery_mode`.
+    /// Free-form string dimensions, e.g. `domain` (the routing domain; usage is queryable by it),
+    /// `delivery_mode`.
     #[serde(default)]
+    #[schema(schema_with = dimensions_schema)]
     pub dimensions: BTreeMap<String, String>,
     /// Unique per tenant: a retried event with the same key is counted once.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
     pub idempotency_key: String,
 }
+
+fn dimensions_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NO_NUL_PATTERN))
+        .max_length(Some(MAX_DIMENSION_LEN));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::RefOr(value.build().into())))
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(NO_NUL_PATTERN))
+                .max_length(Some(MAX_DIMENSION_LEN)),
+        ))
+        .max_properties(Some(MAX_DIMENSIONS))
+        .description(Some(
+            "At most 32 entries; names and values at most 256 characters.",
+        ))
+        .examples([serde_json::json!({"domain": "prod", "delivery_mode": "stream"})])
+        .build()
+}
+
+/// Strings stored as text or JSON cannot hold NUL (PostgreSQL refuses it).
+pub const NO_NUL_PATTERN: &str = "^[^\\x00]*$";
+
+/// Most dimensions on one event.
+pub const MAX_DIMENSIONS: usize = 32;
+/// Longest dimension name or value, in characters.
+pub const MAX_DIMENSION_LEN: usize = 256;
+/// Longest idempotency key, in characters.
+pub const MAX_KEY_LEN: usize = 255;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageBatch {
+    #[schema(min_items = 1, max_items = 1000)]
     pub events: Vec<UsageEvent>,
 }
 
@@ -82,11 +123,11 @@ pub enum RejectReason {
     InFuture,
     /// Falls in a month whose invoice is finalized.
     PeriodClosed,
-    /// Idempotency key empty or longer than 255 bytes.
+    /// Idempotency key empty or longer than 255 characters.
     InvalidIdempotencyKey,
     /// Quantity above 2^63-1.
     QuantityTooLarge,
-    /// More than 32 dimensions, or a name or value longer than 256 bytes.
+    /// More than 32 dimensions, or a name or value longer than 256 characters.
     InvalidDimensions,
 }
 
@@ -140,6 +181,37 @@ impl Default for Window {
     }
 }
 
+/// The rules on an event's fields that the API document states (lengths, NUL, counts): an
+/// event breaking one makes the whole request invalid (422), unlike the time and period rules,
+/// which reject that event alone. `None` when the event is well formed.
+pub fn shape_error(e: &UsageEvent) -> Option<String> {
+    let chars = |s: &str| s.chars().count();
+    let key = &e.idempotency_key;
+    if key.is_empty() || chars(key) > MAX_KEY_LEN || key.contains('\0') {
+        return Some(format!(
+            "idempotency_key must be 1–{MAX_KEY_LEN} characters without NUL"
+        ));
+    }
+    if i64::try_from(e.quantity).is_err() {
+        return Some("quantity must be at most 9223372036854775807".into());
+    }
+    if e.dimensions.len() > MAX_DIMENSIONS {
+        return Some(format!("dimensions: at most {MAX_DIMENSIONS} entries"));
+    }
+    for (k, v) in &e.dimensions {
+        if chars(k) > MAX_DIMENSION_LEN
+            || chars(v) > MAX_DIMENSION_LEN
+            || k.contains('\0')
+            || v.contains('\0')
+        {
+            return Some(format!(
+                "dimensions: names and values are at most {MAX_DIMENSION_LEN} characters without NUL"
+            ));
+        }
+    }
+    None
+}
+
 /// Decides whether one event may be stored: pure, `now` and the closed periods are inputs.
 pub fn check_event(
     e: &UsageEvent,
@@ -147,16 +219,21 @@ pub fn check_event(
     window: Window,
     closed: &[(DateTime<Utc>, DateTime<Utc>)],
 ) -> Result<(), RejectReason> {
-    if e.idempotency_key.is_empty() || e.idempotency_key.len() > 255 {
+    let chars = |s: &str| s.chars().count();
+    let nul = |s: &str| s.contains('\0');
+    if e.idempotency_key.is_empty()
+        || chars(&e.idempotency_key) > MAX_KEY_LEN
+        || nul(&e.idempotency_key)
+    {
         return Err(RejectReason::InvalidIdempotencyKey);
     }
     if i64::try_from(e.quantity).is_err() {
         return Err(RejectReason::QuantityTooLarge);
     }
-    if e.dimensions.len() > 32
-        || e.dimensions
-            .iter()
-            .any(|(k, v)| k.len() > 256 || v.len() > 256)
+    if e.dimensions.len() > MAX_DIMENSIONS
+        || e.dimensions.iter().any(|(k, v)| {
+            chars(k) > MAX_DIMENSION_LEN || chars(v) > MAX_DIMENSION_LEN || nul(k) || nul(v)
+        })
     {
         return Err(RejectReason::InvalidDimensions);
     }
@@ -302,7 +379,7 @@ pub async fn ingest(
                  INSERT INTO usage_events (tenant_id, idempotency_key, meter, quantity, ts, dimensions)
                  SELECT $1, idempotency_key, meter, quantity, ts, dimensions::jsonb FROM input
                  ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-                 RETURNING idempotency_key, meter, quantity, ts
+                 RETURNING idempotency_key, meter, quantity, ts, dimensions
              ), roll AS (
                  INSERT INTO usage_hourly (tenant_id, meter, hour, quantity, events)
                  SELECT $1, meter, date_trunc('hour', ts, 'UTC'), sum(quantity), count(*)
@@ -310,6 +387,14 @@ pub async fn ingest(
                  ON CONFLICT (tenant_id, meter, hour) DO UPDATE
                     SET quantity = usage_hourly.quantity + EXCLUDED.quantity,
                         events = usage_hourly.events + EXCLUDED.events
+             ), roll_domain AS (
+                 INSERT INTO usage_hourly_domain (tenant_id, meter, domain, hour, quantity, events)
+                 SELECT $1, meter, coalesce(dimensions->>'domain', ''), date_trunc('hour', ts, 'UTC'),
+                        sum(quantity), count(*)
+                   FROM ins GROUP BY 2, 3, 4 ORDER BY 2, 3, 4
+                 ON CONFLICT (tenant_id, meter, domain, hour) DO UPDATE
+                    SET quantity = usage_hourly_domain.quantity + EXCLUDED.quantity,
+                        events = usage_hourly_domain.events + EXCLUDED.events
              )
              SELECT idempotency_key FROM ins",
         )

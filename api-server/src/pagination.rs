@@ -1,6 +1,9 @@
-//! Opaque keyset cursors over `(created_at, id)`, newest first.
+//! Keyset cursors over `(created_at, id)`, newest first.
+//!
+//! A cursor is `<created_at in µs since the epoch>.<id as 32 hex digits>`. Clients treat it as
+//! opaque, but its syntax is public (a pattern in the OpenAPI document) and every string that
+//! matches the pattern is a valid position, so a schema-valid request is never refused.
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -8,15 +11,22 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+/// The syntax of a cursor; [`decode`] accepts exactly the strings that match it.
+pub const CURSOR_PATTERN: &str = "^[0-9]{1,18}\\.[0-9a-f]{32}$";
 
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// Items per page, 1–100 (default 20).
+    #[serde(default, deserialize_with = "crate::num::query_u32")]
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: the page starts after that item.
+    #[param(
+        pattern = "^[0-9]{1,18}\\.[0-9a-f]{32}$",
+        example = "1764000000000000.0195f3a2c1d84e5f9a6b7c8d9e0f1a2b"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -54,24 +64,29 @@ impl PageParams {
 }
 
 pub fn encode(a: After) -> String {
-    B64.encode(format!("c1|{}|{}", a.created_at.timestamp_micros(), a.id))
+    format!(
+        "{}.{}",
+        a.created_at.timestamp_micros().max(0),
+        a.id.simple()
+    )
 }
 
+/// Decodes a cursor; `None` exactly when `s` does not match [`CURSOR_PATTERN`].
 pub fn decode(s: &str) -> Option<After> {
-    let raw = B64.decode(s).ok()?;
-    let text = std::str::from_utf8(&raw).ok()?;
-    let mut parts = text.split('|');
-    if parts.next()? != "c1" {
+    let (micros, id) = s.split_once('.')?;
+    let digits = |p: &str, n: std::ops::RangeInclusive<usize>, hex: bool| {
+        n.contains(&p.len())
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (hex && (b'a'..=b'f').contains(&b)))
+    };
+    if !digits(micros, 1..=18, false) || !digits(id, 32..=32, true) {
         return None;
     }
-    let micros: i64 = parts.next()?.parse().ok()?;
-    let id: Uuid = parts.next()?.parse().ok()?;
-    if parts.next().is_some() {
-        return None;
-    }
+    // ≤ 18 digits: below 10^18 µs (year ~33,700), inside both chrono's and PostgreSQL's range.
+    let micros: i64 = micros.parse().ok()?;
     Some(After {
         created_at: DateTime::from_timestamp_micros(micros)?,
-        id,
+        id: Uuid::parse_str(id).ok()?,
     })
 }
 
@@ -112,7 +127,19 @@ mod tests {
         };
         assert_eq!(decode(&encode(a)), Some(a));
         assert_eq!(decode("not-a-cursor"), None);
-        assert_eq!(decode(&B64.encode("c2|1|x")), None);
+        assert_eq!(decode("1.0195F3A2C1D84E5F9A6B7C8D9E0F1A2B"), None);
+        assert_eq!(
+            decode("1234567890123456789.0195f3a2c1d84e5f9a6b7c8d9e0f1a2b"),
+            None
+        );
         assert_eq!(decode(""), None);
+        // Every string of the documented syntax is a position.
+        let re = [
+            "0.00000000000000000000000000000000",
+            "999999999999999999.ffffffffffffffffffffffffffffffff",
+        ];
+        for s in re {
+            assert!(decode(s).is_some(), "{s}");
+        }
     }
 }

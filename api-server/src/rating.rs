@@ -15,8 +15,10 @@ use crate::metering::Meter;
 #[serde(deny_unknown_fields)]
 pub struct Tier {
     /// Inclusive upper bound in billing units; `null` for the last, unbounded tier.
+    #[serde(default, deserialize_with = "crate::num::opt_u64")]
     pub up_to: Option<u64>,
     /// Price of one billing unit in micro-units of the currency.
+    #[serde(deserialize_with = "crate::num::u64")]
     pub unit_price_micros: u64,
 }
 
@@ -28,6 +30,7 @@ pub struct MeterPrice {
     /// Name of the billing unit, e.g. "GB".
     pub unit: String,
     /// Metered quantity per billing unit (e.g. 1000000000 bytes per GB).
+    #[serde(deserialize_with = "crate::num::u64")]
     pub unit_size: u64,
     pub tiers: Vec<Tier>,
 }

@@ -1,123 +1,32 @@
-//! MIC issuance through a CA: a fake `nexus.ca.v1` server stands in for nexus-ca.
+//! MIC issuance and revocation through the real CA (`nexus-ca`, in process, its own database):
+//! the certificates `openssl verify` accepts, the attestation read back from the certificate,
+//! metering exactly once, and revocation reaching the CA's signed CRL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
-use common::{Api, OPERATOR};
-use nexus_ca_api::v1 as pb;
-use nexus_ca_api::v1::certificate_authority_server::{
-    CertificateAuthority, CertificateAuthorityServer,
-};
+use common::{Api, RealCa, attestation};
 use serde_json::json;
 use sqlx::PgPool;
-use tonic::{Request, Response, Status};
 
-#[derive(Default, Clone)]
-struct FakeCa {
-    seen: Arc<Mutex<Vec<pb::IssueRequest>>>,
-}
-
-type R<T> = Result<Response<T>, Status>;
-
-#[tonic::async_trait]
-impl CertificateAuthority for FakeCa {
-    async fn issue(&self, req: Request<pb::IssueRequest>) -> R<pb::Certificate> {
-        let auth = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if auth != "Bearer ca-secret" {
-            return Err(Status::unauthenticated("bad token"));
-        }
-        let r = req.into_inner();
-        if r.csr_der.is_empty() {
-            return Err(Status::invalid_argument("csr_der: empty"));
-        }
-        let mut seen = self.seen.lock().unwrap();
-        // Idempotent per request_id, like the real CA.
-        let serial = match seen.iter().position(|s| s.request_id == r.request_id) {
-            Some(i) => format!("{:x}", 0xabc0 + i),
-            None => {
-                seen.push(r.clone());
-                format!("{:x}", 0xabc0 + seen.len() - 1)
-            }
-        };
-        Ok(Response::new(pb::Certificate {
-            serial,
-            leaf_der: vec![1, 2, 3],
-            chain_der: vec![4],
-            root_der: vec![5],
-            not_before: 1_764_000_000,
-            not_after: 1_764_086_400,
-            fingerprint_sha256: "00".repeat(32),
-            log_index: 7,
-            model_uri: format!("nexus://{}/{}@{}", r.tenant, r.model, r.version),
-            renewed_from: String::new(),
-        }))
-    }
-    async fn renew(&self, _: Request<pb::RenewRequest>) -> R<pb::Certificate> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn revoke(&self, _: Request<pb::RevokeRequest>) -> R<pb::RevokeResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn status(&self, _: Request<pb::StatusRequest>) -> R<pb::StatusResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_crl(&self, _: Request<pb::GetCrlRequest>) -> R<pb::Crl> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_signed_tree_head(
-        &self,
-        _: Request<pb::GetSignedTreeHeadRequest>,
-    ) -> R<pb::SignedTreeHead> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_inclusion_proof(
-        &self,
-        _: Request<pb::GetInclusionProofRequest>,
-    ) -> R<pb::InclusionProof> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn verify_claim_proof(
-        &self,
-        _: Request<pb::VerifyClaimProofRequest>,
-    ) -> R<pb::VerifyClaimProofResponse> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn get_zk_verifying_key(
-        &self,
-        _: Request<pb::GetZkVerifyingKeyRequest>,
-    ) -> R<pb::ZkVerifyingKey> {
-        Err(Status::unimplemented("fake"))
-    }
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
 }
 
 #[sqlx::test]
-async fn issues_mics_through_the_ca_and_meters_them_once(pool: PgPool) {
-    let fake = FakeCa::default();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let svc = CertificateAuthorityServer::new(fake.clone());
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve(addr),
-    );
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-
-    let config = nexus_cloud::Config {
-        ca_endpoint: Some(format!("http://{addr}")),
-        ca_token: Some("ca-secret".into()),
-        ..common::config()
-    };
-    let api = Api::with_config(pool.clone(), config);
+async fn issues_inspects_and_revokes_mics_through_the_real_ca(pool: PgPool) {
+    let ca = RealCa::start(&["t"]).await;
+    let api = Api::with_config(pool.clone(), ca.config());
     let t = api.tenant("t").await;
     let k = t.api_key.as_str();
     let m = api
@@ -128,51 +37,136 @@ async fn issues_mics_through_the_ca_and_meters_them_once(pool: PgPool) {
         )
         .await;
     let id = m.body["id"].as_str().unwrap().to_owned();
-    let csr = base64::engine::general_purpose::STANDARD.encode([0x30, 0x01, 0x00]);
-    let body = json!({"csr_der_base64": csr, "version": "1.2.0", "request_id": "issue-1"});
-    let r = api
-        .post(
-            &format!("/v1/model-identities/{id}/certificates"),
-            k,
-            body.clone(),
-        )
-        .await;
+    let body = json!({"csr_der_base64": nexus_cloud::validate::EXAMPLE_CSR, "version": "1.2.0",
+                      "request_id": "issue-1", "attestation": attestation()});
+    let uri = format!("/v1/model-identities/{id}/certificates");
+    let r = api.post(&uri, k, body.clone()).await;
     assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["model_uri"], "nexus://t/coder@1.2.0");
+    assert_eq!(r.body["status"], "valid");
+    // The attestation is read back from the certificate the CA signed.
     assert_eq!(
-        r.body["model_uri"],
-        format!("nexus://{}/coder@1.2.0", t.tenant_id)
+        r.body["attestation"]["capabilities"]["context_window"],
+        131072
     );
-    assert_eq!(r.body["leaf_der_base64"], "AQID");
+    assert_eq!(
+        r.body["attestation"]["benchmarks"][0]["value"]["plain"],
+        "0.91"
+    );
+    let serial = r.body["serial"].as_str().unwrap().to_owned();
+
+    // The chain verifies with openssl against the root the API hands out.
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    std::fs::write(path("chain.pem"), r.body["chain_pem"].as_str().unwrap()).unwrap();
+    std::fs::write(path("root.pem"), r.body["root_pem"].as_str().unwrap()).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let leaf = b64
+        .decode(r.body["leaf_der_base64"].as_str().unwrap())
+        .unwrap();
+    std::fs::write(path("leaf.der"), &leaf).unwrap();
+    let (ok, text) = openssl(&[
+        "x509",
+        "-inform",
+        "DER",
+        "-in",
+        &path("leaf.der"),
+        "-out",
+        &path("leaf.pem"),
+    ]);
+    assert!(ok, "{text}");
+    let (ok, text) = openssl(&[
+        "verify",
+        "-CAfile",
+        &path("root.pem"),
+        "-untrusted",
+        &path("chain.pem"),
+        &path("leaf.pem"),
+    ]);
+    assert!(ok, "openssl verify: {text}");
+
     // A retry with the same request_id is the same certificate, metered once.
-    let again = api
-        .post(&format!("/v1/model-identities/{id}/certificates"), k, body)
-        .await;
-    assert_eq!(again.body["serial"], r.body["serial"]);
+    let again = api.post(&uri, k, body).await;
+    assert_eq!(again.body["serial"], serial.as_str());
     let mics: i64 =
         sqlx::query_scalar("SELECT count(*) FROM usage_events WHERE meter = 'mics_issued'")
             .fetch_one(&pool)
             .await
             .unwrap();
     assert_eq!(mics, 1);
+    let model = api.get(&format!("/v1/model-identities/{id}"), k).await;
+    assert_eq!(model.body["status"], "issued");
+    assert_eq!(model.body["active_mics"], 1);
+    let list = api.get(&uri, k).await;
+    assert_eq!(list.body["data"][0]["serial"], serial.as_str());
+
+    // Revocation goes through the CA, shows in the API, and lands in the CA's signed CRL.
+    let revoke = format!("{uri}/{serial}/revoke");
+    let rv = api
+        .post(&revoke, k, json!({"reason": "key_compromise"}))
+        .await;
+    assert_eq!(rv.status, 200, "{}", rv.text);
+    assert_eq!(rv.body["status"], "revoked");
+    assert_eq!(rv.body["revocation_reason"], "key_compromise");
+    let again = api.post(&revoke, k, json!({})).await;
     assert_eq!(
-        api.get(&format!("/v1/model-identities/{id}"), k).await.body["status"],
-        "issued"
+        again.body["revoked_at"], rv.body["revoked_at"],
+        "idempotent"
     );
-    // CA refusals map to problems.
-    let bad = json!({"csr_der_base64": "", "version": "1"});
-    api.post(&format!("/v1/model-identities/{id}/certificates"), k, bad)
+    let crl = reqwest::get(format!("http://{}/v1/crl", ca.server.http_addr))
         .await
-        .problem(422, "validation_failed");
-    let bad = json!({"csr_der_base64": "!!", "version": "1"});
-    api.post(&format!("/v1/model-identities/{id}/certificates"), k, bad)
+        .unwrap()
+        .bytes()
         .await
-        .problem(422, "validation_failed");
-    assert_eq!(
-        fake.seen.lock().unwrap().len(),
-        1,
-        "one issuance reached the CA"
+        .unwrap();
+    std::fs::write(path("crl.der"), &crl).unwrap();
+    let (ok, text) = openssl(&[
+        "crl",
+        "-inform",
+        "DER",
+        "-in",
+        &path("crl.der"),
+        "-noout",
+        "-text",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.to_lowercase()
+            .replace(':', "")
+            .contains(&serial.trim_start_matches('0').to_lowercase()),
+        "CRL lists {serial}: {text}"
     );
-    let _ = OPERATOR;
+    let model = api.get(&format!("/v1/model-identities/{id}"), k).await;
+    assert_eq!(model.body["active_mics"], 0);
+    let audit = api.get("/v1/audit-events", k).await;
+    let actions: Vec<&str> = audit.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"mic.issue") && actions.contains(&"mic.revoke"),
+        "{actions:?}"
+    );
+
+    // What the CA refuses is a 422 with its reason; a request the API refuses never reaches it.
+    let junk = b64.encode([0x30, 0x03, 0x02, 0x01, 0x00]);
+    api.post(
+        &uri,
+        k,
+        json!({"csr_der_base64": junk, "version": "1", "attestation": attestation()}),
+    )
+    .await
+    .problem(422, "ca_refused");
+    api.post(
+        &uri,
+        k,
+        json!({"csr_der_base64": "!!", "version": "1", "attestation": attestation()}),
+    )
+    .await
+    .problem(422, "validation_failed");
+    ca.stop().await;
 }
 
 #[sqlx::test]
@@ -196,7 +190,8 @@ async fn unreachable_ca_is_503(pool: PgPool) {
         )
         .await;
     let id = m.body["id"].as_str().unwrap();
-    let body = json!({"csr_der_base64": "MAEA", "version": "1"});
+    let body = json!({"csr_der_base64": nexus_cloud::validate::EXAMPLE_CSR, "version": "1",
+                      "attestation": attestation()});
     api.post(
         &format!("/v1/model-identities/{id}/certificates"),
         &t.api_key,

@@ -9,7 +9,7 @@ use sqlx::PgPool;
 
 #[sqlx::test]
 async fn shutdown_finishes_in_flight_requests(pool: PgPool) {
-    let t = nexus_cloud::create_tenant(&pool, "t", "o@t.example")
+    let t = nexus_cloud::create_tenant(&pool, "t", "t", "o@t.example")
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

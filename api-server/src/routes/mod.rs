@@ -2,21 +2,27 @@
 //! `tenant_id`, so another tenant's object is indistinguishable from a missing one (404).
 
 pub mod billing;
-pub mod resources;
+pub mod clusters;
+pub mod models;
+pub mod routing;
 pub mod tenants;
 pub mod usage;
 
+use axum::http::StatusCode;
 use sqlx::PgConnection;
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::{Error, Result, pg_code};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(tenants::router())
-        .merge(resources::router())
+        .merge(routing::router())
+        .merge(models::router())
+        .merge(clusters::router())
         .merge(usage::router())
         .merge(billing::router())
 }
@@ -51,22 +57,45 @@ pub async fn audit(
 pub fn unique_to_conflict(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |e| {
         if pg_code(&e).as_deref() == Some("23505") {
-            Error::conflict(
-                "already_exists",
-                format!("{what} with this name already exists"),
-            )
+            Error::conflict("already_exists", format!("{what} already exists"))
         } else {
             Error::Db(e)
         }
     }
 }
 
-/// Checks a human-facing name: 1–100 characters, no control characters.
-pub fn check_name(field: &str, s: &str) -> Result<()> {
-    if s.trim().is_empty() || s.chars().count() > 100 || s.chars().any(char::is_control) {
-        return Err(Error::invalid(format!(
-            "{field} must be 1–100 characters without control characters"
-        )));
+/// Deletes one row of a tenant-owned table and audits it; 404 when the tenant has no such row.
+pub async fn delete_owned(
+    s: &AppState,
+    c: &Caller,
+    table: &'static str,
+    kind: &'static str,
+    what: &'static str,
+    id: Uuid,
+) -> Result<StatusCode> {
+    let mut tx = s.pool.begin().await?;
+    // `table` is one of a fixed set of literals chosen by the caller of this function.
+    let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM {table} WHERE id = $1 AND tenant_id = $2"
+    )))
+    .bind(id)
+    .bind(c.tenant_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Err(Error::NotFound(what));
     }
-    Ok(())
+    audit(
+        &mut tx,
+        c.tenant_id,
+        &c.actor(),
+        &format!("{kind}.delete"),
+        kind,
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -49,6 +49,7 @@ pub fn config() -> Config {
     Config {
         admin_token: Some(OPERATOR.into()),
         rate_per_sec: 0,
+        console_dir: None,
         ..Config::default()
     }
 }
@@ -127,7 +128,7 @@ impl Api {
     }
 
     pub async fn tenant(&self, name: &str) -> NewTenant {
-        nexus_cloud::create_tenant(&self.pool, name, &format!("owner@{name}.example"))
+        nexus_cloud::create_tenant(&self.pool, name, name, &format!("owner@{name}.example"))
             .await
             .unwrap()
     }
@@ -176,5 +177,77 @@ pub fn event(key: &str, meter: &str, quantity: u64, ts: &str) -> Value {
         "meter": meter, "quantity": quantity, "timestamp": ts,
         "dimensions": {"domain": "d1", "delivery_mode": "stream"},
         "idempotency_key": key,
+    })
+}
+
+/// The real NexTrust CA (`nexus-ca`), in process, on a database of its own (created here and
+/// dropped by [`RealCa::stop`]), serving gRPC and REST on ephemeral loopback ports.
+pub struct RealCa {
+    pub server: nexus_ca::RunningServer,
+    pub token: String,
+    admin: PgPool,
+    db: String,
+    pool: PgPool,
+}
+
+impl RealCa {
+    pub async fn start(tenants: &[&str]) -> RealCa {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let admin = PgPool::connect(&base).await.unwrap();
+        let db = format!("nexus_ca_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let url = match base.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{db}"),
+            None => panic!("DATABASE_URL {base} names no database"),
+        };
+        let pool = PgPool::connect(&url).await.unwrap();
+        let token = "ca-test-token-0123456789".to_owned();
+        let kek = std::sync::Arc::new(nexus_ca::kek::Kek::generate().unwrap());
+        let settings = nexus_ca::Settings::for_tests(kek, &token, tenants);
+        let server = nexus_ca::start(pool.clone(), settings).await.unwrap();
+        RealCa {
+            server,
+            token,
+            admin,
+            db,
+            pool,
+        }
+    }
+
+    /// `--ca-endpoint` and `--ca-token` for a cloud API talking to this CA.
+    pub fn config(&self) -> Config {
+        Config {
+            ca_endpoint: Some(format!("http://{}", self.server.grpc_addr)),
+            ca_token: Some(self.token.clone()),
+            ..config()
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.server.stop_handle().send(true);
+        let _ = self.server.wait().await;
+        self.pool.close().await;
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db
+        )))
+        .execute(&self.admin)
+        .await;
+    }
+}
+
+/// A minimal valid attestation in the API's JSON form.
+pub fn attestation() -> Value {
+    serde_json::json!({
+        "architecture_hash": "ab".repeat(32),
+        "provenance": {"publisher": "Acme AI Labs"},
+        "capabilities": {"capabilities": ["code-generation"], "context_window": 131072,
+                         "modalities": ["text"]},
+        "benchmarks": [{"name": "humaneval", "value": {"plain": "0.91"}}]
     })
 }

@@ -243,6 +243,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         data.join("demo.json").display()
     );
     println!("  {}", demo.api_key);
+    println!("Console: http://{api_addr}/ (sign in with that key)");
     println!();
     println!("Try:");
     println!(
