@@ -33,17 +33,16 @@
 use std::time::SystemTime;
 
 use nexus_crds::routing::{
-    AdmittedEndpoint, EndpointAdvertisement, RejectedEndpoint, RoutingDomainSpec,
-    TrustRequirements,
+    AdmittedEndpoint, EndpointAdvertisement, RejectedEndpoint, RoutingDomainSpec, TrustRequirements,
 };
 use nexus_mic::{
     Attestation, ClaimValue, IssuerMatch, Rejection, Requirement, RevocationCheck, Verifier,
 };
 
+use crate::Error;
 use crate::advert::{Advertisement, parse_score};
 use crate::id::claim_id;
 use crate::sad::{Modalities, ProofBound, TrustLevel};
-use crate::Error;
 
 /// Why an endpoint was left out (the CamelCase `reason` in `RoutingDomain.status.rejected`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -161,9 +160,10 @@ impl ClaimRequirement {
             ClaimRequirement::Provenance(p) => {
                 let prov = &a.provenance;
                 prov.publisher == *p
-                    || prov.parent_model.as_deref().is_some_and(|m| {
-                        m == p || m.split_once('@').is_some_and(|(n, _)| n == p)
-                    })
+                    || prov
+                        .parent_model
+                        .as_deref()
+                        .is_some_and(|m| m == p || m.split_once('@').is_some_and(|(n, _)| n == p))
                     || prov.dataset_digests.iter().any(|d| d.to_string() == *p)
             }
         }
@@ -195,9 +195,8 @@ impl TrustPolicy {
             .collect::<Result<_, _>>()?;
         let mut required_proofs = Vec::with_capacity(t.required_proofs.len());
         for p in &t.required_proofs {
-            let th = parse_score(&p.threshold).map_err(|m| {
-                Error::invalid(format!("requiredProofs[{}].threshold", p.claim), m)
-            })?;
+            let th = parse_score(&p.threshold)
+                .map_err(|m| Error::invalid(format!("requiredProofs[{}].threshold", p.claim), m))?;
             required_proofs.push((p.claim.clone(), u64::from(th)));
         }
         Ok(TrustPolicy {
@@ -371,7 +370,11 @@ pub fn admit(
     }
 
     // 4. Required claims.
-    for (req, text) in policy.required_claims.iter().zip(required_claim_texts(policy)) {
+    for (req, text) in policy
+        .required_claims
+        .iter()
+        .zip(required_claim_texts(policy))
+    {
         if !req.met_by(att) {
             return reject(
                 ep,
@@ -414,11 +417,7 @@ pub fn admit(
                 min_score: u32::try_from(proof.threshold).unwrap_or(u32::MAX),
             }),
             Err(m) => {
-                return reject(
-                    ep,
-                    Reason::ProofFailed,
-                    format!("proof for `{claim}`: {m}"),
-                );
+                return reject(ep, Reason::ProofFailed, format!("proof for `{claim}`: {m}"));
             }
         }
     }
@@ -449,7 +448,10 @@ pub fn admit(
     for s in &att.safety_evaluations {
         claims.push(claim_id(&format!("safety:{}", s.name)));
     }
-    claims.push(claim_id(&format!("provenance:{}", att.provenance.publisher)));
+    claims.push(claim_id(&format!(
+        "provenance:{}",
+        att.provenance.publisher
+    )));
     claims.push(claim_id(&format!("issuer:{}", verified.issuer)));
     for p in &policy.required_proofs {
         claims.push(claim_id(&format!("proven:{}", p.0)));
@@ -510,9 +512,7 @@ fn check_proof(
     digest: &[u8; 32],
     min_threshold: u64,
 ) -> Result<(), String> {
-    let vk = ctx
-        .zk_key
-        .ok_or("no Groth16 verifying key is configured")?;
+    let vk = ctx.zk_key.ok_or("no Groth16 verifying key is configured")?;
     let commitment = nexus_zk::Commitment::from_bytes(digest)
         .map_err(|e| format!("the MIC's commitment is not a valid field element: {e}"))?;
     proof

@@ -88,7 +88,10 @@ impl Advertisement {
         let c = &ep.capability;
         let field = |f: &str| format!("endpoints[{}].capability.{f}", ep.name);
         if c.capabilities.is_empty() {
-            return Err(Error::invalid(field("capabilities"), "at least one capability"));
+            return Err(Error::invalid(
+                field("capabilities"),
+                "at least one capability",
+            ));
         }
         let mut caps: Vec<u32> = c.capabilities.iter().map(|n| capability_id(n)).collect();
         caps.sort_unstable();
@@ -99,10 +102,9 @@ impl Advertisement {
             .map(parse_cost_micros)
             .transpose()
             .map_err(|m| Error::invalid(field("costPer1kTokens"), m))?;
-        let modalities = c
-            .modalities
-            .iter()
-            .fold(Modalities::default(), |m, x| m.union(Modalities::from_crd(*x)));
+        let modalities = c.modalities.iter().fold(Modalities::default(), |m, x| {
+            m.union(Modalities::from_crd(*x))
+        });
         Ok(Advertisement {
             name: ep.name.clone(),
             address: ep.address.clone(),
@@ -240,13 +242,11 @@ impl DescriptorSpec {
         let max_cost = match &self.max_cost_per_1k_tokens {
             None => ANY,
             Some(c) => {
-                let m = parse_cost_micros(c).map_err(|m| Error::invalid("maxCostPer1kTokens", m))?;
-                u32::try_from(m)
-                    .ok()
-                    .filter(|&m| m != ANY)
-                    .ok_or_else(|| {
-                        Error::invalid("maxCostPer1kTokens", "at most 4294.967294 per 1k tokens")
-                    })?
+                let m =
+                    parse_cost_micros(c).map_err(|m| Error::invalid("maxCostPer1kTokens", m))?;
+                u32::try_from(m).ok().filter(|&m| m != ANY).ok_or_else(|| {
+                    Error::invalid("maxCostPer1kTokens", "at most 4294.967294 per 1k tokens")
+                })?
             }
         };
         if self.fan_out == 0 || self.fan_out > MAX_FAN_OUT {
@@ -267,20 +267,17 @@ impl DescriptorSpec {
             extra_capabilities: extra,
             model_family: self.model_family.as_deref().map_or(0, family_id),
             min_context: self.min_context_window.unwrap_or(0),
-            max_latency_ms: self
-                .max_latency_ms
-                .map_or(Ok(ANY), |l| {
-                    if l == ANY {
-                        Err(Error::invalid("maxLatencyMs", "too large"))
-                    } else {
-                        Ok(l)
-                    }
-                })?,
+            max_latency_ms: self.max_latency_ms.map_or(Ok(ANY), |l| {
+                if l == ANY {
+                    Err(Error::invalid("maxLatencyMs", "too large"))
+                } else {
+                    Ok(l)
+                }
+            })?,
             max_cost,
-            modalities: self
-                .modalities
-                .iter()
-                .fold(Modalities::default(), |m, x| m.union(Modalities::from_crd(*x))),
+            modalities: self.modalities.iter().fold(Modalities::default(), |m, x| {
+                m.union(Modalities::from_crd(*x))
+            }),
             min_trust: self.min_trust,
             fan_out: self.fan_out,
             required_claims: claims,
@@ -310,16 +307,15 @@ mod tests {
     }
 
     fn crd(name: &str, caps: &[&str], ctx: u32, lat: u32, cost: &str) -> Advertisement {
-        let ep: nexus_crds::routing::EndpointAdvertisement = serde_json::from_value(
-            serde_json::json!({
+        let ep: nexus_crds::routing::EndpointAdvertisement =
+            serde_json::from_value(serde_json::json!({
                 "name": name, "address": "10.0.0.1:7400",
                 "capability": {"capabilities": caps, "modelFamily": "llm",
                     "contextWindow": ctx, "modalities": ["text"], "latencySlaMs": lat,
                     "costPer1kTokens": cost},
                 "modelIdentityRef": {"name": name}, "weight": 50
-            }),
-        )
-        .expect("valid CRD json");
+            }))
+            .expect("valid CRD json");
         Advertisement::from_crd(&ep).expect("valid")
     }
 
@@ -330,7 +326,11 @@ mod tests {
             "minContextWindow": 128000, "maxLatencyMs": 200, "modalities": ["text"]
         }))
         .expect("spec json");
-        let bytes = spec.to_descriptor().expect("valid").to_bytes().expect("encodes");
+        let bytes = spec
+            .to_descriptor()
+            .expect("valid")
+            .to_bytes()
+            .expect("encodes");
         let view = SadView::parse_exact(&bytes).expect("decodes");
         let fits = crd("a", &["code-generation", "chat"], 131_072, 180, "0.002");
         let slow = crd("b", &["code-generation"], 131_072, 250, "0.002");
@@ -355,7 +355,11 @@ mod tests {
             }],
             ..Default::default()
         };
-        let bytes = spec.to_descriptor().expect("valid").to_bytes().expect("encodes");
+        let bytes = spec
+            .to_descriptor()
+            .expect("valid")
+            .to_bytes()
+            .expect("encodes");
         let view = SadView::parse_exact(&bytes).expect("decodes");
         let mut a = crd("a", &["code-generation"], 1, 1, "1");
         assert!(!a.satisfies(&view));

@@ -51,7 +51,10 @@ pub enum Format {
 pub fn detect(value: &serde_json::Value) -> Option<Format> {
     let obj = value.as_object()?;
     let schema = obj.get("$schema").and_then(|s| s.as_str()).unwrap_or("");
-    if schema.contains("modelcontextprotocol") || obj.contains_key("remotes") || obj.contains_key("packages") {
+    if schema.contains("modelcontextprotocol")
+        || obj.contains_key("remotes")
+        || obj.contains_key("packages")
+    {
         Some(Format::McpServerJson)
     } else if obj.contains_key("skills") || obj.contains_key("url") {
         Some(Format::A2aAgentCard)
@@ -95,7 +98,9 @@ pub fn address_from_url(url: &str) -> Result<String, Error> {
         return Err(bad("no host"));
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (h, tail) = v6.split_once(']').ok_or_else(|| bad("unclosed IPv6 bracket"))?;
+        let (h, tail) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed IPv6 bracket"))?;
         let port = match tail.strip_prefix(':') {
             Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
             None if tail.is_empty() => default_port,
@@ -139,7 +144,9 @@ fn sorted_modalities(set: &BTreeSet<u8>) -> Vec<Modality> {
         Modality::Video,
         Modality::Tensor,
     ];
-    set.iter().filter_map(|&i| all.get(i as usize).copied()).collect()
+    set.iter()
+        .filter_map(|&i| all.get(i as usize).copied())
+        .collect()
 }
 
 fn modality_index(m: Modality) -> u8 {
@@ -247,7 +254,10 @@ fn endpoint_names(base: &str, n: usize) -> Vec<String> {
             } else {
                 let suffix = format!("-{}", i + 1);
                 let keep = 63 - suffix.len();
-                format!("{}{suffix}", &base[..base.len().min(keep)].trim_end_matches('-'))
+                format!(
+                    "{}{suffix}",
+                    &base[..base.len().min(keep)].trim_end_matches('-')
+                )
             }
         })
         .collect()
@@ -257,8 +267,12 @@ fn endpoint_names(base: &str, n: usize) -> Vec<String> {
 pub fn from_agent_card(json: &str) -> Result<Vec<EndpointAdvertisement>, Error> {
     check_len(json)?;
     let card: AgentCard = serde_json::from_str(json)?;
-    let base = normalize_name(&card.name)
-        .ok_or_else(|| Error::Import(format!("agent name `{}` has no usable characters", card.name)))?;
+    let base = normalize_name(&card.name).ok_or_else(|| {
+        Error::Import(format!(
+            "agent name `{}` has no usable characters",
+            card.name
+        ))
+    })?;
     let mut caps: Vec<String> = Vec::new();
     let push = |c: Option<String>, caps: &mut Vec<String>| {
         if let Some(c) = c
@@ -269,7 +283,11 @@ pub fn from_agent_card(json: &str) -> Result<Vec<EndpointAdvertisement>, Error> 
         }
     };
     let mut modes: BTreeSet<u8> = BTreeSet::new();
-    for m in card.default_input_modes.iter().chain(&card.default_output_modes) {
+    for m in card
+        .default_input_modes
+        .iter()
+        .chain(&card.default_output_modes)
+    {
         if let Some(x) = modality_of_mime(m) {
             modes.insert(modality_index(x));
         }
@@ -320,8 +338,12 @@ pub fn from_mcp_server_json(json: &str) -> Result<Vec<EndpointAdvertisement>, Er
     check_len(json)?;
     let server: McpServer = serde_json::from_str(json)?;
     let short = server.name.rsplit('/').next().unwrap_or(&server.name);
-    let base = normalize_name(short)
-        .ok_or_else(|| Error::Import(format!("server name `{}` has no usable characters", server.name)))?;
+    let base = normalize_name(short).ok_or_else(|| {
+        Error::Import(format!(
+            "server name `{}` has no usable characters",
+            server.name
+        ))
+    })?;
     let mut caps = vec!["tool-use".to_owned(), "mcp-server".to_owned()];
     if let Some(extra) = server
         .meta
@@ -330,7 +352,11 @@ pub fn from_mcp_server_json(json: &str) -> Result<Vec<EndpointAdvertisement>, Er
         .and_then(|p| p.get("dev.nexus/capabilities"))
         .and_then(|c| c.as_array())
     {
-        for c in extra.iter().filter_map(|v| v.as_str()).filter_map(normalize_name) {
+        for c in extra
+            .iter()
+            .filter_map(|v| v.as_str())
+            .filter_map(normalize_name)
+        {
             if !caps.contains(&c) && caps.len() < MAX_CAPABILITIES {
                 caps.push(c);
             }
@@ -359,7 +385,15 @@ pub fn from_mcp_server_json(json: &str) -> Result<Vec<EndpointAdvertisement>, Er
     Ok(endpoint_names(&base, addresses.len())
         .into_iter()
         .zip(addresses)
-        .map(|(name, addr)| endpoint(&name, addr, caps.clone(), "mcp-server", vec![Modality::Text]))
+        .map(|(name, addr)| {
+            endpoint(
+                &name,
+                addr,
+                caps.clone(),
+                "mcp-server",
+                vec![Modality::Text],
+            )
+        })
         .collect())
 }
 
@@ -371,7 +405,8 @@ pub fn import(json: &str) -> Result<(Format, Vec<EndpointAdvertisement>), Error>
         Some(Format::A2aAgentCard) => Ok((Format::A2aAgentCard, from_agent_card(json)?)),
         Some(Format::McpServerJson) => Ok((Format::McpServerJson, from_mcp_server_json(json)?)),
         None => Err(Error::Import(
-            "neither an A2A Agent Card (skills, url) nor an MCP server.json ($schema, remotes)".into(),
+            "neither an A2A Agent Card (skills, url) nor an MCP server.json ($schema, remotes)"
+                .into(),
         )),
     }
 }
@@ -420,9 +455,18 @@ mod tests {
         assert_eq!(eps[1].address, "reviewer.acme.example:50051");
         assert_eq!(
             eps[0].capability.capabilities,
-            ["code-review", "code-generation", "python", "rust", "streaming"]
+            [
+                "code-review",
+                "code-generation",
+                "python",
+                "rust",
+                "streaming"
+            ]
         );
-        assert_eq!(eps[0].capability.modalities, [Modality::Text, Modality::Image]);
+        assert_eq!(
+            eps[0].capability.modalities,
+            [Modality::Text, Modality::Image]
+        );
         assert_eq!(eps[0].capability.model_family, "agent");
         assert_eq!(eps[0].model_identity_ref.name, "acme-code-reviewer");
         // Every imported endpoint converts into the resolver's type.
@@ -477,11 +521,20 @@ mod tests {
 
     #[test]
     fn urls_and_names() {
-        assert_eq!(address_from_url("http://[::1]:9000/x").expect("ok"), "[::1]:9000");
-        assert_eq!(address_from_url("https://u:p@h.example/").expect("ok"), "h.example:443");
+        assert_eq!(
+            address_from_url("http://[::1]:9000/x").expect("ok"),
+            "[::1]:9000"
+        );
+        assert_eq!(
+            address_from_url("https://u:p@h.example/").expect("ok"),
+            "h.example:443"
+        );
         assert!(address_from_url("https://h:99999").is_err());
         assert!(address_from_url("https://").is_err());
-        assert_eq!(normalize_name("  Hello, World!! ").as_deref(), Some("hello-world"));
+        assert_eq!(
+            normalize_name("  Hello, World!! ").as_deref(),
+            Some("hello-world")
+        );
         assert_eq!(normalize_name("!!!"), None);
         assert_eq!(normalize_name(&"a".repeat(100)).map(|s| s.len()), Some(63));
     }

@@ -470,8 +470,8 @@ impl Resolver {
                     } else {
                         self.config.latency_ref_ms
                     };
-                    let busy = (l.in_flight + l.queue_depth) as f32
-                        / self.capacity[c.idx as usize] as f32;
+                    let busy =
+                        (l.in_flight + l.queue_depth) as f32 / self.capacity[c.idx as usize] as f32;
                     -(lat * (1.0 + self.config.w_load * busy))
                 }
                 _ => self.score(c, &l),
@@ -506,9 +506,7 @@ impl Resolver {
             Strategy::LeastLatency | Strategy::LeastCost => {
                 // Cheapest key first, then highest score, then index for determinism.
                 let cmp = |a: &(EndpointIdx, f32, u32), b: &(EndpointIdx, f32, u32)| {
-                    a.2.cmp(&b.2)
-                        .then(b.1.total_cmp(&a.1))
-                        .then(a.0.cmp(&b.0))
+                    a.2.cmp(&b.2).then(b.1.total_cmp(&a.1)).then(a.0.cmp(&b.0))
                 };
                 if picks < scratch.feasible.len() {
                     scratch.feasible.select_nth_unstable_by(picks - 1, cmp);
@@ -562,7 +560,9 @@ impl Resolver {
                 family: a.model_family,
                 ctx: a.context_window,
                 lat: a.latency_sla_ms.unwrap_or(ANY),
-                cost: a.cost_micros.map_or(ANY, |c| c.min(u64::from(ANY - 1)) as u32),
+                cost: a
+                    .cost_micros
+                    .map_or(ANY, |c| c.min(u64::from(ANY - 1)) as u32),
                 weight: a.weight,
                 bloom: 0,
                 modalities: a.modalities.0,

@@ -152,7 +152,17 @@ impl Modalities {
 ///
 /// Ordered: a descriptor's `min_trust` accepts that level and every higher one.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[serde(rename_all = "camelCase")]
 #[repr(u8)]
@@ -280,10 +290,7 @@ impl Descriptor {
                 field: Field::Class,
             });
         }
-        check_ascending(
-            Field::Capabilities,
-            self.extra_capabilities.iter().copied(),
-        )?;
+        check_ascending(Field::Capabilities, self.extra_capabilities.iter().copied())?;
         if self.extra_capabilities.contains(&self.class) {
             return Err(SadError::ClassRepeated);
         }
@@ -404,13 +411,13 @@ impl<'a> SadView<'a> {
     /// length against the counts and the buffer, then field values and list order.
     #[inline]
     pub fn parse(buf: &'a [u8]) -> Result<(SadView<'a>, usize), SadError> {
-        let fixed: &[u8; FIXED_LEN] = buf
-            .get(..FIXED_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or(SadError::TooShort {
-                need: FIXED_LEN,
-                have: buf.len(),
-            })?;
+        let fixed: &[u8; FIXED_LEN] =
+            buf.get(..FIXED_LEN)
+                .and_then(|s| s.try_into().ok())
+                .ok_or(SadError::TooShort {
+                    need: FIXED_LEN,
+                    have: buf.len(),
+                })?;
         if fixed[0..2] != MAGIC {
             return Err(SadError::BadMagic([fixed[0], fixed[1]]));
         }
@@ -452,7 +459,9 @@ impl<'a> SadView<'a> {
         })?;
         let modalities = fixed[OFF_MODALITIES];
         if modalities & !Modalities::KNOWN.0 != 0 {
-            return Err(SadError::UnknownModalities(modalities & !Modalities::KNOWN.0));
+            return Err(SadError::UnknownModalities(
+                modalities & !Modalities::KNOWN.0,
+            ));
         }
         if fixed[OFF_TRUST] > TrustLevel::Proven as u8 {
             return Err(SadError::BadTrustLevel(fixed[OFF_TRUST]));
@@ -692,7 +701,10 @@ mod tests {
             f(&mut b);
             SadView::parse(&b).err()
         };
-        assert_eq!(bad(&|b| b[0] = b'X'), Some(SadError::BadMagic([b'X', b'R'])));
+        assert_eq!(
+            bad(&|b| b[0] = b'X'),
+            Some(SadError::BadMagic([b'X', b'R']))
+        );
         assert_eq!(bad(&|b| b[2] = 2), Some(SadError::UnsupportedVersion(2)));
         assert_eq!(bad(&|b| b[3] = 1), Some(SadError::ReservedFlags(1)));
         assert_eq!(
@@ -702,7 +714,10 @@ mod tests {
                 computed: 60
             })
         );
-        assert_eq!(bad(&|b| b[6] = 0x80), Some(SadError::UnknownModalities(0x80)));
+        assert_eq!(
+            bad(&|b| b[6] = 0x80),
+            Some(SadError::UnknownModalities(0x80))
+        );
         assert_eq!(bad(&|b| b[7] = 4), Some(SadError::BadTrustLevel(4)));
         assert_eq!(bad(&|b| b[8] = 0), Some(SadError::BadFanOut(0)));
         assert_eq!(bad(&|b| b[8] = 17), Some(SadError::BadFanOut(17)));
