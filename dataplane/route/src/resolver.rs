@@ -103,7 +103,7 @@ impl Default for ResolverConfig {
             cost_ref_micros: 2_000.0,
             default_capacity: 64,
             max_queue_depth: 128,
-            scan_limit: 512,
+            scan_limit: 128,
         }
     }
 }
@@ -488,19 +488,54 @@ impl Resolver {
         let picks = fan_out.min(scratch.feasible.len());
         match self.config.strategy {
             Strategy::Weighted => {
-                for _ in 0..picks {
-                    let total: f32 = scratch.feasible.iter().map(|f| f.1).sum();
-                    let mut r = rng.unit() * total;
-                    let mut chosen = scratch.feasible.len() - 1;
-                    for (j, f) in scratch.feasible.iter().enumerate() {
-                        if r < f.1 {
-                            chosen = j;
+                // Cumulative weights once; draws with replacement, a repeat drawn again
+                // (equivalent to drawing without replacement and renormalising). After a few
+                // repeats in a row (one endpoint dominating), fall back to exact removal.
+                let mut acc = 0f32;
+                for f in scratch.feasible.iter_mut() {
+                    acc += f.1;
+                    f.1 = acc;
+                }
+                'pick: for _ in 0..picks {
+                    for _ in 0..8 {
+                        let r = rng.unit() * acc;
+                        let j = scratch
+                            .feasible
+                            .partition_point(|f| f.1 <= r)
+                            .min(scratch.feasible.len() - 1);
+                        let idx = scratch.feasible[j].0;
+                        if !out.contains(&idx) {
+                            out.push(idx);
+                            continue 'pick;
+                        }
+                    }
+                    // Exact: the remaining endpoints by their own weights.
+                    let mut prev = 0f32;
+                    let mut rest: f32 = 0.0;
+                    for f in &scratch.feasible {
+                        if !out.contains(&f.0) {
+                            rest += f.1 - prev;
+                        }
+                        prev = f.1;
+                    }
+                    let mut r = rng.unit() * rest;
+                    let mut prev = 0f32;
+                    let mut chosen = None;
+                    for f in &scratch.feasible {
+                        let w = f.1 - prev;
+                        prev = f.1;
+                        if out.contains(&f.0) {
+                            continue;
+                        }
+                        chosen = Some(f.0);
+                        if r < w {
                             break;
                         }
-                        r -= f.1;
+                        r -= w;
                     }
-                    out.push(scratch.feasible[chosen].0);
-                    scratch.feasible.swap_remove(chosen);
+                    if let Some(c) = chosen {
+                        out.push(c);
+                    }
                 }
             }
             Strategy::LeastLatency | Strategy::LeastCost => {
