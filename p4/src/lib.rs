@@ -41,6 +41,7 @@ pub mod client;
 pub mod compile;
 mod error;
 pub mod p4info;
+pub mod packet;
 pub mod pipeline;
 pub mod proto;
 pub mod server;
