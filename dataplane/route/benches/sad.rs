@@ -164,6 +164,45 @@ fn sad(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    // The same loops timed by this thread's CPU time: the per-core figure on a shared machine.
+    let (wall, cpu) = nexus_route::cputime::rates(2_000, BATCH as u64, || {
+        let mut acc = 0u32;
+        for e in &encoded {
+            if let Ok((v, _)) = SadView::parse(black_box(e)) {
+                acc = acc.wrapping_add(v.class() ^ v.min_context());
+            }
+        }
+        black_box(acc);
+    });
+    let (mwall, mcpu) = nexus_route::cputime::rates(2_000, BATCH as u64, || {
+        for (d, e) in dst.iter_mut().zip(black_box(&encoded)) {
+            d[..e.len()].copy_from_slice(e);
+        }
+        black_box(&dst);
+    });
+    let (swall, scpu) = nexus_route::cputime::rates(5, BATCH as u64, || {
+        for e in &cbor {
+            black_box(ciborium::from_reader::<SerdeDescriptor, _>(e.as_slice()).is_ok());
+        }
+    });
+    let m = |x: Option<f64>| x.map_or("n/a".to_owned(), |v| format!("{:.1} M/s", v / 1e6));
+    println!(
+        "per CPU-second: parse {} (wall {:.1} M/s), memcpy {} (wall {:.1} M/s), serde_cbor {} (wall {:.2} M/s)",
+        m(cpu),
+        wall / 1e6,
+        m(mcpu),
+        mwall / 1e6,
+        m(scpu),
+        swall / 1e6
+    );
+    if let (Some(p), Some(c), Some(s)) = (cpu, mcpu, scpu) {
+        println!(
+            "ratios: parse/memcpy {:.2}, parse/serde_cbor {:.0}x",
+            p / c,
+            p / s
+        );
+    }
 }
 
 criterion_group!(benches, sad);

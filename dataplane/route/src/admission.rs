@@ -40,9 +40,10 @@ use nexus_mic::{
 };
 
 use crate::Error;
-use crate::advert::{Advertisement, parse_score};
+use crate::advert::Advertisement;
 use crate::id::claim_id;
 use crate::sad::{Modalities, ProofBound, TrustLevel};
+use crate::spec::parse_score;
 
 /// Why an endpoint was left out (the CamelCase `reason` in `RoutingDomain.status.rejected`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -122,6 +122,7 @@ pub enum Error {
     #[error("import: {0}")]
     Import(String),
     /// JSON that does not parse.
+    #[cfg(feature = "control-plane")]
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -141,6 +142,7 @@ impl Error {
             Error::Invalid { .. } => "invalid",
             Error::IdCollision { .. } => "id_collision",
             Error::Import(_) => "import",
+            #[cfg(feature = "control-plane")]
             Error::Json(_) => "json",
         }
     }

@@ -13,6 +13,10 @@
 //! - [`import`]: endpoint advertisements from the formats agents already publish — A2A Agent
 //!   Cards and MCP `server.json`.
 //!
+//! Feature `control-plane` (default) adds what needs the CRD, MIC and zero-knowledge crates:
+//! [`DescriptorSpec`], `Advertisement::from_crd`, [`admission`] and [`import`]. Without it the
+//! crate is the descriptor codec and the resolver alone (what the fuzz target builds).
+//!
 //! Everything here is pure: no I/O, no clock (time is passed in), so the dataplane, the
 //! RoutingDomain controller and `nexctl` share one implementation. The P4 table compiler lives
 //! in `nexus-p4`, next to the program whose tables it fills.
@@ -31,17 +35,24 @@
 //! # }
 //! ```
 
+#[cfg(feature = "control-plane")]
 pub mod admission;
 pub mod advert;
+pub mod cputime;
 mod error;
 pub mod id;
+#[cfg(feature = "control-plane")]
 pub mod import;
 pub mod resolver;
 pub mod sad;
+#[cfg(feature = "control-plane")]
+pub mod spec;
 
-pub use advert::{Advertisement, DescriptorSpec, ProofSpec};
+pub use advert::Advertisement;
 pub use error::{Error, SadError};
 pub use resolver::{
     EndpointIdx, LoadReport, LoadTable, NoRoute, Resolver, ResolverConfig, Scratch, Strategy,
 };
 pub use sad::{Descriptor, Modalities, ProofBound, SadView, TrustLevel};
+#[cfg(feature = "control-plane")]
+pub use spec::{DescriptorSpec, ProofSpec};

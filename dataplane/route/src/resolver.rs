@@ -55,6 +55,7 @@ pub enum Strategy {
     LeastCost,
 }
 
+#[cfg(feature = "control-plane")]
 impl From<nexus_crds::routing::LoadBalancingStrategy> for Strategy {
     fn from(s: nexus_crds::routing::LoadBalancingStrategy) -> Self {
         use nexus_crds::routing::LoadBalancingStrategy as S;
@@ -248,7 +249,9 @@ pub struct Scratch {
 pub struct Resolver {
     adverts: Vec<Advertisement>,
     capacity: Vec<u32>,
-    postings: HashMap<u32, Vec<Cand>, foldhash::fast::FixedState>,
+    /// Posting lists by (capability id, model family id or 0 for every family), each sorted
+    /// by context window, largest first, and shuffled within equal windows.
+    postings: HashMap<(u32, u32), Vec<Cand>, foldhash::fast::FixedState>,
     by_name: HashMap<String, EndpointIdx>,
     config: ResolverConfig,
 }
@@ -276,7 +279,7 @@ impl SplitMix {
 impl Resolver {
     /// Builds the index. Advertisements keep their positions as [`EndpointIdx`].
     pub fn new(adverts: Vec<Advertisement>, config: ResolverConfig) -> Resolver {
-        let mut postings: HashMap<u32, Vec<Cand>, foldhash::fast::FixedState> =
+        let mut postings: HashMap<(u32, u32), Vec<Cand>, foldhash::fast::FixedState> =
             HashMap::with_hasher(foldhash::fast::FixedState::default());
         let mut by_name = HashMap::with_capacity(adverts.len());
         let mut capacity = Vec::with_capacity(adverts.len());
@@ -304,16 +307,19 @@ impl Resolver {
                 trust: a.trust as u8,
             };
             for &c in &a.capabilities {
-                postings.entry(c).or_default().push(cand);
+                postings.entry((c, 0)).or_default().push(cand);
+                postings.entry((c, a.model_family)).or_default().push(cand);
             }
         }
-        // A fixed pseudo-random order, so that a window of a long list is a fair sample.
+        // A fixed pseudo-random order, so that a window of a long list is a fair sample; then
+        // by context window, largest first (stable), so a minimum context is a prefix.
         for list in postings.values_mut() {
             let mut rng = SplitMix(0x5EED ^ list.len() as u64);
             for i in (1..list.len()).rev() {
                 let j = (rng.next() % (i as u64 + 1)) as usize;
                 list.swap(i, j);
             }
+            list.sort_by(|a, b| b.ctx.cmp(&a.ctx));
         }
         Resolver {
             adverts,
@@ -388,16 +394,23 @@ impl Resolver {
     ) -> Result<(), NoRoute> {
         out.clear();
         // The shortest posting list among the required capabilities.
-        let mut list: &[Cand] = match self.postings.get(&sad.class()) {
+        let family = sad.model_family();
+        let mut list: &[Cand] = match self.postings.get(&(sad.class(), family)) {
             Some(l) => l,
+            None if family != 0 && self.postings.contains_key(&(sad.class(), 0)) => {
+                return Err(NoRoute::NoMatch);
+            }
             None => return Err(NoRoute::NoCandidate),
         };
         let mut need_bloom = 0u64;
         for c in sad.extra_capabilities() {
             need_bloom |= bloom_bit(c);
-            match self.postings.get(&c) {
+            match self.postings.get(&(c, family)) {
                 Some(l) if l.len() < list.len() => list = l,
                 Some(_) => {}
+                None if family != 0 && self.postings.contains_key(&(c, 0)) => {
+                    return Err(NoRoute::NoMatch);
+                }
                 None => return Err(NoRoute::NoCandidate),
             }
         }
@@ -413,8 +426,9 @@ impl Resolver {
                 need_bloom |= bloom_bit(p.claim);
             }
         }
-        let family = sad.model_family();
         let min_ctx = sad.min_context();
+        // Sorted by context window, largest first: only a prefix can qualify.
+        let list = &list[..list.partition_point(|c| c.ctx >= min_ctx)];
         let max_lat = sad.max_latency_ms();
         let max_cost = sad.max_cost();
         let modalities = sad.modalities().0;
@@ -447,7 +461,7 @@ impl Resolver {
                 && c.trust >= min_trust
                 && c.weight > 0
                 && c.bloom & need_bloom == need_bloom
-                && (!check_lists || self.adverts[c.idx as usize].satisfies(sad));
+                && (!check_lists || self.adverts[c.idx as usize].satisfies_lists(sad));
             if !ok {
                 continue;
             }

@@ -103,6 +103,7 @@ impl Modalities {
     }
 
     /// The bit of a CRD modality.
+    #[cfg(feature = "control-plane")]
     pub const fn from_crd(m: nexus_crds::routing::Modality) -> Modalities {
         use nexus_crds::routing::Modality as M;
         match m {
