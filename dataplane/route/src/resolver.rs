@@ -319,7 +319,7 @@ impl Resolver {
                 let j = (rng.next() % (i as u64 + 1)) as usize;
                 list.swap(i, j);
             }
-            list.sort_by(|a, b| b.ctx.cmp(&a.ctx));
+            list.sort_by_key(|c| std::cmp::Reverse(c.ctx));
         }
         Resolver {
             adverts,

@@ -46,12 +46,12 @@ fn advert(
         weight: w,
         max_in_flight: None,
         trust: TrustLevel::from_u8((i % 4) as u8).unwrap_or_default(),
-        claims: if i % 2 == 0 {
+        claims: if i.is_multiple_of(2) {
             vec![claim_id("benchmark:humaneval")]
         } else {
             vec![]
         },
-        proofs: if i % 3 == 0 {
+        proofs: if i.is_multiple_of(3) {
             vec![ProofBound {
                 claim: claim_id("safety-eval"),
                 min_score: 9_000 + (i as u32 % 5) * 100,
