@@ -35,7 +35,7 @@ fn imported_endpoints_make_a_valid_routing_domain() {
         let (code, stdout, stderr) = import(&example(file), &[]);
         assert_eq!(code, 0, "{stderr}");
         assert!(stdout.contains("endpoints:"), "{stdout}");
-        assert_eq!(stdout.matches("modelIdentityRef").count(), n, "{stdout}");
+        assert_eq!(stdout.matches("modelIdentityRef:").count(), n, "{stdout}");
         // Indent the list under spec: and validate the whole manifest as the API server would.
         let body: String = stdout
             .lines()

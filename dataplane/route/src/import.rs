@@ -10,7 +10,7 @@
 //! | `capabilities.streaming: true`               | adds capability `streaming`                      |
 //! | `defaultInputModes`, `defaultOutputModes`, `skills[].inputModes/outputModes` (MIME types) | `capability.modalities`: `text/*`, `application/json` → text; `image/*` → image; `audio/*` → audio; `video/*` → video; `application/octet-stream`, `application/x-tensor*` → tensor |
 //! | —                                            | `capability.modelFamily: agent`                  |
-//! | —                                            | `modelIdentityRef.name` = the endpoint name: a ModelIdentity of that name must exist for admission |
+//! | —                                            | `modelIdentityRef.name` = the agent's normalised name (shared by its endpoints): a ModelIdentity of that name must exist for admission |
 //!
 //! # MCP `server.json` (the MCP registry's format)
 //!
@@ -222,6 +222,7 @@ const MAX_CAPABILITIES: usize = 32;
 
 fn endpoint(
     name: &str,
+    identity: &str,
     address: String,
     capabilities: Vec<String>,
     family: &str,
@@ -239,7 +240,7 @@ fn endpoint(
             cost_per_1k_tokens: None,
         },
         model_identity_ref: LocalObjectReference {
-            name: name.to_owned(),
+            name: identity.to_owned(),
         },
         weight: 100,
     }
@@ -329,7 +330,16 @@ pub fn from_agent_card(json: &str) -> Result<Vec<EndpointAdvertisement>, Error> 
     Ok(endpoint_names(&base, addresses.len())
         .into_iter()
         .zip(addresses)
-        .map(|(name, addr)| endpoint(&name, addr, caps.clone(), "agent", modalities.clone()))
+        .map(|(name, addr)| {
+            endpoint(
+                &name,
+                &base,
+                addr,
+                caps.clone(),
+                "agent",
+                modalities.clone(),
+            )
+        })
         .collect())
 }
 
@@ -388,6 +398,7 @@ pub fn from_mcp_server_json(json: &str) -> Result<Vec<EndpointAdvertisement>, Er
         .map(|(name, addr)| {
             endpoint(
                 &name,
+                &base,
                 addr,
                 caps.clone(),
                 "mcp-server",
@@ -469,6 +480,10 @@ mod tests {
         );
         assert_eq!(eps[0].capability.model_family, "agent");
         assert_eq!(eps[0].model_identity_ref.name, "acme-code-reviewer");
+        assert_eq!(
+            eps[1].model_identity_ref.name, "acme-code-reviewer",
+            "one identity per agent"
+        );
         // Every imported endpoint converts into the resolver's type.
         for e in &eps {
             crate::Advertisement::from_crd(e).expect("valid advertisement");
