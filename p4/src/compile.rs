@@ -372,3 +372,111 @@ pub fn version_of_cookie(cookie: &[u8]) -> Option<&str> {
         .ok()?
         .strip_prefix("nexroute/v1 ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::new(crate::p4info::nexroute_p4info().expect("parses")).expect("consistent")
+    }
+
+    fn ep(name: &str, caps: &[&str], w: u32) -> Advertisement {
+        let mut caps_ids: Vec<u32> = caps
+            .iter()
+            .map(|c| nexus_route::id::capability_id(c))
+            .collect();
+        caps_ids.sort_unstable();
+        Advertisement {
+            name: name.into(),
+            address: "10.0.0.1:7400".into(),
+            capability_names: caps.iter().map(|c| (*c).to_owned()).collect(),
+            capabilities: caps_ids,
+            model_family_name: "llm".into(),
+            model_family: nexus_route::id::family_id("llm"),
+            context_window: 0,
+            modalities: nexus_route::Modalities::TEXT,
+            latency_sla_ms: None,
+            cost_micros: None,
+            weight: w,
+            max_in_flight: None,
+            trust: nexus_route::TrustLevel::Attested,
+            claims: vec![],
+            proofs: vec![],
+        }
+    }
+
+    fn domain(name: &str, tenant: u32, eps: Vec<Advertisement>, default: bool) -> DomainInput {
+        DomainInput {
+            name: name.into(),
+            tenant_id: tenant,
+            domain_id: nexus_route::id::domain_id("ns", name),
+            default_for_tenant: default,
+            endpoints: eps,
+        }
+    }
+
+    #[test]
+    fn the_same_input_in_any_order_compiles_to_the_same_version() {
+        let a = domain(
+            "a",
+            1,
+            vec![ep("x", &["chat"], 1), ep("y", &["chat", "code"], 2)],
+            true,
+        );
+        let b = domain("b", 2, vec![ep("z", &["code"], 3)], false);
+        let one = compile(&schema(), &[a.clone(), b.clone()]).expect("compiles");
+        let mut a2 = a.clone();
+        a2.endpoints.reverse();
+        let two = compile(&schema(), &[b, a2]).expect("compiles");
+        assert_eq!(one.version, two.version);
+        assert_eq!(one.entities, two.entities);
+        assert_eq!(one.version.len(), 64);
+        // 2 tenants, 3 domain entries (a + its default), classes a:{chat, code} b:{code}
+        // → 3 class + 3 next-hop entries, 3 members, 3 groups.
+        assert_eq!(one.entities.len(), 2 + 3 + 3 + 3 + 3 + 3);
+        let changed = compile(
+            &schema(),
+            &[a, domain("b", 2, vec![ep("z", &["code"], 4)], false)],
+        )
+        .expect("compiles");
+        assert_ne!(
+            one.version, changed.version,
+            "a weight change is a new version"
+        );
+        assert_eq!(
+            one.domains[0].version, changed.domains[0].version,
+            "domain a is unchanged"
+        );
+    }
+
+    #[test]
+    fn inconsistent_inputs_are_refused() {
+        let s = schema();
+        let twice = [domain("a", 1, vec![], true), domain("b", 1, vec![], true)];
+        assert!(compile(&s, &twice).is_err(), "two default domains");
+        let same_id = [domain("a", 1, vec![], false), domain("a", 1, vec![], false)];
+        assert!(compile(&s, &same_id).is_err(), "two domains with one id");
+        let mut zero = domain("a", 1, vec![], false);
+        zero.domain_id = 0;
+        assert!(compile(&s, &[zero]).is_err());
+    }
+
+    #[test]
+    fn cookies_carry_the_version() {
+        let c = compile(
+            &schema(),
+            &[domain("a", 1, vec![ep("x", &["chat"], 1)], false)],
+        )
+        .expect("compiles");
+        for e in &c.entities {
+            if let Some(pb::entity::Entity::TableEntry(t)) = &e.entity {
+                assert_eq!(version_of_cookie(&t.metadata), Some(c.version.as_str()));
+            }
+        }
+        assert_eq!(
+            crate::client::common_version(&c.entities).as_deref(),
+            Some(c.version.as_str())
+        );
+    }
+}
