@@ -22,7 +22,7 @@ impl GrpcIssuer {
     /// it answers.
     pub fn new(endpoint: &str, token: Option<String>) -> Result<Self, Error> {
         let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| Error::InvalidSpec(format!("CA endpoint {endpoint:?}: {e}")))?
+            .map_err(|e| Error::IssuerConfig(format!("CA endpoint {endpoint:?}: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(5))
             .timeout(std::time::Duration::from_secs(30))
             .connect_lazy();
@@ -37,7 +37,7 @@ impl GrpcIssuer {
         if let Some(t) = &self.token {
             let value = format!("Bearer {t}")
                 .parse()
-                .map_err(|_| Error::InvalidSpec("CA token is not valid header text".into()))?;
+                .map_err(|_| Error::IssuerConfig("the CA token is not valid header text".into()))?;
             req.metadata_mut()
                 .insert(nexus_ca_api::AUTHORIZATION, value);
         }
@@ -50,7 +50,10 @@ fn status_error(s: tonic::Status) -> Error {
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
             Error::IssuerUnavailable(s.message().to_owned())
         }
-        code => Error::Issuer(format!("{code:?}: {}", s.message())),
+        code => Error::IssuerRefused {
+            code,
+            message: s.message().to_owned(),
+        },
     }
 }
 
@@ -91,7 +94,7 @@ impl Issuer for GrpcIssuer {
         };
         let msg = pb::RevokeRequest {
             tenant: tenant.to_owned(),
-            request_id: format!("revoke-{serial}"),
+            request_id: format!("revoke:{serial}"),
             serial: serial.to_owned(),
             reason: reason as i32,
         };

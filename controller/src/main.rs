@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::Node;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
@@ -48,7 +48,8 @@ struct Args {
     #[arg(long, env = "NEXUS_CA_TOKEN_FILE")]
     ca_token_file: Option<std::path::PathBuf>,
     /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "NEXUS_CONTROLLER_HTTP", default_value = "0.0.0.0:8080")]
+    /// (Not 8080: that is the cloud API's port in `nexctl up`.)
+    #[arg(long, env = "NEXUS_CONTROLLER_HTTP", default_value = "0.0.0.0:7602")]
     http_listen: SocketAddr,
     /// Emit logs as JSON.
     #[arg(long, env = "NEXUS_LOG_JSON")]
@@ -152,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(Context {
         client: client.clone(),
         issuer: Arc::new(GrpcIssuer::new(&args.ca_endpoint, token)?),
-        reporter: MANAGER.into(),
+        recorder: kube::runtime::events::Recorder::new(client.clone(), MANAGER.into()),
         metrics,
         now: chrono::Utc::now,
         leader,
@@ -160,28 +161,37 @@ async fn main() -> anyhow::Result<()> {
 
     serve_http(Arc::new(registry), args.http_listen).await?;
 
-    let identities: Api<ModelIdentity> = Api::all(client.clone());
+    let identities: Api<ModelIdentity> = Api::all(client);
     identities
         .list(&kube::api::ListParams::default().limit(1))
         .await
         .context("the ModelIdentity CRD is not installed: kubectl apply --server-side -f crds/")?;
-    let secrets: Api<Secret> = Api::all(client);
     info!("ModelIdentity controller starting");
-    Controller::new(identities, watcher::Config::default().any_semantic())
-        .owns(
-            secrets,
-            watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
-        )
-        .shutdown_on_signal()
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "reconcile error");
-            }
-        })
-        .await;
+    reconcile::run(ctx, shutdown_signal()).await;
     info!("controller stopped");
     Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
 }
 
 /// Serves /metrics, /healthz and /readyz in the background.

@@ -1,6 +1,12 @@
 //! The ModelIdentity controller against a real API server — only when KUBECONFIG is set;
-//! otherwise the test says it skipped. Runs the real controller loop with an in-process CA:
-//! create → Secret + Ready, spec change → new serial, delete → revoked and gone.
+//! otherwise the test says it skipped. Runs the controller exactly as `nexus-controller` does
+//! (`identity::reconcile::run`) with the real CA (`nexus-ca` on PostgreSQL from DATABASE_URL):
+//! create → Secret + Ready; idle → no status writes (no hot loop through our own writes);
+//! spec change → new serial, the old one revoked at the CA; delete → revoked and gone.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod real_ca;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +15,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::{Controller, watcher};
-use nexus_controller::identity::local_ca::LocalIssuer;
-use nexus_controller::identity::reconcile::{Context, error_policy, reconcile};
+use kube::runtime::{WatchStreamExt, watcher};
+use nexus_controller::identity::reconcile::{Context, MANAGER, run};
 use nexus_controller::metrics::Metrics;
 use nexus_crds::ModelIdentity;
+use sqlx::PgPool;
 
 async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
@@ -29,8 +35,8 @@ where
     panic!("timed out waiting for {what}");
 }
 
-#[tokio::test]
-async fn model_identity_lifecycle_on_a_real_cluster() {
+#[sqlx::test(migrations = false)]
+async fn model_identity_lifecycle_on_a_real_cluster(pool: PgPool) {
     if std::env::var_os("KUBECONFIG").is_none() {
         use std::io::Write;
         let _ = writeln!(
@@ -40,6 +46,7 @@ async fn model_identity_lifecycle_on_a_real_cluster() {
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let (ca, issuer) = real_ca::start(&pool).await;
     let client = kube::Client::try_default()
         .await
         .expect("cluster reachable");
@@ -67,24 +74,21 @@ async fn model_identity_lifecycle_on_a_real_cluster() {
         .await
         .expect("namespace created");
 
-    let issuer = Arc::new(LocalIssuer::ephemeral().expect("CA"));
     let mut registry = prometheus_client::registry::Registry::default();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        issuer: issuer.clone(),
-        reporter: "nexus-controller-e2e".into(),
+        issuer,
+        recorder: kube::runtime::events::Recorder::new(client.clone(), MANAGER.into()),
         metrics: Arc::new(Metrics::new(&mut registry)),
         now: chrono::Utc::now,
         leader: None,
     });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run(ctx, async move {
+        let _ = stopped.await;
+    }));
     let identities: Api<ModelIdentity> = Api::namespaced(client.clone(), &ns_name);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns_name);
-    let controller = tokio::spawn(
-        Controller::new(identities.clone(), watcher::Config::default())
-            .owns(secrets.clone(), watcher::Config::default())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|_| async {}),
-    );
 
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -114,17 +118,38 @@ async fn model_identity_lifecycle_on_a_real_cluster() {
     let crt = String::from_utf8(data["tls.crt"].0.clone()).expect("PEM");
     let key = String::from_utf8(data["tls.key"].0.clone()).expect("PEM");
     assert!(nexus_controller::identity::key_matches_cert(&key, &crt));
+    assert!(!real_ca::revoked(&ca, &first).await);
+
+    // Idle: nothing changes for 15 s, so the object must not change either (a controller that
+    // writes status on every reconcile would show up here as a stream of MODIFIED events).
+    let mut changes = watcher(identities.clone(), watcher::Config::default())
+        .applied_objects()
+        .boxed();
+    let _initial = changes.next().await;
+    let idle = tokio::time::timeout(Duration::from_secs(15), changes.next()).await;
+    assert!(
+        idle.is_err(),
+        "the ModelIdentity changed while idle: {idle:?}"
+    );
 
     identities
         .patch(
             "coder-70b",
-            &PatchParams::default(),
+            &PatchParams {
+                field_manager: Some("nexus-e2e".into()),
+                ..PatchParams::default()
+            },
             &Patch::Merge(serde_json::json!({"spec": {"model": {"version": "2.2.0"}}})),
         )
         .await
         .expect("spec patched");
     wait_for("re-issue", || async {
         ready_serial().await.is_some_and(|s| s != first)
+    })
+    .await;
+    let second = ready_serial().await.expect("serial");
+    wait_for("superseded revoked", || async {
+        real_ca::revoked(&ca, &first).await
     })
     .await;
 
@@ -141,14 +166,13 @@ async fn model_identity_lifecycle_on_a_real_cluster() {
             .is_none()
     })
     .await;
-    let revoked: Vec<String> = issuer.revoked().into_iter().map(|(s, _)| s).collect();
-    assert!(revoked.contains(&first), "superseded certificate revoked");
-    assert_eq!(
-        revoked.len(),
-        2,
+    assert!(
+        real_ca::revoked(&ca, &second).await,
         "the current certificate is revoked on delete"
     );
 
-    controller.abort();
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
     let _ = namespaces.delete(&ns_name, &DeleteParams::default()).await;
+    let _ = ca.shutdown().await;
 }

@@ -25,7 +25,9 @@ use crate::routing::Modality;
     printcolumn = r#"{"name":"Model","type":"string","jsonPath":".spec.model.name"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.model.version"}"#,
     printcolumn = r#"{"name":"Secret","type":"string","jsonPath":".spec.secretName"}"#,
-    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.notAfter"}"#,
+    // `date` columns render as an age, which kubectl shows as `<invalid>` for a time in the
+    // future: the expiry is a timestamp, shown as one.
+    printcolumn = r#"{"name":"Expires","type":"string","format":"date-time","jsonPath":".status.notAfter"}"#,
     printcolumn = r#"{"name":"Revoked","type":"boolean","jsonPath":".status.revoked","priority":1}"#,
     printcolumn = r#"{"name":"Serial","type":"string","jsonPath":".status.serial","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

@@ -184,31 +184,40 @@ impl Validator {
     }
 
     /// Validates one document; an empty result means the API server would accept it.
-    pub fn validate_value(&self, mut doc: Value) -> Vec<Problem> {
+    pub fn validate_value(&self, doc: Value) -> Vec<Problem> {
+        self.admit(doc).err().unwrap_or_default()
+    }
+
+    /// What the API server does with a write: default, then validate. Returns the defaulted
+    /// document (what would be stored), or every problem found.
+    pub fn admit(&self, mut doc: Value) -> Result<Value, Vec<Problem>> {
         let problem = |path: &str, message: String| Problem {
             path: path.into(),
             message,
         };
         let Some(obj) = doc.as_object() else {
-            return vec![problem("", "a manifest must be a YAML mapping".into())];
+            return Err(vec![problem(
+                "",
+                "a manifest must be a YAML mapping".into(),
+            )]);
         };
         let field = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_owned);
         let (Some(api_version), Some(kind)) = (field("apiVersion"), field("kind")) else {
-            return vec![problem("", "apiVersion and kind are required".into())];
+            return Err(vec![problem("", "apiVersion and kind are required".into())]);
         };
         let expected = format!("{}/{}", crate::common::GROUP, crate::common::VERSION);
         let Some(ks) = self.kinds.iter().find(|k| k.kind == kind.as_str()) else {
             let known: Vec<_> = self.kinds().collect();
-            return vec![problem(
+            return Err(vec![problem(
                 "kind",
                 format!("unknown kind {kind:?} (Nexus kinds: {})", known.join(", ")),
-            )];
+            )]);
         };
         if api_version != expected {
-            return vec![problem(
+            return Err(vec![problem(
                 "apiVersion",
                 format!("{kind} is served as {expected}, not {api_version:?}"),
-            )];
+            )]);
         }
         let mut problems = check_metadata(doc.get("metadata"), ks.namespaced);
 
@@ -230,11 +239,15 @@ impl Validator {
             );
         }
         if problems.is_empty()
-            && let Err(e) = (ks.decode)(doc)
+            && let Err(e) = (ks.decode)(doc.clone())
         {
             problems.push(problem("", format!("does not decode as {kind}: {e}")));
         }
-        problems
+        if problems.is_empty() {
+            Ok(doc)
+        } else {
+            Err(problems)
+        }
     }
 }
 

@@ -5,7 +5,6 @@
 //! attestation, Secret ↔ certificate); `reconcile` is the kube adapter.
 
 pub mod decide;
-pub mod local_ca;
 pub mod reconcile;
 
 use std::collections::BTreeMap;
@@ -42,13 +41,21 @@ pub fn tenant(mi: &ModelIdentity) -> Result<String, Error> {
         .tenant
         .clone()
         .or_else(|| mi.metadata.namespace.clone())
-        .ok_or_else(|| Error::InvalidSpec("no tenant and no namespace".into()))
+        .ok_or_else(|| {
+            Error::field(
+                "spec.tenant",
+                "no tenant and no namespace to default it from",
+            )
+        })
 }
 
 /// The MIC URI `nexus://<tenant>/<model>@<version>`.
 pub fn model_uri(mi: &ModelIdentity) -> Result<ModelUri, Error> {
-    ModelUri::new(&tenant(mi)?, &mi.spec.model.name, &mi.spec.model.version)
-        .map_err(|e| Error::InvalidSpec(e.to_string()))
+    Ok(ModelUri::new(
+        &tenant(mi)?,
+        &mi.spec.model.name,
+        &mi.spec.model.version,
+    )?)
 }
 
 /// Hash of everything in the spec that ends up in the certificate; a change means re-issue.
@@ -72,22 +79,21 @@ pub fn spec_hash(mi: &ModelIdentity) -> String {
 fn parse_digest(field: &str, s: &str) -> Result<nexus_mic::attestation::Digest32, Error> {
     s.trim_start_matches("sha256:")
         .parse()
-        .map_err(|_| Error::InvalidSpec(format!("{field}: {s:?} is not a sha256 digest")))
+        .map_err(|_| Error::field(field, format!("{s:?} is not a sha256 digest")))
 }
 
 fn claim(field: &str, c: &ScoreClaim) -> Result<nexus_mic::attestation::Claim, Error> {
     use nexus_mic::attestation::{Claim, ClaimValue};
     let value = match (&c.value, &c.commitment) {
-        (Some(v), None) => ClaimValue::Plain(
-            v.parse()
-                .map_err(|_| Error::InvalidSpec(format!("{field}.{}: bad score {v:?}", c.name)))?,
-        ),
+        (Some(v), None) => ClaimValue::Plain(v.parse().map_err(|_| {
+            Error::field(format!("{field}.{}", c.name), format!("bad score {v:?}"))
+        })?),
         (None, Some(h)) => ClaimValue::Commitment(parse_digest(field, h)?),
         _ => {
-            return Err(Error::InvalidSpec(format!(
-                "{field}.{}: set exactly one of value or commitment",
-                c.name
-            )));
+            return Err(Error::field(
+                format!("{field}.{}", c.name),
+                "set exactly one of value or commitment",
+            ));
         }
     };
     Ok(Claim {
@@ -151,17 +157,14 @@ pub fn attestation(mi: &ModelIdentity) -> Result<Attestation, Error> {
             .collect::<Result<_, _>>()?,
         endorsements,
     };
-    att.validate()
-        .map_err(|e| Error::InvalidSpec(format!("attestation: {e}")))?;
+    att.validate()?;
     Ok(att)
 }
 
 /// Lifetime and renewal lead from the spec.
 pub fn lifetimes(mi: &ModelIdentity) -> Result<(Duration, Duration), Error> {
-    let d = nexus_crds::common::parse_duration(&mi.spec.duration)
-        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    let r = nexus_crds::common::parse_duration(&mi.spec.renew_before)
-        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let d = nexus_crds::common::parse_duration(&mi.spec.duration)?;
+    let r = nexus_crds::common::parse_duration(&mi.spec.renew_before)?;
     Ok((d, r))
 }
 
@@ -242,9 +245,7 @@ pub fn secret_data(
     key_pem: &str,
     attestation: &Attestation,
 ) -> Result<BTreeMap<String, ByteString>, Error> {
-    let json = attestation
-        .to_json()
-        .map_err(|e| Error::InvalidSpec(format!("attestation: {e}")))?;
+    let json = attestation.to_json()?;
     Ok(BTreeMap::from([
         (
             TLS_CRT.to_owned(),
@@ -263,8 +264,7 @@ impl IssuedCertificate {
     /// Builds the record from a PEM chain (leaf first) and root, reading serial and validity
     /// from the leaf itself rather than trusting a second source.
     pub fn from_pem(chain_pem: String, ca_pem: String) -> Result<Self, Error> {
-        let mic = nexus_mic::Mic::from_pem(&chain_pem)
-            .map_err(|e| Error::Issuer(format!("CA returned an unreadable certificate: {e}")))?;
+        let mic = nexus_mic::Mic::from_pem(&chain_pem)?;
         Ok(Self {
             serial: normalize_serial(&mic.serial),
             fingerprint: mic.fingerprint.clone(),

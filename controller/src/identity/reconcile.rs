@@ -12,15 +12,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Resource, ResourceExt};
 use nexus_crds::identity::condition;
 use nexus_crds::{ModelIdentity, ModelIdentityStatus};
 use nexus_mic::ModelUri;
 use serde_json::json;
 use tracing::{info, instrument, warn};
+
+use sha2::Digest as _;
 
 use super::decide::{self, Decision, IssueReason, Observed};
 use super::{FINALIZER, IssuedCertificate, SERIAL_ANNOTATION, SPEC_HASH_ANNOTATION};
@@ -72,8 +74,9 @@ pub struct Context {
     pub client: kube::Client,
     /// The CA.
     pub issuer: Arc<dyn Issuer>,
-    /// Event reporter identity.
-    pub reporter: Reporter,
+    /// Publishes Events. One recorder for the controller's life: it folds repeats of an event
+    /// into one Event with a growing `series.count` instead of a new object each time.
+    pub recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Clock, injectable for tests.
@@ -85,9 +88,7 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("reporter", &self.reporter)
-            .finish_non_exhaustive()
+        f.debug_struct("Context").finish_non_exhaustive()
     }
 }
 
@@ -114,26 +115,20 @@ async fn reconcile_inner(mi: &ModelIdentity, ctx: &Context) -> Result<Action, Er
         // Another replica holds the Lease: look again later, change nothing.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    let ns = mi
-        .namespace()
-        .ok_or_else(|| Error::InvalidSpec("ModelIdentity must be namespaced".into()))?;
+    let ns = mi.namespace().ok_or(Error::MissingField {
+        kind: "ModelIdentity",
+        field: "metadata.namespace",
+    })?;
     let name = mi.name_any();
     let now = (ctx.now)();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let secret = secrets.get_opt(&mi.spec.secret_name).await?;
-    if let Some(s) = &secret
-        && !owned_by(s, mi)
-    {
-        let msg = format!(
-            "Secret {} exists and is not owned by this ModelIdentity; refusing to overwrite it",
-            mi.spec.secret_name
-        );
-        fail(mi, ctx, "SecretNotOwned", &msg, now).await?;
-        return Err(Error::SecretConflict(msg));
-    }
+    // A Secret that is not ours is never read as our certificate and never written; but it does
+    // not stop the finalizer: deletion must always be able to finish.
+    let owned = secret.as_ref().is_some_and(|s| owned_by(s, mi));
     let status = mi.status.clone().unwrap_or_default();
     let (duration, renew_before) = super::lifetimes(mi)?;
-    let secret_cert = secret.as_ref().and_then(|s| {
+    let secret_cert = secret.as_ref().filter(|_| owned).and_then(|s| {
         super::read_secret(
             s.data.as_ref().unwrap_or(&BTreeMap::new()),
             s.metadata.annotations.as_ref().unwrap_or(&BTreeMap::new()),
@@ -158,7 +153,7 @@ async fn reconcile_inner(mi: &ModelIdentity, ctx: &Context) -> Result<Action, Er
             let mut finalizers = mi.finalizers().to_vec();
             finalizers.push(FINALIZER.into());
             let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": mi.resource_version()}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            api.patch(&name, &manager_params(), &Patch::Merge(&patch))
                 .await?;
             Ok(Action::await_change())
         }
@@ -187,7 +182,7 @@ async fn reconcile_inner(mi: &ModelIdentity, ctx: &Context) -> Result<Action, Er
                 .collect();
             let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": mi.resource_version()}});
             match api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(&name, &manager_params(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => {}
@@ -197,8 +192,10 @@ async fn reconcile_inner(mi: &ModelIdentity, ctx: &Context) -> Result<Action, Er
             Ok(Action::await_change())
         }
         Decision::UpToDate { requeue_after } => {
-            let cert = secret_cert
-                .ok_or_else(|| Error::Internal("up to date without a certificate".into()))?;
+            let Some(cert) = secret_cert else {
+                // decide() says UpToDate only with a certificate in hand.
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            };
             let mut st = status.clone();
             st.observed_generation = mi.metadata.generation;
             st.serial = Some(cert.serial.clone());
@@ -248,6 +245,14 @@ async fn reconcile_inner(mi: &ModelIdentity, ctx: &Context) -> Result<Action, Er
             Ok(Action::requeue(requeue_after.max(Duration::from_secs(1))))
         }
         Decision::Issue { reason, supersedes } => {
+            if secret.is_some() && !owned {
+                let e = Error::SecretNotOwned {
+                    namespace: ns.clone(),
+                    name: mi.spec.secret_name.clone(),
+                };
+                fail(mi, ctx, e.reason(), &e.to_string(), now).await?;
+                return Err(e);
+            }
             match issue(mi, ctx, &secrets, reason, now).await {
                 Ok((issued, action)) => {
                     if let Some(old) = supersedes.filter(|old| *old != issued.serial) {
@@ -276,7 +281,7 @@ async fn reconcile_inner(mi: &ModelIdentity, ctx: &Context) -> Result<Action, Er
                     Ok(action)
                 }
                 Err(e) => {
-                    fail(mi, ctx, "IssuanceFailed", &e.to_string(), now).await?;
+                    fail(mi, ctx, e.reason(), &e.to_string(), now).await?;
                     Err(e)
                 }
             }
@@ -292,7 +297,10 @@ async fn issue(
     now: DateTime<Utc>,
 ) -> Result<(IssuedCertificate, Action), Error> {
     let name = mi.name_any();
-    let ns = mi.namespace().unwrap_or_default();
+    let ns = mi.namespace().ok_or(Error::MissingField {
+        kind: "ModelIdentity",
+        field: "metadata.namespace",
+    })?;
     let api: Api<ModelIdentity> = Api::namespaced(ctx.client.clone(), &ns);
     let mut st = mi.status.clone().unwrap_or_default();
     set_condition(
@@ -308,18 +316,14 @@ async fn issue(
 
     let uri = super::model_uri(mi)?;
     let attestation = super::attestation(mi)?;
-    let attestation_der = attestation
-        .to_der()
-        .map_err(|e| Error::InvalidSpec(format!("attestation: {e}")))?;
+    let attestation_der = attestation.to_der()?;
     let (duration, renew_before) = super::lifetimes(mi)?;
-    let key = nexus_mic::generate_model_key(&uri).map_err(|e| Error::Internal(e.to_string()))?;
-    let request_id = format!(
-        "{}/{}/{}/{}",
-        mi.uid().unwrap_or_default(),
-        mi.metadata.generation.unwrap_or_default(),
-        reason.as_str(),
-        hex::encode(&key.csr_der[key.csr_der.len().saturating_sub(8)..])
-    );
+    let key = nexus_mic::generate_model_key(&uri)?;
+    let uid = mi.uid().ok_or(Error::MissingField {
+        kind: "ModelIdentity",
+        field: "metadata.uid",
+    })?;
+    let request_id = request_id(&uid, mi.metadata.generation, reason, &key.csr_der);
     let issued = ctx
         .issuer
         .issue(IssueRequest {
@@ -356,18 +360,20 @@ async fn issue(
         )?),
         ..Default::default()
     };
-    match secrets.get_opt(&mi.spec.secret_name).await? {
-        Some(existing) => {
-            let mut s = secret;
-            s.metadata.resource_version = existing.metadata.resource_version;
-            secrets
-                .replace(&mi.spec.secret_name, &PostParams::default(), &s)
-                .await?;
-        }
-        None => {
-            secrets.create(&PostParams::default(), &secret).await?;
-        }
+    // Server-side apply with our field manager: creates or replaces the keys we own, and a
+    // Secret someone else took over in between is a conflict rather than silently overwritten.
+    let mut body = serde_json::to_value(&secret)?;
+    if let Some(o) = body.as_object_mut() {
+        o.insert("apiVersion".into(), json!("v1"));
+        o.insert("kind".into(), json!("Secret"));
     }
+    secrets
+        .patch(
+            &mi.spec.secret_name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
 
     let renew_at = decide::renewal_time(issued.not_before, issued.not_after, renew_before);
     st.observed_generation = mi.metadata.generation;
@@ -442,8 +448,10 @@ async fn fail(
     message: &str,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let api: Api<ModelIdentity> =
-        Api::namespaced(ctx.client.clone(), &mi.namespace().unwrap_or_default());
+    let Some(ns) = mi.namespace() else {
+        return Ok(());
+    };
+    let api: Api<ModelIdentity> = Api::namespaced(ctx.client.clone(), &ns);
     let mut st: ModelIdentityStatus = mi.status.clone().unwrap_or_default();
     st.failed_issuance_attempts = st.failed_issuance_attempts.saturating_add(1);
     let gen_ = mi.metadata.generation;
@@ -521,7 +529,6 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -529,8 +536,17 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&ev, &mi.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, &mi.object_ref(&())).await {
         warn!(error = %e, "could not publish event");
+    }
+}
+
+/// Patch parameters for merge patches (finalizers): with our field manager, so the API server
+/// does not record them under `unknown`.
+fn manager_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.to_owned()),
+        ..PatchParams::default()
     }
 }
 
@@ -549,6 +565,28 @@ fn owned_by(secret: &Secret, mi: &ModelIdentity) -> bool {
         .any(|o| Some(&o.uid) == uid.as_ref())
 }
 
+/// The CA request id of an issuance: stable for one (object, generation, reason, key), so a
+/// retried request is answered once; made only of the characters the CA accepts
+/// (`[A-Za-z0-9._:-]`, at most 128).
+pub fn request_id(
+    uid: &str,
+    generation: Option<i64>,
+    reason: IssueReason,
+    csr_der: &[u8],
+) -> String {
+    let key_tag = hex::encode(&sha2::Sha256::digest(csr_der)[..8]);
+    let uid: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    format!(
+        "{uid}:{}:{}:{key_tag}",
+        generation.unwrap_or_default(),
+        reason.as_str()
+    )
+}
+
 /// Back-off for failed reconciles: grows with the failures recorded in status.
 pub fn error_policy(mi: Arc<ModelIdentity>, error: &Error, _ctx: Arc<Context>) -> Action {
     let failures = mi
@@ -560,4 +598,47 @@ pub fn error_policy(mi: Arc<ModelIdentity>, error: &Error, _ctx: Arc<Context>) -
     let wait = decide::backoff(failures);
     warn!(error = %error, ?wait, "reconcile failed; backing off");
     Action::requeue(wait)
+}
+
+/// What in a ModelIdentity makes it worth reconciling: spec (generation), finalizers and the
+/// start of deletion. Status is not: the controller writes it itself, and reconciling on its own
+/// status writes would bypass the error back-off (a hot loop on a real API server).
+pub fn changes_that_matter(mi: &ModelIdentity) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    mi.metadata.generation.hash(&mut h);
+    mi.finalizers().hash(&mut h);
+    mi.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs the ModelIdentity controller until `shutdown` resolves: ModelIdentities filtered by
+/// [`changes_that_matter`], plus the Secrets it owns.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+    let identities: Api<ModelIdentity> = Api::all(ctx.client.clone());
+    let secrets: Api<Secret> = Api::all(ctx.client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(identities, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(changes_that_matter, Default::default());
+    Controller::for_stream(stream, reader)
+        .owns(
+            secrets,
+            watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile error");
+            }
+        })
+        .await;
 }

@@ -238,11 +238,10 @@ pub async fn reconcile(fabric: Arc<Fabric>, ctx: Arc<Context>) -> Result<Action,
     if !ctx.leader.load(Ordering::SeqCst) {
         return Ok(Action::requeue(FOLLOWER_INTERVAL));
     }
-    let name = fabric
-        .metadata
-        .name
-        .clone()
-        .ok_or_else(|| Error::InvalidSpec("Fabric without a name".into()))?;
+    let name = fabric.metadata.name.clone().ok_or(Error::MissingField {
+        kind: "Fabric",
+        field: "metadata.name",
+    })?;
     let now = (ctx.now)();
 
     // The selected nodes and their NexusNodes.
@@ -286,8 +285,7 @@ pub async fn reconcile(fabric: Arc<Fabric>, ctx: Arc<Context>) -> Result<Action,
         .collect();
     let population = u32::try_from(views.len()).unwrap_or(u32::MAX);
     let strategy = view::strategy(&fabric, population)?;
-    let drain_timeout = nexus_crds::common::parse_duration(&fabric.spec.rollout.drain_timeout)
-        .map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let drain_timeout = nexus_crds::common::parse_duration(&fabric.spec.rollout.drain_timeout)?;
     let plan = plan::plan(&strategy, &views, view::halted(&fabric), now);
 
     // Actions.

@@ -57,10 +57,8 @@ pub fn strategy(fabric: &Fabric, population: u32) -> Result<Strategy, Error> {
     Ok(Strategy {
         target: fabric.spec.firmware.version.clone(),
         canary: r.canary,
-        max_unavailable: common::resolve_budget(&r.max_unavailable, population)
-            .map_err(|e| Error::InvalidSpec(e.to_string()))?,
-        soak: common::parse_duration(&r.soak_time)
-            .map_err(|e| Error::InvalidSpec(e.to_string()))?,
+        max_unavailable: common::resolve_budget(&r.max_unavailable, population)?,
+        soak: common::parse_duration(&r.soak_time)?,
         failure_threshold: r.failure_threshold,
         auto_rollback: r.auto_rollback,
         paused: r.paused,
