@@ -96,6 +96,28 @@ impl Cache {
         }
     }
 
+    /// Like [`Cache::lookup`] without claiming anything: [`Lookup::Fetch`] only says a fetch
+    /// is due.
+    pub fn peek(&self, source: &Source, sha256: &str, now: DateTime<Utc>) -> Lookup {
+        match self.entries.get(&(source.clone(), sha256.to_owned())) {
+            Some(Entry::Verified(bytes)) => Lookup::Verified(Verified {
+                bytes: bytes.clone(),
+                sha256: sha256.to_owned(),
+            }),
+            Some(Entry::InFlight { .. }) => Lookup::InFlight,
+            Some(Entry::Failed {
+                error,
+                failures,
+                retry_at,
+            }) if now < *retry_at => Lookup::Failed {
+                error: error.clone(),
+                failures: *failures,
+                retry_at: *retry_at,
+            },
+            _ => Lookup::Fetch,
+        }
+    }
+
     /// Records the outcome of a fetch claimed by [`Cache::lookup`]; returns what a lookup now
     /// answers.
     pub fn record(

@@ -20,6 +20,8 @@ fn fleet(n: usize) -> Vec<NodeView> {
                 previous: done.then(|| "1.0".into()),
                 last_flash: done.then(|| ("2.0".into(), FlashOutcome::Succeeded, Some(Utc::now()))),
                 heartbeat_fresh: i % 997 != 0,
+                draining: false,
+                skipped_at: None,
             }
         })
         .collect()
@@ -35,6 +37,7 @@ fn bench(c: &mut Criterion) {
         failure_threshold: 10,
         auto_rollback: true,
         paused: false,
+        retry_skipped_after: Duration::from_secs(600),
     };
     let now = Utc::now();
     let mut g = c.benchmark_group("rollout_10k_nodes");

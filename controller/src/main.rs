@@ -11,21 +11,14 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Parser;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
-use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use nexus_controller::ca_client::GrpcIssuer;
 use nexus_controller::identity::reconcile::{self, Context, MANAGER};
 use nexus_controller::metrics::Metrics;
-use nexus_controller::rollout::fleet::selector_matches;
 use nexus_controller::rollout::lease::LeaseLock;
 use nexus_controller::rollout::local::{LocalArgs, LocalController};
 use nexus_controller::rollout::metrics::RolloutMetrics;
 use nexus_controller::rollout::reconcile::{self as rollout, Context as RolloutContext};
-use nexus_crds::node::NexusNode;
 use nexus_crds::{Fabric, ModelIdentity};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
@@ -252,10 +245,14 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
         .list(&kube::api::ListParams::default().limit(1))
         .await
         .context("the Fabric CRD is not installed: kubectl apply --server-side -f crds/")?;
-    let mut ctx = RolloutContext::new(client.clone(), &args.namespace);
-    ctx.heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);
-    ctx.metrics = Some(metrics);
-    let ctx = Arc::new(ctx);
+    // Evictions go through a client without kube's default retries: a PodDisruptionBudget's
+    // 429 is an answer ("not yet"), and retrying it 15 times would hold the reconcile for minutes.
+    let mut config = kube::Config::infer()
+        .await
+        .context("Kubernetes client configuration")?;
+    config.default_retry = false;
+    let eviction_client = Client::try_from(config).context("building the eviction client")?;
+    let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lock = LeaseLock::new(
         client.clone(),
         &args.namespace,
@@ -264,38 +261,22 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
         Duration::from_secs(args.lease_duration_secs.max(3)),
     );
     info!(lease = %args.lease_name, namespace = %args.namespace, %identity, "rollout controller starting");
-    let lease = tokio::spawn(rollout::hold_lease(lock, ctx.leader.clone()));
-
-    let controller = Controller::new(fabrics, watcher::Config::default().any_semantic())
-        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)));
-    let store = controller.store();
-    controller
-        .watches(
-            Api::<NexusNode>::all(client.clone()),
-            watcher::Config::default(),
-            |n| rollout::fabric_of(&n),
-        )
-        .watches(
-            Api::<Node>::all(client),
-            watcher::Config::default(),
-            move |node| {
-                let labels = node.metadata.labels.clone().unwrap_or_default();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|f| selector_matches(&f.spec.node_selector, &labels))
-                    .map(|f| ObjectRef::from_obj(&*f))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .shutdown_on_signal()
-        .run(rollout::reconcile, rollout::error_policy, ctx)
-        .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "fabric reconcile error");
-            }
-        })
-        .await;
+    let lease = tokio::spawn(rollout::hold_lease(lock, leader.clone()));
+    let heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);
+    let namespace = args.namespace.clone();
+    let ctx_client = client.clone();
+    rollout::run(
+        client,
+        move |stores| {
+            let mut ctx = RolloutContext::new(ctx_client, eviction_client, &namespace, stores);
+            ctx.heartbeat_timeout = heartbeat_timeout;
+            ctx.metrics = Some(metrics);
+            ctx.leader = leader;
+            Arc::new(ctx)
+        },
+        shutdown_signal(),
+    )
+    .await;
     lease.abort();
     info!("rollout controller stopped");
     Ok(())

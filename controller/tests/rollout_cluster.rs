@@ -1,32 +1,33 @@
-//! The kube-mode rollout reconciler against a real API server — only when KUBECONFIG is set;
-//! otherwise it says it skipped. Non-disruptive: the Fabric selects nodes by a label no node has,
-//! so nothing is cordoned; the test checks the Lease is taken, the CRD accepts the status the
-//! controller writes, and the Fabric reports its phase and counts.
+//! The rollout scenarios of `rollout_scenarios` against a real API server — only when
+//! KUBECONFIG is set; otherwise each test says it skipped. They create Nodes (no kubelet joins
+//! them), pods bound to them, a PodDisruptionBudget, a ConfigMap bundle in the scenario's own
+//! namespace and a Fabric selecting only those Nodes by a label of the run, run real node agents
+//! over simulated NICs and the controller's kube driver in-process, and clean up after.
 
-use std::sync::Arc;
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod rollout_scenarios;
+
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use nexus_controller::rollout::lease::LeaseLock;
-use nexus_controller::rollout::reconcile::{Context, hold_lease, reconcile};
-use nexus_crds::Fabric;
+use kube::api::{Api, Patch, PatchParams};
+use rollout_scenarios::{Opts, cluster};
+use serde_json::json;
 
-#[tokio::test]
-async fn fabric_status_on_a_real_cluster() {
+async fn clients(test: &str) -> Option<(kube::Client, kube::Client)> {
     if std::env::var_os("KUBECONFIG").is_none() {
         use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED fabric_status_on_a_real_cluster: KUBECONFIG is not set"
-        );
-        return;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: KUBECONFIG is not set");
+        return None;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .expect("cluster reachable");
+    let mut config = kube::Config::infer().await.expect("config");
+    config.default_retry = false;
+    let eviction = kube::Client::try_from(config).expect("client");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     for (file, crd) in nexus_crds::crd::all() {
         if file == "fabric.yaml" || file == "nexusnode.yaml" {
@@ -41,63 +42,57 @@ async fn fabric_status_on_a_real_cluster() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let ns = format!("nexus-e2e-rollout-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let nsobj: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
-    namespaces
-        .create(&PostParams::default(), &nsobj)
-        .await
-        .expect("namespace");
+    Some((client, eviction))
+}
 
-    let ctx = Arc::new(Context::new(client.clone(), &ns));
-    let lock = LeaseLock::new(
-        client.clone(),
-        &ns,
-        "nexus-controller-e2e",
-        "e2e",
-        Duration::from_secs(15),
-    );
-    let lease = tokio::spawn(hold_lease(lock, ctx.leader.clone()));
+fn id(tag: &str) -> String {
+    format!("{tag}{}", std::process::id())
+}
 
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/examples/fabric-overlay.yaml"
-    ))
-    .expect("example");
-    let mut fabric: Fabric = serde_saphyr::from_str(&text).expect("example parses");
-    let name = format!("e2e-{}", std::process::id());
-    fabric.metadata.name = Some(name.clone());
-    fabric.spec.node_selector.match_labels = Some(
-        [("nexus.dev/e2e-no-such-label".to_owned(), "x".to_owned())]
-            .into_iter()
-            .collect(),
-    );
-    let fabrics: Api<Fabric> = Api::all(client.clone());
-    fabrics
-        .create(&PostParams::default(), &fabric)
-        .await
-        .expect("fabric created");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waves_of_nodes_with_pods_and_a_pdb_on_a_real_cluster() {
+    let Some((client, eviction)) =
+        clients("waves_of_nodes_with_pods_and_a_pdb_on_a_real_cluster").await
+    else {
+        return;
+    };
+    let c = cluster(
+        client,
+        eviction,
+        Opts {
+            id: id("w"),
+            nodes: 4,
+            refused: vec![],
+            rollout: json!({"canary": 1, "maxUnavailable": 2, "soakTime": "0s", "drainTimeout": "120s"}),
+            bundle_exists: true,
+            pdb_min_available: Some(3),
+        },
+    )
+    .await;
+    rollout_scenarios::waves_with_pods_behind_a_pdb(&c).await;
+    c.clean_up().await;
+    c.stop().await;
+}
 
-    let mut status = None;
-    for _ in 0..60 {
-        let current = Arc::new(fabrics.get(&name).await.expect("fabric"));
-        let _ = reconcile(current, ctx.clone()).await;
-        status = fabrics.get(&name).await.expect("fabric").status;
-        if status
-            .as_ref()
-            .is_some_and(|s| s.observed_generation.is_some())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let status = status.expect("the controller wrote status");
-    assert_eq!(status.nodes.total, 0, "no node carries the test label");
-    assert!(status.phase.is_some());
-    assert!(!status.conditions.is_empty());
-
-    lease.abort();
-    let _ = fabrics.delete(&name, &DeleteParams::default()).await;
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_rollback_on_a_real_cluster() {
+    let Some((client, eviction)) = clients("auto_rollback_on_a_real_cluster").await else {
+        return;
+    };
+    let c = cluster(
+        client,
+        eviction,
+        Opts {
+            id: id("r"),
+            nodes: 3,
+            refused: vec![2],
+            rollout: json!({"canary": 0, "maxUnavailable": 3, "soakTime": "0s", "failureThreshold": 0, "drainTimeout": "60s"}),
+            bundle_exists: true,
+            pdb_min_available: None,
+        },
+    )
+    .await;
+    rollout_scenarios::a_failure_halts_and_rolls_back(&c).await;
+    c.clean_up().await;
+    c.stop().await;
 }

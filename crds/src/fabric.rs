@@ -254,6 +254,23 @@ pub struct FabricStatus {
     /// Fetch and verification state of the target bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleStatus>,
+    /// Nodes being drained before their flash, with when the drain started: kept here, not in
+    /// the controller's memory, so a new leader does not restart `drainTimeout`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub draining: Vec<DrainingNode>,
+    /// Nodes whose drain outlasted `drainTimeout` in this rollout: uncordoned and left for
+    /// later; tried again once the other nodes are done.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10000))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub skipped: Vec<SkippedNode>,
+    /// Nodes the selector picks that another Fabric already manages (a node belongs to one
+    /// Fabric; the first keeps it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "node_names_schema")]
+    pub conflicting_nodes: Vec<String>,
     /// `Ready`, `Progressing`, `Degraded`, `RolledBack`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
@@ -271,6 +288,9 @@ pub enum FabricPhase {
     Paused,
     /// Every node runs the target.
     Ready,
+    /// Every wave finished, but some nodes failed their flash (within `failureThreshold`): they
+    /// run their previous firmware, uncordoned; `status.nodes.failed` counts them.
+    Degraded,
     /// Failures passed the threshold and the rollout halted.
     Halted,
     /// Updated nodes are being flashed back to the previous firmware.
@@ -304,6 +324,39 @@ pub struct NodeCounts {
     /// Nodes flashed back to the previous firmware.
     #[serde(default)]
     pub rolled_back: u32,
+    /// Nodes whose drain timed out, waiting to be tried again.
+    #[serde(default)]
+    pub skipped: u32,
+}
+
+/// A node being drained for its flash.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainingNode {
+    /// Node name.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// When the drain started.
+    pub started_at: Time,
+    /// Pods a PodDisruptionBudget protects right now (`namespace/name`), the first few.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 317)))]
+    pub blocked_pods: Vec<String>,
+}
+
+/// A node left out of the current wave because its drain timed out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedNode {
+    /// Node name.
+    #[schemars(length(min = 1, max = 253))]
+    pub node: String,
+    /// When it was given up on.
+    pub at: Time,
+    /// Why, e.g. the pods that would not leave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
 }
 
 /// How many nodes run one firmware version.

@@ -40,6 +40,16 @@ pub struct NexusNodeSpec {
     /// Firmware the node's matching NICs should run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<NodeFirmware>,
+    /// PCI addresses of the NICs on this node that the Fabric manages (its `nic` match applied
+    /// to what the agent reported); the agent flashes these and no others. Empty until the agent
+    /// has reported its NICs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$"))
+    )]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub nics: Vec<String>,
     /// P4 pipeline to load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineRef>,
@@ -61,11 +71,15 @@ pub struct NodeFirmware {
         regex(pattern = r"^[0-9A-Za-z][0-9A-Za-z._+-]*$")
     )]
     pub version: String,
-    /// Bundle source.
-    pub bundle: ArtifactSource,
-    /// Expected sha256 of the bundle.
+    /// Bundle source. Absent when the image is already in the NICs' inactive bank (a rollback is
+    /// an A/B switch: nothing to download).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<ArtifactSource>,
+    /// Expected sha256 of the bundle (or of the inactive bank's image for an A/B switch, when
+    /// the agent reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-f0-9]{64}$"))]
-    pub sha256: String,
+    pub sha256: Option<String>,
 }
 
 /// Observed state of a node, written only by its node agent.
@@ -193,6 +207,9 @@ pub enum FlashOutcome {
     RolledBack,
     /// The bundle was refused before any write (signature, device, compatibility).
     Refused,
+    /// The agent stopped mid-flash (restart, power loss); the previous bank still runs and the
+    /// flash will be tried again. Not a failure of the image.
+    Interrupted,
 }
 
 /// Condition types of a NexusNode.

@@ -5,22 +5,22 @@
 //!   rollback, no download) or refuse.
 //! - [`node_status`] (pure): the `NexusNode.status` to publish, with `Ready` and
 //!   `FirmwareCurrent` conditions.
-//! - [`KubeAgent`] (adapter): reads its own `NexusNode`, fetches bundles (`file://` URLs and
-//!   ConfigMap `binaryData`), checks the spec's sha256 before anything else, runs the verified
-//!   flash state machine over the simulated NICs and writes only `status`, by server-side apply
-//!   with field manager [`FIELD_MANAGER`].
+//! - [`KubeAgent`] (adapter): reads its own `NexusNode`, fetches bundles through
+//!   `nexus-artifact` (URLs, ConfigMaps in the namespace the source names) or from the rollout
+//!   controller's bundle endpoint, checks the spec's sha256 before anything else, runs the
+//!   verified flash state machine over the simulated NICs and writes only `status`, by
+//!   server-side apply with field manager [`FIELD_MANAGER`]. While a fetch or flash runs, the
+//!   heartbeat goes on (a long flash must not look like a dead agent).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use nexus_crds::common::{ArtifactSource, Condition, Time};
-use nexus_crds::node::{
-    Bank as CrdBank, BankStatus, FlashOutcome as CrdOutcome, FlashResult, NicStatus, condition,
-};
+use nexus_artifact::{Fetcher, Source};
+use nexus_crds::common::{Condition, Time};
+use nexus_crds::node::{FlashOutcome as CrdOutcome, FlashResult, NicStatus, condition};
 use nexus_crds::{NexusNode, NexusNodeSpec, NexusNodeStatus};
 use nexus_fleet_agent::FlashTarget;
 use nexus_fleet_api::v1 as pb;
@@ -43,7 +43,7 @@ pub enum Action {
         /// Target version.
         version: String,
         /// Where the bundle is.
-        source: ArtifactSource,
+        source: Source,
         /// Expected sha256 of the bundle.
         sha256: String,
     },
@@ -79,25 +79,39 @@ fn inactive_holds(nic: &NicStatus, version: &str) -> bool {
         .any(|b| b.bank != active && b.bootable && b.version.as_deref() == Some(version))
 }
 
-/// Decides what to do. No I/O, no clock.
-pub fn decide(spec: &NexusNodeSpec, nics: &[NicStatus], memory: &Memory) -> Action {
+/// The NICs the spec manages: those it names, or all when it names none (a controller that
+/// predates NIC selection).
+pub fn managed<'a>(spec: &'a NexusNodeSpec, nics: &'a [NicStatus]) -> Vec<&'a NicStatus> {
+    nics.iter()
+        .filter(|n| spec.nics.is_empty() || spec.nics.contains(&n.pci_address))
+        .collect()
+}
+
+/// Decides what to do. No I/O, no clock. `default_namespace` is for ConfigMap sources that name
+/// none.
+pub fn decide(
+    spec: &NexusNodeSpec,
+    nics: &[NicStatus],
+    memory: &Memory,
+    default_namespace: &str,
+) -> Action {
     let Some(fw) = &spec.firmware else {
         return Action::Nothing;
     };
-    let stale: Vec<&NicStatus> = nics
-        .iter()
+    let stale: Vec<&NicStatus> = managed(spec, nics)
+        .into_iter()
         .filter(|n| n.running_firmware.as_deref() != Some(fw.version.as_str()))
         .collect();
     if stale.is_empty() {
         return Action::Nothing;
     }
     // A failed or refused attempt at this very desired state is not retried: the controller
-    // retries by writing a new desiredVersion.
+    // retries by writing a new desiredVersion. (An interrupted one is: nothing failed.)
     let handled = memory.applied_version == Some(spec.desired_version)
         && memory
             .last_flash
             .as_ref()
-            .is_some_and(|f| f.version == fw.version);
+            .is_some_and(|f| f.version == fw.version && f.result != CrdOutcome::Interrupted);
     if handled {
         return Action::Nothing;
     }
@@ -106,23 +120,29 @@ pub fn decide(spec: &NexusNodeSpec, nics: &[NicStatus], memory: &Memory) -> Acti
             version: fw.version.clone(),
         };
     }
-    let src = &fw.bundle;
-    let refuse = |reason: &str| Action::Refuse {
+    let refuse = |reason: String| Action::Refuse {
         version: fw.version.clone(),
-        reason: reason.to_owned(),
+        reason,
     };
-    if src.oci.is_some() {
-        return refuse(
-            "OCI bundle sources are not supported by this agent; use a url or configMap",
-        );
-    }
-    if src.url.is_none() && src.config_map.is_none() {
-        return refuse("the firmware bundle has no source");
-    }
-    Action::Flash {
-        version: fw.version.clone(),
-        source: src.clone(),
-        sha256: fw.sha256.clone(),
+    let Some(src) = &fw.bundle else {
+        return refuse(format!(
+            "the spec names no bundle for {} (an A/B switch) and the inactive bank does not hold a bootable {}",
+            fw.version, fw.version
+        ));
+    };
+    let Some(sha256) = fw.sha256.clone() else {
+        return refuse("the spec pins no sha256 for the bundle".into());
+    };
+    match Source::from_crd(src, default_namespace) {
+        Ok(Source::Oci(reference)) => {
+            refuse(nexus_artifact::Error::OciUnsupported { reference }.to_string())
+        }
+        Ok(source) => Action::Flash {
+            version: fw.version.clone(),
+            source,
+            sha256,
+        },
+        Err(e) => refuse(e.to_string()),
     }
 }
 
@@ -225,46 +245,15 @@ pub fn node_status(
     }
 }
 
-fn crd_bank(b: i32) -> Option<CrdBank> {
-    match pb::Bank::try_from(b) {
-        Ok(pb::Bank::A) => Some(CrdBank::A),
-        Ok(pb::Bank::B) => Some(CrdBank::B),
-        _ => None,
-    }
-}
-
-/// Converts the fleet inventory of a NIC to its status entry.
-pub fn nic_status(n: &pb::Nic) -> NicStatus {
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    NicStatus {
-        pci_address: n.pci_address.clone(),
-        vendor: n.vendor.clone(),
-        model: n.model.clone(),
-        pci_vendor_id: n.pci_vendor_id.clone(),
-        pci_device_id: n.pci_device_id.clone(),
-        running_firmware: opt(&n.running_firmware),
-        active_bank: crd_bank(n.active_bank),
-        banks: n
-            .banks
-            .iter()
-            .filter_map(|b| {
-                Some(BankStatus {
-                    bank: crd_bank(b.bank)?,
-                    version: opt(&b.version),
-                    sha256: opt(&b.sha256),
-                    bootable: b.bootable,
-                })
-            })
-            .collect(),
-    }
-}
+pub use nexus_fleet_api::nic_status;
 
 fn crd_outcome(o: pb::FlashOutcome) -> CrdOutcome {
     match o {
         pb::FlashOutcome::Succeeded => CrdOutcome::Succeeded,
         pb::FlashOutcome::RolledBack => CrdOutcome::RolledBack,
         pb::FlashOutcome::Refused => CrdOutcome::Refused,
-        _ => CrdOutcome::Failed,
+        pb::FlashOutcome::Interrupted => CrdOutcome::Interrupted,
+        pb::FlashOutcome::Failed | pb::FlashOutcome::Unspecified => CrdOutcome::Failed,
     }
 }
 
@@ -279,32 +268,6 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
-/// Downloads a bundle over http(s), refusing anything longer than the largest valid bundle.
-async fn fetch_http(url: &str) -> Result<Vec<u8>, String> {
-    // reqwest is built without a crypto provider: make sure rustls has one (an error only means
-    // one is installed already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .map_err(|e| format!("http client: {e}"))?;
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    let max = crate::max_bundle_len();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
-        if bytes.len() as u64 + chunk.len() as u64 > max {
-            return Err(format!("GET {url}: larger than the maximum bundle size"));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
-}
-
 /// The kube-mode agent over simulated NICs.
 pub struct KubeAgent {
     client: kube::Client,
@@ -313,6 +276,13 @@ pub struct KubeAgent {
     target: SimFleetTarget,
     /// Namespace of ConfigMap bundle sources that name none.
     pub default_namespace: String,
+    /// The rollout controller's bundle endpoint (`http://…/v1/bundles/`): when set, bundles are
+    /// fetched from it by digest (the controller verified them), so the agent needs no access
+    /// to the ConfigMaps or URLs the Fabric names.
+    pub bundle_server: Option<String>,
+    /// How often status is published while something runs.
+    pub heartbeat: Duration,
+    fetcher: Fetcher,
     memory: Memory,
     restored: bool,
 }
@@ -337,11 +307,16 @@ impl KubeAgent {
     ) -> Self {
         let sim_dir = sim_dir.into();
         Self {
+            fetcher: Fetcher::new()
+                .with_kube(client.clone())
+                .with_max_bytes(crate::max_bundle_len()),
             client,
             node: node.into(),
             target: SimFleetTarget::new(sim_dir.clone(), trust, None),
             sim_dir,
             default_namespace: "nexus-system".into(),
+            bundle_server: None,
+            heartbeat: Duration::from_secs(10),
             memory: Memory::default(),
             restored: false,
         }
@@ -376,11 +351,16 @@ impl KubeAgent {
                     "HealthCheck",
                     format!("rolled back after a restart: {reason}"),
                 )),
+                // Not a failure of the image: the agent stopped mid-flash. Reported as
+                // interrupted, so the rollout does not count it against failureThreshold, and
+                // flashed again.
                 RecoveryOutcome::Discarded { stage, version } => Some((
                     version.clone(),
-                    CrdOutcome::Failed,
+                    CrdOutcome::Interrupted,
                     "Write",
-                    format!("interrupted at {stage:?}; image discarded, previous bank runs"),
+                    format!(
+                        "interrupted at {stage:?} (agent restarted); image discarded, previous bank runs; will flash again"
+                    ),
                 )),
             };
             if let Some((version, result, stage, message)) = found {
@@ -421,34 +401,38 @@ impl KubeAgent {
         Ok(())
     }
 
-    async fn fetch(&self, source: &ArtifactSource) -> Result<Vec<u8>, String> {
-        if let Some(url) = &source.url {
-            if let Some(path) = url.strip_prefix("file://") {
-                return crate::read_bundle_file(Path::new(path)).map_err(|e| e.to_string());
+    async fn fetch(&self, source: &Source, sha256: &str) -> Result<Vec<u8>, String> {
+        let source = match &self.bundle_server {
+            Some(base) => Source::Http(format!("{}/{sha256}", base.trim_end_matches('/'))),
+            None => source.clone(),
+        };
+        self.fetcher.fetch(&source).await.map_err(|e| e.to_string())
+    }
+
+    /// Runs `work`, publishing status with a fresh heartbeat (stage `stage`) every
+    /// [`KubeAgent::heartbeat`] until it is done.
+    async fn with_heartbeat<T>(
+        &self,
+        spec: &NexusNodeSpec,
+        conditions: &mut Vec<Condition>,
+        stage: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = tick.tick() => {
+                    let s = node_status(spec, self.nics(), &self.memory, conditions, Some(stage), Utc::now());
+                    if let Err(e) = self.publish(&s).await {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                    *conditions = s.conditions;
+                }
             }
-            if url.starts_with("http://") || url.starts_with("https://") {
-                return fetch_http(url).await;
-            }
-            return Err(format!(
-                "bundle url {url}: only file://, http(s):// and configMap sources are supported"
-            ));
         }
-        if let Some(cm) = &source.config_map {
-            let ns = cm.namespace.as_deref().unwrap_or(&self.default_namespace);
-            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-            let map = api
-                .get(&cm.name)
-                .await
-                .map_err(|e| format!("ConfigMap {ns}/{}: {e}", cm.name))?;
-            if let Some(b) = map.binary_data.as_ref().and_then(|d| d.get(&cm.key)) {
-                return Ok(b.0.clone());
-            }
-            if let Some(s) = map.data.as_ref().and_then(|d| d.get(&cm.key)) {
-                return Ok(s.as_bytes().to_vec());
-            }
-            return Err(format!("ConfigMap {ns}/{} has no key {}", cm.name, cm.key));
-        }
-        Err("the firmware bundle has no url or configMap source".into())
     }
 
     /// One round: read the NexusNode, act on its spec, publish the status.
@@ -467,7 +451,7 @@ impl KubeAgent {
             }
         }
         let spec = &node.spec;
-        let action = decide(spec, &self.nics(), &self.memory);
+        let action = decide(spec, &self.nics(), &self.memory, &self.default_namespace);
         let mut conditions = previous.conditions.clone();
         let first_stage = match &action {
             Action::Flash { .. } => Some("Fetch"),
@@ -509,6 +493,7 @@ impl KubeAgent {
             Action::SwitchBank { version } => {
                 let fw = pb::FirmwareTarget {
                     version: version.clone(),
+                    pci_addresses: spec.nics.clone(),
                     ..Default::default()
                 };
                 let out = self.target.apply(&fw, &|_, _, _| {}).await;
@@ -524,74 +509,106 @@ impl KubeAgent {
                 version,
                 source,
                 sha256,
-            } => match self.fetch(&source).await {
-                Err(e) => {
-                    // Not marked applied: fetching is retried on the next round.
-                    tracing::warn!(error = %e, "cannot fetch bundle");
-                    self.memory.last_flash = Some(record(version, CrdOutcome::Failed, "Fetch", e));
-                }
-                Ok(bytes) => {
-                    let digest = hex::encode(Sha256::digest(&bytes));
-                    let out = if digest != sha256 {
-                        nexus_fleet_agent::FlashOutput::err(
-                            pb::FlashOutcome::Refused,
-                            "Verify",
-                            format!(
-                                "bundle sha256 {digest} does not match spec.firmware.sha256 {sha256}; nothing written"
-                            ),
-                        )
-                    } else {
-                        let fw = pb::FirmwareTarget {
-                            version: version.clone(),
-                            bundle: bytes,
-                            sha256,
-                            ..Default::default()
+            } => {
+                let fetched = self
+                    .with_heartbeat(spec, &mut conditions, "Fetch", self.fetch(&source, &sha256))
+                    .await;
+                match fetched {
+                    Err(e) => {
+                        // Not marked applied: fetching is retried on the next round.
+                        tracing::warn!(error = %e, "cannot fetch bundle");
+                        self.memory.last_flash =
+                            Some(record(version, CrdOutcome::Failed, "Fetch", e));
+                    }
+                    Ok(bytes) => {
+                        let digest = hex::encode(Sha256::digest(&bytes));
+                        let out = if digest != sha256 {
+                            nexus_fleet_agent::FlashOutput::err(
+                                pb::FlashOutcome::Refused,
+                                "Verify",
+                                format!(
+                                    "bundle sha256 {digest} does not match spec.firmware.sha256 {sha256}; nothing written"
+                                ),
+                            )
+                        } else {
+                            self.flash(spec, &mut conditions, &version, bytes, sha256)
+                                .await
                         };
-                        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-                        let progress = move |stage: &str, _done: u64, _total: u64| {
-                            let _ = tx.send(stage.to_owned());
-                        };
-                        let apply = self.target.apply(&fw, &progress);
-                        tokio::pin!(apply);
-                        let mut shown = String::new();
-                        // Report each stage as it is entered; a failed report does not stop
-                        // the flash.
-                        loop {
-                            tokio::select! {
-                                out = &mut apply => break out,
-                                Some(stage) = rx.recv() => {
-                                    if stage == shown || stage == "Done" {
-                                        continue;
-                                    }
-                                    shown = stage;
-                                    let s = node_status(
-                                        spec,
-                                        self.nics(),
-                                        &self.memory,
-                                        &conditions,
-                                        Some(&shown),
-                                        now,
-                                    );
-                                    if let Err(e) = self.publish(&s).await {
-                                        tracing::warn!(error = %e, "cannot report progress");
-                                    }
-                                    conditions = s.conditions;
-                                }
-                            }
-                        }
-                    };
-                    self.memory.last_flash = Some(record(
-                        version,
-                        crd_outcome(out.outcome),
-                        &out.stage,
-                        out.message,
-                    ));
-                    self.memory.applied_version = Some(spec.desired_version);
+                        self.memory.last_flash = Some(record(
+                            version,
+                            crd_outcome(out.outcome),
+                            &out.stage,
+                            out.message,
+                        ));
+                        self.memory.applied_version = Some(spec.desired_version);
+                    }
                 }
-            },
+            }
         }
-        let status = node_status(spec, self.nics(), &self.memory, &conditions, None, now);
+        let status = node_status(
+            spec,
+            self.nics(),
+            &self.memory,
+            &conditions,
+            None,
+            Utc::now().max(now),
+        );
         self.publish(&status).await
+    }
+
+    /// Flashes verified bytes, publishing each stage as it is entered and a heartbeat in
+    /// between (a failed report does not stop the flash).
+    async fn flash(
+        &self,
+        spec: &NexusNodeSpec,
+        conditions: &mut Vec<Condition>,
+        version: &str,
+        bytes: Vec<u8>,
+        sha256: String,
+    ) -> nexus_fleet_agent::FlashOutput {
+        let fw = pb::FirmwareTarget {
+            version: version.to_owned(),
+            bundle: bytes,
+            sha256,
+            pci_addresses: spec.nics.clone(),
+            ..Default::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let progress = move |stage: &str, _done: u64, _total: u64| {
+            let _ = tx.send(stage.to_owned());
+        };
+        let apply = self.target.apply(&fw, &progress);
+        tokio::pin!(apply);
+        let mut shown = "Write".to_owned();
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.tick().await;
+        loop {
+            let report = tokio::select! {
+                out = &mut apply => return out,
+                Some(stage) = rx.recv() => {
+                    if stage == shown || stage == "Done" {
+                        continue;
+                    }
+                    shown = stage;
+                    true
+                }
+                _ = tick.tick() => true,
+            };
+            if report {
+                let s = node_status(
+                    spec,
+                    self.nics(),
+                    &self.memory,
+                    conditions,
+                    Some(&shown),
+                    Utc::now(),
+                );
+                if let Err(e) = self.publish(&s).await {
+                    tracing::warn!(error = %e, "cannot report progress");
+                }
+                *conditions = s.conditions;
+            }
+        }
     }
 
     /// Runs until interrupted: a round every `interval` (the heartbeat); errors are logged and
@@ -611,6 +628,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use nexus_crds::node::NodeFirmware;
+    use nexus_crds::node::{Bank as CrdBank, BankStatus};
 
     fn spec(version: Option<&str>, desired: i64) -> NexusNodeSpec {
         serde_json::from_value(serde_json::json!({
@@ -664,11 +682,16 @@ mod tests {
     fn no_firmware_or_current_means_nothing() {
         let m = Memory::default();
         assert_eq!(
-            decide(&spec(None, 1), &[nic("1.0.0", None)], &m),
+            decide(&spec(None, 1), &[nic("1.0.0", None)], &m, "nexus-system"),
             Action::Nothing
         );
         assert_eq!(
-            decide(&spec(Some("1.0.0"), 1), &[nic("1.0.0", None)], &m),
+            decide(
+                &spec(Some("1.0.0"), 1),
+                &[nic("1.0.0", None)],
+                &m,
+                "nexus-system"
+            ),
             Action::Nothing
         );
     }
@@ -679,6 +702,7 @@ mod tests {
             &spec(Some("1.1.0"), 2),
             &[nic("1.0.0", None)],
             &Memory::default(),
+            "nexus-system",
         );
         assert!(
             matches!(a, Action::Flash { ref version, .. } if version == "1.1.0"),
@@ -691,14 +715,24 @@ mod tests {
         let s = spec(Some("0.9.0"), 3);
         let m = Memory::default();
         assert_eq!(
-            decide(&s, &[nic("1.0.0", Some(("0.9.0", true)))], &m),
+            decide(
+                &s,
+                &[nic("1.0.0", Some(("0.9.0", true)))],
+                &m,
+                "nexus-system"
+            ),
             Action::SwitchBank {
                 version: "0.9.0".into()
             }
         );
         // Not bootable: a download is needed.
         assert!(matches!(
-            decide(&s, &[nic("1.0.0", Some(("0.9.0", false)))], &m),
+            decide(
+                &s,
+                &[nic("1.0.0", Some(("0.9.0", false)))],
+                &m,
+                "nexus-system"
+            ),
             Action::Flash { .. }
         ));
     }
@@ -708,15 +742,74 @@ mod tests {
         let mut s = spec(Some("1.1.0"), 2);
         s.firmware = Some(NodeFirmware {
             version: "1.1.0".into(),
-            bundle: ArtifactSource {
+            bundle: Some(nexus_crds::common::ArtifactSource {
                 oci: Some("reg.example/fw:1.1.0".into()),
                 ..Default::default()
-            },
-            sha256: "ab".repeat(32),
+            }),
+            sha256: Some("ab".repeat(32)),
         });
-        let a = decide(&s, &[nic("1.0.0", None)], &Memory::default());
+        let a = decide(
+            &s,
+            &[nic("1.0.0", None)],
+            &Memory::default(),
+            "nexus-system",
+        );
         assert!(
             matches!(a, Action::Refuse { ref reason, .. } if reason.contains("OCI")),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_flash_is_tried_again_and_only_managed_nics_count() {
+        let m = Memory {
+            applied_version: Some(2),
+            last_flash: Some(flash("1.1.0", CrdOutcome::Interrupted)),
+        };
+        assert!(matches!(
+            decide(
+                &spec(Some("1.1.0"), 2),
+                &[nic("1.0.0", None)],
+                &m,
+                "nexus-system"
+            ),
+            Action::Flash { .. }
+        ));
+        // A NIC the spec does not name is not this Fabric's business.
+        let mut s = spec(Some("1.1.0"), 2);
+        s.nics = vec!["0000:5e:00.0".into()];
+        assert_eq!(
+            decide(
+                &s,
+                &[nic("1.0.0", None)],
+                &Memory::default(),
+                "nexus-system"
+            ),
+            Action::Nothing
+        );
+    }
+
+    #[test]
+    fn a_rollback_without_a_bundle_is_a_switch_or_a_refusal() {
+        let mut s = spec(Some("0.9.0"), 4);
+        if let Some(f) = s.firmware.as_mut() {
+            f.bundle = None;
+            f.sha256 = None;
+        }
+        assert_eq!(
+            decide(
+                &s,
+                &[nic("1.0.0", Some(("0.9.0", true)))],
+                &Memory::default(),
+                "x"
+            ),
+            Action::SwitchBank {
+                version: "0.9.0".into()
+            }
+        );
+        let a = decide(&s, &[nic("1.0.0", None)], &Memory::default(), "x");
+        assert!(
+            matches!(a, Action::Refuse { ref reason, .. } if reason.contains("inactive bank")),
             "{a:?}"
         );
     }
@@ -728,11 +821,21 @@ mod tests {
             last_flash: Some(flash("1.1.0", CrdOutcome::Refused)),
         };
         assert_eq!(
-            decide(&spec(Some("1.1.0"), 2), &[nic("1.0.0", None)], &m),
+            decide(
+                &spec(Some("1.1.0"), 2),
+                &[nic("1.0.0", None)],
+                &m,
+                "nexus-system"
+            ),
             Action::Nothing
         );
         assert!(matches!(
-            decide(&spec(Some("1.1.0"), 3), &[nic("1.0.0", None)], &m),
+            decide(
+                &spec(Some("1.1.0"), 3),
+                &[nic("1.0.0", None)],
+                &m,
+                "nexus-system"
+            ),
             Action::Flash { .. }
         ));
     }

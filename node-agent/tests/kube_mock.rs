@@ -463,7 +463,9 @@ async fn interrupted_flash_is_recovered_and_reported_on_start() {
     let patches = run_round(object, &nic_dir, trust).await;
     assert_eq!(patches.len(), 1);
     let status = &patches[0].1["status"];
-    assert_eq!(status["lastFlash"]["result"], "Failed", "{status}");
+    // Interrupted, not Failed: a restart is not a bad image, and a rollout with
+    // failureThreshold 0 must not halt over it.
+    assert_eq!(status["lastFlash"]["result"], "Interrupted", "{status}");
     assert_eq!(status["lastFlash"]["version"], "1.1.0");
     assert_eq!(status["nics"][0]["runningFirmware"], "1.0.0");
     assert_eq!(condition(status, "Ready")["status"], "True");

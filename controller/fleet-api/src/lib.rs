@@ -8,7 +8,13 @@
 //! [`v1::Progress`] and [`v1::Status`] (which doubles as the heartbeat). See
 //! `proto/nexus/fleet/v1/fleet.proto` for the contract.
 //!
-//! Invariant: this crate holds only the wire contract and tiny helpers; no policy.
+//! Invariant: this crate holds only the wire contract, its conversions to and from the API types
+//! (`nexus-crds`), and tiny helpers; no policy. It is the one place wire NICs and flash results
+//! become `NicStatus` and `FlashResult`.
+
+mod convert;
+
+pub use convert::{flash_result, nic_status};
 
 /// `nexus.fleet.v1`: messages, the client and the server trait.
 #[allow(missing_debug_implementations, clippy::all)]

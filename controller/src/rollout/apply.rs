@@ -1,60 +1,42 @@
-//! The kube adapter of the rollout: what a [`NodeAction`] becomes against the API server.
-//! `NexusNode.spec` and `Fabric.status` are written by server-side apply with one field manager
-//! ([`MANAGER`]); a Start first marks the node in maintenance (so the planner counts it against
-//! `maxUnavailable` at once), cordons and drains it through the Eviction API, and only then
-//! points it at the target; a Finish clears maintenance and uncordons.
-//!
-//! The leader-elected loop that calls them is [`super::reconcile`] (`nexus-controller rollout`);
-//! the agents writing `NexusNode.status` in kube mode are not wired yet.
+//! Writes of the kube driver: NexusNode specs and Fabric status by server-side apply, with one
+//! field manager ([`MANAGER`]). A NexusNode is owned by its Fabric (an ownerReference), so
+//! deleting the Fabric garbage-collects its NexusNodes.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
-use kube::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Patch, PatchParams};
-use nexus_crds::common::ArtifactSource;
-use nexus_crds::node::{NexusNode, NodeFirmware};
-use nexus_crds::{Fabric, FabricStatus};
+use kube::{Api, Resource};
+use nexus_crds::node::NexusNode;
+use nexus_crds::{Fabric, FabricStatus, NexusNodeSpec};
 
-use super::drain::{self, Verdict};
-use super::plan::NodeAction;
 use crate::Error;
 
 /// Field manager of every write of the rollout controller.
 pub const MANAGER: &str = "nexus-rollout-controller";
 
-/// Drains under way: node → when it started.
-#[derive(Debug, Default, Clone)]
-pub struct Drains {
-    started: BTreeMap<String, DateTime<Utc>>,
+/// The ownerReference a Fabric's NexusNodes carry.
+pub fn owner(fabric: &Fabric) -> Option<OwnerReference> {
+    // Not a controller reference: a node moving to another Fabric changes owner.
+    let mut o = fabric.controller_owner_ref(&())?;
+    o.block_owner_deletion = Some(false);
+    Some(o)
 }
 
-/// What applying one action did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
-    /// The spec was written.
-    Written,
-    /// Draining; call again later.
-    Draining {
-        /// Pods a PodDisruptionBudget protects right now.
-        blocked: Vec<String>,
-    },
-    /// The drain timed out: the node was uncordoned and left out of this rollout step.
-    DrainTimedOut,
-}
-
-/// Server-side applies `spec` to NexusNode `name` (the controller's half of the object).
+/// Server-side applies `spec` (and the owner) to NexusNode `name` — the controller's half.
 pub async fn apply_node_spec(
     client: &kube::Client,
     name: &str,
-    spec: &nexus_crds::NexusNodeSpec,
+    spec: &NexusNodeSpec,
+    owner: Option<&OwnerReference>,
 ) -> Result<(), Error> {
     let api: Api<NexusNode> = Api::all(client.clone());
+    let mut metadata = serde_json::json!({ "name": name });
+    if let Some(o) = owner {
+        metadata["ownerReferences"] = serde_json::json!([o]);
+    }
     let body = serde_json::json!({
         "apiVersion": "nexus.dev/v1alpha1",
         "kind": "NexusNode",
-        "metadata": { "name": name },
+        "metadata": metadata,
         "spec": spec,
     });
     api.patch(
@@ -88,85 +70,12 @@ pub async fn apply_fabric_status(
     Ok(())
 }
 
-/// Applies one planner action to `node` (its current object).
-pub async fn apply_action(
-    client: &kube::Client,
-    fabric: &Fabric,
-    node: &NexusNode,
-    action: &NodeAction,
-    drains: &mut Drains,
-    drain_timeout: Duration,
-    now: DateTime<Utc>,
-) -> Result<Applied, Error> {
-    let name = node.metadata.name.clone().unwrap_or_default();
-    let mut spec = node.spec.clone();
-    spec.fabric = fabric.metadata.name.clone().unwrap_or_default();
-    match action {
-        NodeAction::Start { version, .. } => {
-            if !spec.maintenance {
-                spec.maintenance = true;
-                spec.desired_version += 1;
-                apply_node_spec(client, &name, &spec).await?;
-            }
-            drain::cordon(client, &name, true).await?;
-            let st = drain::drain_step(client, &name).await?;
-            let started = *drains.started.entry(name.clone()).or_insert(now);
-            match drain::verdict(&st, started, now, drain_timeout) {
-                Verdict::Wait => Ok(Applied::Draining {
-                    blocked: st.blocked,
-                }),
-                Verdict::TimedOut => {
-                    drains.started.remove(&name);
-                    drain::cordon(client, &name, false).await?;
-                    spec.maintenance = false;
-                    spec.desired_version += 1;
-                    apply_node_spec(client, &name, &spec).await?;
-                    Ok(Applied::DrainTimedOut)
-                }
-                Verdict::Drained => {
-                    drains.started.remove(&name);
-                    let fw = &fabric.spec.firmware;
-                    spec.firmware = Some(NodeFirmware {
-                        version: version.clone(),
-                        bundle: fw.bundle.clone(),
-                        sha256: fw.sha256.clone(),
-                    });
-                    spec.desired_version += 1;
-                    apply_node_spec(client, &name, &spec).await?;
-                    Ok(Applied::Written)
-                }
-            }
-        }
-        NodeAction::Finish { .. } => {
-            spec.maintenance = false;
-            spec.desired_version += 1;
-            apply_node_spec(client, &name, &spec).await?;
-            drain::cordon(client, &name, false).await?;
-            Ok(Applied::Written)
-        }
-        NodeAction::Rollback { version, flash, .. } => {
-            if *flash {
-                // Urgent: cordon and start evictions, but do not wait for them.
-                drain::cordon(client, &name, true).await?;
-                drain::drain_step(client, &name).await?;
-            }
-            let sha256 = node
-                .status
-                .iter()
-                .flat_map(|s| s.nics.iter())
-                .flat_map(|n| n.banks.iter())
-                .find(|b| b.version.as_deref() == Some(version.as_str()))
-                .and_then(|b| b.sha256.clone())
-                .unwrap_or_default();
-            spec.firmware = Some(NodeFirmware {
-                version: version.clone(),
-                bundle: ArtifactSource::default(),
-                sha256,
-            });
-            spec.maintenance = *flash;
-            spec.desired_version += 1;
-            apply_node_spec(client, &name, &spec).await?;
-            Ok(Applied::Written)
-        }
+/// Deletes a NexusNode whose node left the Fabric.
+pub async fn release(client: &kube::Client, name: &str) -> Result<(), Error> {
+    let api: Api<NexusNode> = Api::all(client.clone());
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

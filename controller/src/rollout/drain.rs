@@ -1,83 +1,30 @@
-//! Cordon and drain a node through the Eviction API before its flash, uncordon after.
+//! The Kubernetes side of a drain: which pods must go, listing them, evicting them through the
+//! Eviction API, and cordoning. No decisions: [`super::core`] decides when.
 //!
 //! Evictions respect PodDisruptionBudgets: the API server answers 429 when evicting a pod would
-//! break one, which here means "retry on the next step", never "delete anyway". DaemonSet pods
-//! (they would come straight back) and mirror pods (owned by the kubelet) are left alone, as
-//! `kubectl drain --ignore-daemonsets` does. The caller calls [`drain_step`] until
-//! [`DrainStatus::done`] or the Fabric's `drainTimeout` passes ([`verdict`]).
+//! break one, which here means "not yet", never "delete anyway". They go through a client
+//! **without** kube's default retry policy (which retries 429 up to 15 times with exponential
+//! back-off — one refused eviction would hold the reconcile for minutes) and with a timeout.
+//! DaemonSet pods (they would come straight back), mirror pods (owned by the kubelet) and
+//! finished pods are left alone, as `kubectl drain --ignore-daemonsets` does.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::{EvictParams, ListParams, Patch, PatchParams};
 
+use super::core::{CORDONED_BY, PodRef};
 use crate::Error;
 
 /// Annotation of kubelet mirror pods.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
-/// Where a drain stands after one step.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DrainStatus {
-    /// Evictions accepted in this step.
-    pub evicted: u32,
-    /// Pods whose eviction a PodDisruptionBudget refused (429), `namespace/name`.
-    pub blocked: Vec<String>,
-    /// Pods still on the node that the drain waits for (evicted ones still terminating too).
-    pub remaining: u32,
-}
+/// Longest wait for one eviction call.
+pub const EVICTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl DrainStatus {
-    /// Nothing left to wait for.
-    pub fn done(&self) -> bool {
-        self.remaining == 0
-    }
-}
-
-/// What to do with a drain that started at `started`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Drained: flash.
-    Drained,
-    /// Keep trying.
-    Wait,
-    /// `drainTimeout` passed: give up on this node (uncordon it, count it as failed).
-    TimedOut,
-}
-
-/// The drain rule.
-pub fn verdict(
-    status: &DrainStatus,
-    started: DateTime<Utc>,
-    now: DateTime<Utc>,
-    timeout: Duration,
-) -> Verdict {
-    if status.done() {
-        Verdict::Drained
-    } else if now
-        .signed_duration_since(started)
-        .to_std()
-        .is_ok_and(|d| d >= timeout)
-    {
-        Verdict::TimedOut
-    } else {
-        Verdict::Wait
-    }
-}
-
-/// Marks the node (un)schedulable.
-pub async fn cordon(client: &kube::Client, node: &str, unschedulable: bool) -> Result<(), Error> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let patch = serde_json::json!({ "spec": { "unschedulable": unschedulable } });
-    nodes
-        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
-}
-
-fn must_evict(p: &Pod) -> bool {
+/// Whether a drain must remove this pod.
+pub fn must_evict(p: &Pod) -> bool {
     let daemonset = p
         .metadata
         .owner_references
@@ -97,54 +44,84 @@ fn must_evict(p: &Pod) -> bool {
     !daemonset && !mirror && !finished
 }
 
-/// One drain step: evict every pod that must go and is not already terminating.
-pub async fn drain_step(client: &kube::Client, node: &str) -> Result<DrainStatus, Error> {
+/// The pods a drain of `node` must remove. `blocked` are pods whose last eviction a PDB refused.
+pub async fn pods_to_drain(
+    client: &kube::Client,
+    node: &str,
+    blocked: &std::collections::BTreeSet<String>,
+) -> Result<Vec<PodRef>, Error> {
     let all: Api<Pod> = Api::all(client.clone());
     let pods = all
         .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
         .await?;
-    let mut st = DrainStatus::default();
-    for p in pods.items.iter().filter(|p| must_evict(p)) {
-        st.remaining += 1;
-        if p.metadata.deletion_timestamp.is_some() {
-            continue; // already going
-        }
-        let (Some(ns), Some(name)) = (p.metadata.namespace.as_deref(), p.metadata.name.as_deref())
-        else {
-            continue;
-        };
-        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-        match api.evict(name, &EvictParams::default()).await {
-            Ok(_) => st.evicted += 1,
-            Err(kube::Error::Api(s)) if s.code == 429 => st.blocked.push(format!("{ns}/{name}")),
-            Err(kube::Error::Api(s)) if s.code == 404 => st.remaining -= 1,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(st)
+    let mut out: Vec<PodRef> = pods
+        .items
+        .iter()
+        .filter(|p| must_evict(p))
+        .filter_map(|p| {
+            let namespace = p.metadata.namespace.clone()?;
+            let name = p.metadata.name.clone()?;
+            let key = format!("{namespace}/{name}");
+            Some(PodRef {
+                terminating: p.metadata.deletion_timestamp.is_some(),
+                blocked: blocked.contains(&key),
+                namespace,
+                name,
+            })
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// What an eviction came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evicted {
+    /// Accepted: the pod is terminating.
+    Yes,
+    /// A PodDisruptionBudget refused it (429): try again on a later step.
+    Blocked,
+    /// The pod is gone already.
+    Gone,
+}
 
-    #[test]
-    fn drain_timeout_rule() {
-        let t0 = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
-        let later = |s| t0 + chrono::Duration::seconds(s);
-        let waiting = DrainStatus {
-            remaining: 1,
-            ..DrainStatus::default()
-        };
-        let timeout = Duration::from_secs(600);
-        assert_eq!(
-            verdict(&DrainStatus::default(), t0, later(1), timeout),
-            Verdict::Drained
-        );
-        assert_eq!(verdict(&waiting, t0, later(599), timeout), Verdict::Wait);
-        assert_eq!(
-            verdict(&waiting, t0, later(600), timeout),
-            Verdict::TimedOut
-        );
+/// Evicts one pod through `client` (built without retries) within [`EVICTION_TIMEOUT`].
+pub async fn evict(client: &kube::Client, pod: &PodRef) -> Result<Evicted, Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+    let params = EvictParams::default();
+    let call = api.evict(&pod.name, &params);
+    match tokio::time::timeout(EVICTION_TIMEOUT, call).await {
+        Err(_) => Ok(Evicted::Blocked),
+        Ok(Ok(_)) => Ok(Evicted::Yes),
+        Ok(Err(kube::Error::Api(s))) if s.code == 429 => Ok(Evicted::Blocked),
+        Ok(Err(kube::Error::Api(s))) if s.code == 404 => Ok(Evicted::Gone),
+        Ok(Err(e)) => Err(e.into()),
     }
+}
+
+/// Cordons (`on`) or uncordons a node. A cordon carries [`CORDONED_BY`] = `fabric`, so the
+/// controller later uncordons only what it cordoned.
+pub async fn cordon(
+    client: &kube::Client,
+    node: &str,
+    on: bool,
+    fabric: &str,
+    manager: &str,
+) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let annotation = if on {
+        serde_json::Value::String(fabric.to_owned())
+    } else {
+        serde_json::Value::Null
+    };
+    let patch = serde_json::json!({
+        "metadata": { "annotations": { CORDONED_BY: annotation } },
+        "spec": { "unschedulable": on },
+    });
+    let params = PatchParams {
+        field_manager: Some(manager.to_owned()),
+        ..PatchParams::default()
+    };
+    nodes.patch(node, &params, &Patch::Merge(&patch)).await?;
+    Ok(())
 }

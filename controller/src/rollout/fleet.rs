@@ -1,31 +1,29 @@
-//! The controller's in-memory picture of the fleet: every node agent's session and reported
-//! state, every Fabric with its bundle and user overrides, and the reconcile step that turns
-//! them into planner input, applies the planner's actions to each node's desired state and pushes
-//! what changed down the sessions.
+//! The local driver of the rollout core: the controller's in-memory picture of the fleet —
+//! every node agent's session and reported state, every Fabric with its bundle and operator
+//! overrides — and the reconcile step that feeds [`core::step`] and pushes what changed down the
+//! sessions.
 //!
-//! No I/O here but non-blocking channel sends; the clock is passed in. The kube mode would keep
-//! the same shapes in `NexusNode` and `Fabric` objects; local mode keeps them only here and
-//! re-learns them from the agents' `Register` after a restart.
+//! No I/O here but non-blocking channel sends; the clock is passed in. Local mode keeps Fabric
+//! and NexusNode objects only here and re-learns node state from the agents' `Register` after a
+//! restart; the kube driver ([`super::reconcile`]) keeps the same objects in the API server.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use nexus_artifact::{Cache, Lookup, Source};
 use nexus_crds::Fabric;
-use nexus_crds::common::ArtifactSource;
-use nexus_crds::fabric::{BundleState, BundleStatus, DataplaneMode, FabricPhase, NicMatch};
-use nexus_crds::node::{
-    Bank, BankStatus, FlashOutcome, FlashResult, NexusNode, NexusNodeSpec, NexusNodeStatus,
-    NicStatus, NodeFirmware,
-};
+use nexus_crds::fabric::{DataplaneMode, FabricPhase};
+use nexus_crds::node::{NexusNode, NexusNodeSpec, NexusNodeStatus, NicStatus, NodeFirmware};
 use nexus_fleet_api::v1 as pb;
+use nexus_fleet_api::{flash_result, nic_status};
 use pb::agent_message::Msg;
 use tokio::sync::mpsc;
 
-use super::plan::{self, NodeAction, NodeView};
-use super::view;
+use super::core::{self, Bundle, Member, Note};
+use super::view::{self, selector_matches};
 
 /// Sender half of an agent's response stream.
 /// (Boxed: an unbounded channel allocates a block of 32 slots up front, per session.)
@@ -33,6 +31,9 @@ pub type SessionTx = mpsc::UnboundedSender<Box<pb::ControllerMessage>>;
 
 /// Bundles up to this size travel inside the DesiredState; larger ones through FetchBundle.
 pub const INLINE_BUNDLE_MAX: usize = 1024 * 1024;
+
+/// Events kept per Fabric for the status API (local mode has no Event objects).
+pub const NOTES_KEPT: usize = 50;
 
 /// Timing knobs of the reconcile step.
 #[derive(Clone, Debug)]
@@ -78,19 +79,6 @@ pub struct NodeEntry {
     pub nack: Option<(u64, String)>,
 }
 
-/// The target bundle of a fabric: fetched once, verified, then pushed to nodes.
-#[derive(Debug, Clone)]
-pub struct BundleEntry {
-    /// Expected sha256 (from the spec).
-    pub sha256: String,
-    /// Source URL.
-    pub url: String,
-    /// State for `Fabric.status.bundle`.
-    pub status: BundleStatus,
-    /// The verified bytes.
-    pub bytes: Option<Arc<Vec<u8>>>,
-}
-
 /// A fabric and what only the controller holds about it.
 #[derive(Debug)]
 pub struct FabricEntry {
@@ -100,22 +88,20 @@ pub struct FabricEntry {
     pub paused: Option<bool>,
     /// A rollback requested through the API, for this generation.
     pub rollback_generation: Option<i64>,
-    /// The planner halted this generation.
-    pub halted_generation: Option<i64>,
-    /// Target bundle.
-    pub bundle: Option<BundleEntry>,
     /// Member nodes, as of the last reconcile.
     pub members: Vec<String>,
+    /// Recent Events (newest last).
+    pub notes: Vec<Note>,
 }
 
 /// Counts of what one reconcile did (for metrics and tests).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    /// Start actions applied.
+    /// Nodes started (maintenance set for a flash of the target).
     pub starts: u32,
-    /// Finish actions applied.
+    /// Nodes that left maintenance.
     pub finishes: u32,
-    /// Rollback actions applied.
+    /// Nodes told to roll back.
     pub rollbacks: u32,
     /// Desired states pushed.
     pub pushes: u32,
@@ -130,152 +116,13 @@ pub struct Fleet {
     pub nodes: BTreeMap<String, NodeEntry>,
     /// When this controller started (for the start grace).
     pub started: DateTime<Utc>,
+    /// Fetched bundles and failed fetches (with back-off), by source and digest.
+    pub bundles: Cache,
     next_session: u64,
 }
 
 fn opt(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
-}
-
-fn time_ms(ms: i64) -> Option<nexus_crds::common::Time> {
-    (ms > 0).then(|| {
-        nexus_crds::common::Time(
-            k8s_openapi::jiff::Timestamp::from_millisecond(ms).unwrap_or_default(),
-        )
-    })
-}
-
-fn bank_of(b: i32) -> Option<Bank> {
-    match pb::Bank::try_from(b) {
-        Ok(pb::Bank::A) => Some(Bank::A),
-        Ok(pb::Bank::B) => Some(Bank::B),
-        _ => None,
-    }
-}
-
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-}
-
-/// Wire NIC → API NIC.
-pub fn nic_status(n: &pb::Nic) -> NicStatus {
-    NicStatus {
-        pci_address: n.pci_address.clone(),
-        vendor: n.vendor.clone(),
-        model: n.model.clone(),
-        pci_vendor_id: n.pci_vendor_id.clone(),
-        pci_device_id: n.pci_device_id.clone(),
-        running_firmware: opt(&n.running_firmware),
-        active_bank: bank_of(n.active_bank),
-        banks: n
-            .banks
-            .iter()
-            .filter_map(|b| {
-                Some(BankStatus {
-                    bank: bank_of(b.bank)?,
-                    version: opt(&b.version),
-                    sha256: is_sha256(&b.sha256).then(|| b.sha256.clone()),
-                    bootable: b.bootable,
-                })
-            })
-            .collect(),
-    }
-}
-
-/// Wire flash result → API flash result.
-pub fn flash_result(r: &pb::FlashResult) -> Option<FlashResult> {
-    let result = match pb::FlashOutcome::try_from(r.outcome).ok()? {
-        pb::FlashOutcome::Succeeded => FlashOutcome::Succeeded,
-        pb::FlashOutcome::Failed => FlashOutcome::Failed,
-        pb::FlashOutcome::RolledBack => FlashOutcome::RolledBack,
-        pb::FlashOutcome::Refused => FlashOutcome::Refused,
-        pb::FlashOutcome::Unspecified => return None,
-    };
-    Some(FlashResult {
-        version: r.version.clone(),
-        result,
-        stage: opt(&r.stage),
-        message: opt(&r.message),
-        started_at: time_ms(r.started_at_ms),
-        finished_at: time_ms(r.finished_at_ms),
-    })
-}
-
-/// Whether a label selector matches a label set (matchLabels and matchExpressions).
-pub fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
-}
-
-/// Whether a NIC is one a fabric manages.
-pub fn nic_matches(m: &NicMatch, nic: &NicStatus) -> bool {
-    nic.vendor == m.vendor
-        && m.model.as_ref().is_none_or(|model| &nic.model == model)
-        && nic.pci_vendor_id == m.pci_vendor_id
-        && m.pci_device_ids.contains(&nic.pci_device_id)
-}
-
-fn matching_nics<'a>(m: &'a NicMatch, node: &'a NexusNode) -> impl Iterator<Item = &'a NicStatus> {
-    node.status
-        .iter()
-        .flat_map(|s| s.nics.iter())
-        .filter(move |n| nic_matches(m, n))
-}
-
-/// The planner's view of a member node: like [`view::node_view`], but from the first NIC the
-/// fabric manages rather than the first NIC.
-pub fn member_view(
-    node: &NexusNode,
-    m: &NicMatch,
-    now: DateTime<Utc>,
-    timeout: Duration,
-) -> NodeView {
-    // Like view::node_view, without cloning the status (this runs for every member on every
-    // reconcile).
-    let status = node.status.as_ref();
-    let nic = matching_nics(m, node).next();
-    let heartbeat_fresh = status.and_then(|s| s.heartbeat.as_ref()).is_some_and(|h| {
-        now.signed_duration_since(view::to_chrono(h))
-            .to_std()
-            .map(|age| age <= timeout)
-            .unwrap_or(true) // a heartbeat from the future: clock skew, not staleness
-    });
-    NodeView {
-        name: node.metadata.name.clone().unwrap_or_default(),
-        spec_target: node.spec.firmware.as_ref().map(|f| f.version.clone()),
-        maintenance: node.spec.maintenance,
-        running: nic.and_then(|n| n.running_firmware.clone()),
-        previous: nic.and_then(|n| {
-            let active = n.active_bank?;
-            n.banks
-                .iter()
-                .find(|b| b.bank != active && b.bootable)
-                .and_then(|b| b.version.clone())
-        }),
-        last_flash: status.and_then(|s| s.last_flash.as_ref()).map(|f| {
-            (
-                f.version.clone(),
-                f.result,
-                f.finished_at.as_ref().map(view::to_chrono),
-            )
-        }),
-        heartbeat_fresh,
-    }
 }
 
 fn dataplane_pb(d: &nexus_crds::fabric::DataplaneConfig) -> pb::Dataplane {
@@ -287,6 +134,11 @@ fn dataplane_pb(d: &nexus_crds::fabric::DataplaneConfig) -> pb::Dataplane {
         udp_port: u32::from(d.udp_port),
         mtu: d.mtu,
     }
+}
+
+/// Where a Fabric's bundle comes from, in local mode (ConfigMaps need the API server).
+pub fn bundle_source(f: &Fabric) -> Result<Source, nexus_artifact::Error> {
+    Source::from_crd(&f.spec.firmware.bundle, "")
 }
 
 impl Default for Fleet {
@@ -302,6 +154,7 @@ impl Fleet {
             fabrics: BTreeMap::new(),
             nodes: BTreeMap::new(),
             started: now,
+            bundles: Cache::new(),
             next_session: 1,
         }
     }
@@ -315,14 +168,10 @@ impl Fleet {
         match self.fabrics.get_mut(&name) {
             Some(e) => {
                 if e.fabric.spec != fabric.spec {
-                    let bundle_changed = e.fabric.spec.firmware != fabric.spec.firmware;
                     e.fabric.metadata.generation =
                         Some(e.fabric.metadata.generation.unwrap_or(1) + 1);
                     e.fabric.spec = fabric.spec;
                     e.fabric.metadata.labels = fabric.metadata.labels;
-                    if bundle_changed {
-                        e.bundle = None;
-                    }
                 }
             }
             None => {
@@ -335,9 +184,8 @@ impl Fleet {
                         fabric,
                         paused: None,
                         rollback_generation: None,
-                        halted_generation: None,
-                        bundle: None,
                         members: Vec::new(),
+                        notes: Vec::new(),
                     },
                 );
             }
@@ -377,6 +225,7 @@ impl Fleet {
                         fabric: String::new(),
                         desired_version: 0,
                         firmware: None,
+                        nics: Vec::new(),
                         pipeline: None,
                         dataplane: Default::default(),
                         maintenance: false,
@@ -396,13 +245,18 @@ impl Fleet {
                 spec.desired_version = v;
                 spec.fabric = cur.fabric;
                 spec.maintenance = cur.maintenance;
+                spec.nics = cur
+                    .firmware
+                    .as_ref()
+                    .map(|f| f.pci_addresses.clone())
+                    .unwrap_or_default();
                 spec.firmware = cur.firmware.map(|f| NodeFirmware {
                     version: f.version,
-                    bundle: ArtifactSource {
-                        url: opt(&f.bundle_url),
-                        ..ArtifactSource::default()
-                    },
-                    sha256: f.sha256,
+                    bundle: opt(&f.bundle_url).map(|url| nexus_crds::common::ArtifactSource {
+                        url: Some(url),
+                        ..Default::default()
+                    }),
+                    sha256: opt(&f.sha256),
                 });
             }
         }
@@ -477,62 +331,84 @@ impl Fleet {
         }
     }
 
-    /// Bundles that need fetching, marked Downloading: (fabric, url, expected sha256).
-    pub fn bundles_to_fetch(&mut self) -> Vec<(String, String, String)> {
+    /// Bundles to fetch now: (source, expected sha256). Each is claimed in the cache (later
+    /// calls see it in flight) until [`Fleet::bundle_fetched`] records the outcome; a failed
+    /// source is not offered again before its back-off passes.
+    pub fn bundles_to_fetch(&mut self, now: DateTime<Utc>) -> Vec<(Source, String)> {
         let mut out = Vec::new();
-        for (name, e) in &mut self.fabrics {
-            if e.bundle.is_some() {
+        for e in self.fabrics.values() {
+            let Ok(src) = bundle_source(&e.fabric) else {
+                continue;
+            };
+            let sha = e.fabric.spec.firmware.sha256.clone();
+            if out.iter().any(|(s, d)| *s == src && *d == sha) {
                 continue;
             }
-            let fw = &e.fabric.spec.firmware;
-            let url = fw.bundle.url.clone().unwrap_or_default();
-            e.bundle = Some(BundleEntry {
-                sha256: fw.sha256.clone(),
-                url: url.clone(),
-                status: BundleStatus {
-                    state: BundleState::Downloading,
-                    sha256: None,
-                    message: None,
-                },
-                bytes: None,
-            });
-            out.push((name.clone(), url, fw.sha256.clone()));
+            if self.bundles.lookup(&src, &sha, now) == Lookup::Fetch {
+                out.push((src, sha));
+            }
         }
         out
     }
 
-    /// Records a fetch: verified bytes, or why it failed.
-    pub fn bundle_fetched(&mut self, fabric: &str, sha256: &str, result: super::bundle::Fetched) {
-        let Some(e) = self.fabrics.get_mut(fabric) else {
-            return;
+    /// Records a fetch claimed by [`Fleet::bundles_to_fetch`].
+    pub fn bundle_fetched(
+        &mut self,
+        source: &Source,
+        sha256: &str,
+        result: Result<nexus_artifact::Verified, nexus_artifact::Error>,
+        now: DateTime<Utc>,
+    ) {
+        self.bundles.record(source, sha256, result, now);
+    }
+
+    /// The bundle state of a fabric, for the core.
+    fn bundle_state(&self, f: &Fabric, now: DateTime<Utc>) -> Bundle {
+        let sha = &f.spec.firmware.sha256;
+        let src = match bundle_source(f) {
+            Ok(s) => s,
+            Err(e) => {
+                return Bundle::Failed {
+                    message: e.to_string(),
+                    retry_at: now + chrono::Duration::hours(1),
+                };
+            }
         };
-        let Some(b) = e.bundle.as_mut() else { return };
-        if b.sha256 != sha256 {
-            return; // the spec moved on meanwhile
+        match self.bundles.peek(&src, sha, now) {
+            Lookup::Verified(_) => Bundle::Verified,
+            Lookup::Failed {
+                error, retry_at, ..
+            } => Bundle::Failed {
+                message: error.to_string(),
+                retry_at,
+            },
+            // In flight, or due: the fetch loop takes it from here.
+            Lookup::InFlight | Lookup::Fetch => Bundle::Fetching,
         }
-        b.status = result.status;
-        b.bytes = result.bytes;
     }
 
     fn desired_state(&self, e: &NodeEntry) -> Option<pb::DesiredState> {
         let spec = &e.node.spec;
-        let fabric = self.fabrics.get(&spec.fabric);
         let mut firmware = None;
         if let Some(fw) = &spec.firmware {
-            let running = fabric
-                .and_then(|f| matching_nics(&f.fabric.spec.nic, &e.node).next())
+            let running = e
+                .node
+                .status
+                .as_ref()
+                .and_then(|s| {
+                    s.nics
+                        .iter()
+                        .find(|n| spec.nics.contains(&n.pci_address))
+                        .or_else(|| s.nics.first())
+                })
                 .and_then(|n| n.running_firmware.clone());
             let mut bundle = Vec::new();
             if running.as_deref() != Some(fw.version.as_str())
-                && let Some(f) = fabric
-                && f.fabric.spec.firmware.version == fw.version
+                && fw.bundle.is_some()
+                && let Some(sha) = &fw.sha256
             {
                 // The agent must flash: it needs the verified bytes, so wait for them.
-                let b = f.bundle.as_ref()?;
-                if b.status.state != BundleState::Verified || b.sha256 != fw.sha256 {
-                    return None;
-                }
-                let bytes = b.bytes.as_ref()?;
+                let bytes = self.bundles.by_digest(sha)?;
                 if bytes.len() <= INLINE_BUNDLE_MAX {
                     bundle = bytes.to_vec();
                 }
@@ -541,16 +417,14 @@ impl Fleet {
             }
             firmware = Some(pb::FirmwareTarget {
                 version: fw.version.clone(),
-                bundle_url: fw.bundle.url.clone().unwrap_or_default(),
-                bundle,
-                sha256: fw.sha256.clone(),
-                pci_addresses: fabric
-                    .map(|f| {
-                        matching_nics(&f.fabric.spec.nic, &e.node)
-                            .map(|n| n.pci_address.clone())
-                            .collect()
-                    })
+                bundle_url: fw
+                    .bundle
+                    .as_ref()
+                    .and_then(|b| b.url.clone())
                     .unwrap_or_default(),
+                bundle,
+                sha256: fw.sha256.clone().unwrap_or_default(),
+                pci_addresses: spec.nics.clone(),
             });
         }
         Some(pb::DesiredState {
@@ -567,14 +441,9 @@ impl Fleet {
         })
     }
 
-    /// The verified bytes of the bundle with this sha256, if any fabric has one.
+    /// The verified bytes of the bundle with this sha256, if any.
     pub fn verified_bundle(&self, sha256: &str) -> Option<Arc<Vec<u8>>> {
-        self.fabrics.values().find_map(|f| {
-            let b = f.bundle.as_ref()?;
-            (b.sha256 == sha256 && b.status.state == BundleState::Verified)
-                .then(|| b.bytes.clone())
-                .flatten()
-        })
+        self.bundles.by_digest(sha256)
     }
 
     /// Sends every connected node whose desired state is newer than what its session has seen.
@@ -605,8 +474,44 @@ impl Fleet {
         n
     }
 
-    /// One reconcile of every fabric at `now`: plan, apply, push. Returns what it did and when
-    /// to run again at the latest.
+    /// Which nodes each fabric manages: a node stays with the fabric it was assigned to while
+    /// that fabric still selects it; an unassigned node goes to the first fabric (by name) that
+    /// selects it and manages one of its NICs. Returns members and conflicts per fabric.
+    fn membership(&self) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+        let mut out: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+        let selects = |f: &FabricEntry, e: &NodeEntry| {
+            selector_matches(&f.fabric.spec.node_selector, &e.labels)
+                && view::matching_nics(&f.fabric.spec.nic, &e.node)
+                    .next()
+                    .is_some()
+        };
+        for (n, e) in &self.nodes {
+            let assigned = &e.node.spec.fabric;
+            let owner = match self.fabrics.get(assigned) {
+                Some(f) if selects(f, e) => Some(assigned.clone()),
+                _ => self
+                    .fabrics
+                    .iter()
+                    .find(|(_, f)| selects(f, e))
+                    .map(|(name, _)| name.clone()),
+            };
+            for (fname, f) in &self.fabrics {
+                if !selects(f, e) {
+                    continue;
+                }
+                let entry = out.entry(fname.clone()).or_default();
+                if owner.as_deref() == Some(fname.as_str()) {
+                    entry.0.push(n.clone());
+                } else {
+                    entry.1.push(n.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// One reconcile of every fabric at `now`: the core's step for each, applied to the nodes,
+    /// then pushed. Returns what it did and when to run again at the latest.
     pub fn reconcile(
         &mut self,
         now: DateTime<Utc>,
@@ -621,166 +526,97 @@ impl Fleet {
             // Wake up when the grace ends rather than on the next tick.
             requeue = (grace_end - now).to_std().ok();
         }
-        let mut taken: BTreeSet<String> = BTreeSet::new();
+        let membership = self.membership();
         let names: Vec<String> = self.fabrics.keys().cloned().collect();
         for name in names {
             let Some(fe) = self.fabrics.get(&name) else {
                 continue;
             };
-            let spec = &fe.fabric.spec;
-            let members: Vec<String> = self
+            let fabric = Self::fabric_view(fe);
+            let rollback = fe.rollback_generation.is_some()
+                && fe.rollback_generation == fabric.metadata.generation;
+            let (members, conflicting) = membership.get(&name).cloned().unwrap_or_default();
+            let bundle = self.bundle_state(&fabric, now);
+            let former: Vec<&NexusNode> = self
                 .nodes
                 .iter()
-                .filter(|(n, e)| {
-                    !taken.contains(*n)
-                        && selector_matches(&spec.node_selector, &e.labels)
-                        && matching_nics(&spec.nic, &e.node).next().is_some()
-                })
-                .map(|(n, _)| n.clone())
+                .filter(|(n, e)| e.node.spec.fabric == name && !members.contains(n))
+                .map(|(_, e)| &e.node)
                 .collect();
-            taken.extend(members.iter().cloned());
-            let mut fabric = fe.fabric.clone();
-            if let Some(p) = fe.paused {
-                fabric.spec.rollout.paused = p;
-            }
-            let generation = fabric.metadata.generation;
-            let population = u32::try_from(members.len()).unwrap_or(u32::MAX);
-            let mut strategy = match view::strategy(&fabric, population) {
+            let input = core::Input {
+                fabric: &fabric,
+                members: members
+                    .iter()
+                    .filter_map(|m| self.nodes.get(m))
+                    .map(|e| Member {
+                        name: e.node.metadata.name.clone().unwrap_or_default(),
+                        nexus_node: Some(&e.node),
+                        kube: None,
+                    })
+                    .collect(),
+                former,
+                conflicting,
+                bundle,
+                now,
+                heartbeat_timeout: timing.heartbeat_timeout,
+                hold_starts: in_grace,
+                rollback_requested: rollback,
+            };
+            let step = match core::step(&input) {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(fabric = %name, error = %e, "invalid rollout strategy");
+                    tracing::warn!(fabric = %name, error = %e, "invalid Fabric");
                     continue;
                 }
             };
-            let rollback = fe.rollback_generation.is_some() && fe.rollback_generation == generation;
-            if rollback {
-                strategy.auto_rollback = true;
-            }
-            let halted = rollback
-                || (fe.halted_generation.is_some() && fe.halted_generation == generation)
-                || view::halted(&fabric);
-            let views: Vec<NodeView> = members
-                .iter()
-                .filter_map(|m| self.nodes.get(m))
-                .map(|e| member_view(&e.node, &spec.nic, now, timing.heartbeat_timeout))
-                .collect();
-            let mut p = plan::plan(&strategy, &views, halted, now);
-            if rollback && p.halted && p.phase == FabricPhase::Halted {
-                p.phase = FabricPhase::RollingBack;
-            }
-            let bundle_status = fe.bundle.as_ref().map(|b| b.status.clone());
-            let verified = bundle_status
-                .as_ref()
-                .is_some_and(|b| b.state == BundleState::Verified);
-            if !verified || in_grace {
-                // No node flashes before the bundle is verified (or before every agent has had
-                // a chance to re-register after a restart).
-                p.actions.retain(|a| !matches!(a, NodeAction::Start { .. }));
-            }
-            if let Some(r) = p.requeue_after {
-                requeue = Some(requeue.map_or(r, |q| q.min(r)));
-            }
-            let target_fw = NodeFirmware {
-                version: spec.firmware.version.clone(),
-                bundle: spec.firmware.bundle.clone(),
-                sha256: spec.firmware.sha256.clone(),
-            };
-            let dataplane = spec.dataplane.clone();
-            let pipeline = spec.pipeline.clone();
-            let nic_match = spec.nic.clone();
-            let target = spec.firmware.version.clone();
-            // Membership: point each member at this fabric's dataplane and pipeline.
-            for m in &members {
-                if let Some(e) = self.nodes.get_mut(m) {
-                    let s = &mut e.node.spec;
-                    if s.fabric != name || s.dataplane != dataplane || s.pipeline != pipeline {
-                        s.fabric = name.clone();
-                        s.dataplane = dataplane.clone();
-                        s.pipeline = pipeline.clone();
-                        s.desired_version += 1;
-                    }
-                }
-            }
-            for a in &p.actions {
-                let node = match a {
-                    NodeAction::Start { node, .. }
-                    | NodeAction::Finish { node }
-                    | NodeAction::Rollback { node, .. } => node,
-                };
-                let Some(e) = self.nodes.get_mut(node) else {
+            requeue = Some(requeue.map_or(step.requeue, |q| q.min(step.requeue)));
+            for (n, spec) in step.node_specs {
+                let Some(e) = self.nodes.get_mut(&n) else {
                     continue;
                 };
-                let inactive_sha = |version: &str| {
-                    matching_nics(&nic_match, &e.node)
-                        .flat_map(|n| n.banks.iter())
-                        .find(|b| b.version.as_deref() == Some(version))
-                        .and_then(|b| b.sha256.clone())
-                        .unwrap_or_default()
-                };
-                match a {
-                    NodeAction::Start { .. } => {
-                        e.node.spec.firmware = Some(target_fw.clone());
-                        e.node.spec.maintenance = true;
-                        applied.starts += 1;
-                    }
-                    NodeAction::Finish { .. } => {
-                        e.node.spec.maintenance = false;
-                        applied.finishes += 1;
-                    }
-                    NodeAction::Rollback { version, flash, .. } => {
-                        let sha256 = inactive_sha(version);
-                        e.node.spec.firmware = Some(NodeFirmware {
-                            version: version.clone(),
-                            bundle: ArtifactSource::default(),
-                            sha256,
-                        });
-                        e.node.spec.maintenance = *flash;
-                        applied.rollbacks += 1;
-                    }
+                let was = &e.node.spec;
+                if spec.maintenance && !was.maintenance {
+                    applied.starts += u32::from(
+                        spec.firmware.as_ref().map(|f| &f.version)
+                            == Some(&fabric.spec.firmware.version),
+                    );
                 }
-                e.node.spec.desired_version += 1;
-            }
-            // A node flashed back (or re-pointed) leaves maintenance once it runs what it was told.
-            for m in &members {
-                let Some(e) = self.nodes.get_mut(m) else {
-                    continue;
-                };
-                let v = member_view(&e.node, &nic_match, now, timing.heartbeat_timeout);
-                if e.node.spec.maintenance
-                    && v.heartbeat_fresh
-                    && v.spec_target.as_deref() != Some(target.as_str())
-                    && v.spec_target.is_some()
-                    && v.running == v.spec_target
+                if !spec.maintenance && was.maintenance {
+                    applied.finishes += 1;
+                }
+                if spec.firmware != was.firmware
+                    && spec.firmware.as_ref().is_some_and(|f| f.bundle.is_none())
                 {
-                    e.node.spec.maintenance = false;
+                    applied.rollbacks += 1;
+                }
+                e.node.spec = spec;
+            }
+            for n in &step.release {
+                if let Some(e) = self.nodes.get_mut(n) {
+                    e.node.spec.fabric = String::new();
                     e.node.spec.desired_version += 1;
+                }
+            }
+            for note in &step.notes {
+                if note.warning {
+                    tracing::warn!(fabric = %name, reason = %note.reason, "{}", note.message);
+                } else {
+                    tracing::info!(fabric = %name, reason = %note.reason, "{}", note.message);
                 }
             }
             let Some(fe) = self.fabrics.get_mut(&name) else {
                 continue;
             };
-            if p.halted {
-                fe.halted_generation = generation;
-            }
-            let mut status = view::fabric_status(&fe.fabric, &p, bundle_status, now);
-            if members.is_empty() || (in_grace && status.phase == Some(FabricPhase::Ready)) {
-                // No node has registered yet, or not every agent has re-registered since a
-                // restart: nothing is Ready yet.
+            let mut status = step.status;
+            if in_grace && status.phase == Some(FabricPhase::Ready) {
+                // Not every agent has re-registered since a restart: nothing is Ready yet.
                 status.phase = Some(FabricPhase::Pending);
-            }
-            if let Some(b) = status.current_batch.as_mut() {
-                let prev = fe
-                    .fabric
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.current_batch.as_ref());
-                b.started_at = match prev {
-                    Some(pb) if pb.index == b.index => pb.started_at.clone(),
-                    _ => Some(view::to_time(now)),
-                };
             }
             fe.fabric.status = Some(status);
             fe.members = members;
+            fe.notes.extend(step.notes);
+            let excess = fe.notes.len().saturating_sub(NOTES_KEPT);
+            fe.notes.drain(..excess);
         }
         applied.pushes = self.push();
         (applied, requeue)

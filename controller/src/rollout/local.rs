@@ -28,10 +28,10 @@ use tokio::sync::{Mutex, Notify, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use super::bundle;
 use super::fleet::{Fleet, NodeEntry, Timing};
 use super::metrics::RolloutMetrics;
 use super::server::{FleetServer, Shared};
+use nexus_artifact::Fetcher;
 
 /// Annotation carrying a node's flash progress in `/v1/nodes` (`stage bytes/total`).
 pub const PROGRESS_ANNOTATION: &str = "nexus.dev/flash-progress";
@@ -252,25 +252,28 @@ async fn reconcile_loop(shared: Arc<Shared>, base: PathBuf, mut shutdown: watch:
         let started = Instant::now();
         let (applied, requeue, fetches) = {
             let mut f = shared.fleet.lock().await;
-            let fetches = f.bundles_to_fetch();
+            let fetches = f.bundles_to_fetch(Utc::now());
             let (applied, requeue) = f.reconcile(Utc::now(), &shared.timing);
             shared
                 .metrics
                 .observe(&f, applied, started.elapsed().as_secs_f64());
             (applied, requeue, fetches)
         };
-        for (fabric, url, sha) in fetches {
+        for (source, sha) in fetches {
             let shared = shared.clone();
-            let base = base.clone();
+            let fetcher = Fetcher::new().with_base_dir(base.clone());
             tokio::spawn(async move {
-                info!(%fabric, %url, "fetching bundle");
-                let fetched = bundle::fetch(&url, &sha, Some(&base)).await;
-                info!(%fabric, state = ?fetched.status.state, message = ?fetched.status.message, "bundle");
+                info!(%source, "fetching bundle");
+                let fetched = fetcher.fetch_verified(&source, &sha).await;
+                match &fetched {
+                    Ok(_) => info!(%source, "bundle verified"),
+                    Err(e) => warn!(%source, error = %e, "bundle fetch failed"),
+                }
                 shared
                     .fleet
                     .lock()
                     .await
-                    .bundle_fetched(&fabric, &sha, fetched);
+                    .bundle_fetched(&source, &sha, fetched, Utc::now());
                 shared.changed.notify_one();
             });
         }

@@ -1,12 +1,17 @@
-//! The Fabric rollout controller. [`plan`] is the pure planner and [`view`] the conversions
-//! around it; [`fleet`] is the controller's picture of the fleet and the reconcile step;
-//! [`server`] the fleet gRPC endpoint (`nexus.fleet.v1`); [`bundle`] fetches and verifies
-//! bundles; [`local`] runs it all without Kubernetes. For the kube mode: [`apply`] (actions →
-//! server-side applies, cordon, drain), [`drain`] (Eviction API, PDB-aware), [`lease`] (leader
-//! election); [`reconcile`] the leader-elected Fabric reconciler that drives them.
+//! The Fabric rollout controller: one sans-IO core and two thin drivers.
+//!
+//! - [`core`]: the whole rollout as one pure `step` (Fabric, members, bundle, now → node specs,
+//!   cordons, evictions, status, Events, requeue), over the planner [`plan`] and the conversions
+//!   in [`view`].
+//! - Local driver: [`fleet`] (the in-memory fleet fed by agents' gRPC streams), [`server`] (the
+//!   `nexus.fleet.v1` endpoint), [`local`] (manifests from a directory, a JSON status API).
+//! - Kube driver: [`reconcile`] (informer stores → `step` → writes, under the [`lease`]),
+//!   [`apply`] (server-side applies), [`drain`] (pods, Eviction API without retries, cordons).
+//!
+//! Bundles come through `nexus-artifact` in both drivers.
 
 pub mod apply;
-pub mod bundle;
+pub mod core;
 pub mod drain;
 pub mod fleet;
 pub mod lease;

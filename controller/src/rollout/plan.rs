@@ -5,9 +5,15 @@
 //! # Waves
 //! Nodes are ordered by name. Wave 0 (the canary wave) is the first `canary` nodes; every later
 //! wave is the next `maxUnavailable` nodes. A wave starts only when the previous wave is done
-//! (each node updated, or failed within the threshold) and has soaked for `soakTime` since its
-//! last node finished. Within a wave, nodes start while the number of nodes out of service
-//! (in progress, failed, in maintenance or not heartbeating) stays within `maxUnavailable`.
+//! (each node updated, failed within the threshold, or skipped because its drain timed out) and
+//! has soaked for `soakTime` since its last node finished. Within a wave, nodes start while the
+//! number of nodes out of service (draining, in progress, failed, in maintenance or not
+//! heartbeating) stays within `maxUnavailable`. A node that was started and is still draining is
+//! in progress: its slot of the budget was taken when it started, and its drain goes on (or
+//! times out) whatever the budget says now — so a wave can always finish.
+//!
+//! Skipped nodes are tried again once every wave is done, no sooner than `retry_skipped_after`
+//! after they were skipped.
 //!
 //! # Restart safety
 //! Everything is derived from resources: which nodes were told to run the target
@@ -47,6 +53,9 @@ pub struct Strategy {
     pub auto_rollback: bool,
     /// Start no new nodes.
     pub paused: bool,
+    /// A node skipped because its drain timed out is tried again this long after (once every
+    /// wave is done).
+    pub retry_skipped_after: Duration,
 }
 
 /// What the planner knows of one node.
@@ -66,6 +75,10 @@ pub struct NodeView {
     pub last_flash: Option<(String, FlashOutcome, Option<DateTime<Utc>>)>,
     /// The agent heartbeat is fresh.
     pub heartbeat_fresh: bool,
+    /// Being drained for a Start of the target (in maintenance, not yet told the target).
+    pub draining: bool,
+    /// Skipped in this rollout (its drain timed out) at this time.
+    pub skipped_at: Option<DateTime<Utc>>,
 }
 
 /// Where a node stands relative to the target.
@@ -79,6 +92,8 @@ pub enum NodeState {
     Updated,
     /// Its flash of the target failed (it runs its previous version).
     Failed,
+    /// Its drain timed out; tried again after every other node.
+    Skipped,
 }
 
 /// One thing to do.
@@ -137,7 +152,8 @@ pub struct Plan {
     pub requeue_after: Option<Duration>,
 }
 
-/// Classifies a node against `target`.
+/// Classifies a node against `target`. An interrupted flash (agent restarted mid-flash) is not
+/// a failure: the node is still in progress and the agent tries again.
 pub fn state(node: &NodeView, target: &str) -> NodeState {
     let failed = node.last_flash.as_ref().is_some_and(|(v, outcome, _)| {
         v == target
@@ -150,18 +166,21 @@ pub fn state(node: &NodeView, target: &str) -> NodeState {
         NodeState::Updated
     } else if failed && node.running.as_deref() != Some(target) {
         NodeState::Failed
-    } else if node.spec_target.as_deref() == Some(target) {
+    } else if node.spec_target.as_deref() == Some(target) || node.draining {
         NodeState::InProgress
+    } else if node.skipped_at.is_some() {
+        NodeState::Skipped
     } else {
         NodeState::Pending
     }
 }
 
-/// Whether the node is out of service for budget purposes.
+/// Whether the node is out of service for budget purposes: not heartbeating, in maintenance
+/// (draining, flashing, or a failed flash not yet released), or being flashed. A node whose
+/// flash failed and that was released runs its previous firmware and serves: it counts against
+/// `failureThreshold`, not against `maxUnavailable` (or failures would eat the budget for good).
 fn out_of_service(node: &NodeView, st: NodeState) -> bool {
-    !node.heartbeat_fresh
-        || node.maintenance
-        || matches!(st, NodeState::InProgress | NodeState::Failed)
+    !node.heartbeat_fresh || node.maintenance || st == NodeState::InProgress
 }
 
 /// Splits ordered node indices into waves: `canary` first, then chunks of `max_unavailable`.
@@ -199,6 +218,7 @@ pub fn plan(strategy: &Strategy, nodes: &[NodeView], halted: bool, now: DateTime
             NodeState::InProgress => counts.updating += 1,
             NodeState::Updated => counts.updated += 1,
             NodeState::Failed => counts.failed += 1,
+            NodeState::Skipped => counts.skipped += 1,
         }
         if out_of_service(n, *st) {
             counts.unavailable += 1;
@@ -213,13 +233,15 @@ pub fn plan(strategy: &Strategy, nodes: &[NodeView], halted: bool, now: DateTime
         .collect();
 
     let mut actions = Vec::new();
-    // Nodes that are done with their flash leave maintenance (uncordon) whatever else happens.
+    // Nodes that are done with their flash leave maintenance (uncordon) whatever else happens:
+    // updated ones, and failed ones (their NICs fell back to the previous image, which serves).
     for (n, st) in order.iter().zip(&states) {
-        if n.maintenance
-            && n.heartbeat_fresh
-            && *st == NodeState::Updated
-            && n.spec_target.as_deref() == Some(target)
-        {
+        let done = match st {
+            NodeState::Updated => n.spec_target.as_deref() == Some(target),
+            NodeState::Failed => !n.draining,
+            _ => false,
+        };
+        if n.maintenance && n.heartbeat_fresh && done {
             actions.push(NodeAction::Finish {
                 node: n.name.clone(),
             });
@@ -242,8 +264,12 @@ pub fn plan(strategy: &Strategy, nodes: &[NodeView], halted: bool, now: DateTime
     let mut prev_done_at: Option<DateTime<Utc>> = None;
     let mut prev_exists = false;
     for (idx, range) in all_waves.iter().enumerate() {
-        let done = range.clone().all(|i| {
-            matches!(states[i], NodeState::Updated | NodeState::Failed) && order[i].heartbeat_fresh
+        // A skipped node is done for its wave, also while it is being tried again (retries run
+        // after the waves, out of band, and must not hold later waves back).
+        let done = range.clone().all(|i| match states[i] {
+            NodeState::Updated | NodeState::Failed => order[i].heartbeat_fresh,
+            NodeState::Skipped => true,
+            NodeState::Pending | NodeState::InProgress => order[i].skipped_at.is_some(),
         });
         let index = if first_canary { idx } else { idx + 1 };
         let index = u32::try_from(index).unwrap_or(u32::MAX);
@@ -301,10 +327,52 @@ pub fn plan(strategy: &Strategy, nodes: &[NodeView], halted: bool, now: DateTime
         break;
     }
 
+    // Every wave done: skipped nodes get another try, one at a time (drains that run together
+    // push pods onto each other and can keep each other from finishing), each once its retry
+    // time has come, the longest-waiting first (so nodes that keep timing out cannot starve
+    // another).
+    let retrying = order
+        .iter()
+        .zip(&states)
+        .any(|(n, st)| n.skipped_at.is_some() && *st == NodeState::InProgress);
+    if wave_info.is_none() && !strategy.paused && !retrying {
+        let retry = chrono::Duration::from_std(strategy.retry_skipped_after).unwrap_or_default();
+        let mut waiting: Vec<&&NodeView> = order
+            .iter()
+            .zip(&states)
+            .filter(|(n, st)| **st == NodeState::Skipped && n.heartbeat_fresh)
+            .map(|(n, _)| n)
+            .collect();
+        waiting.sort_by_key(|n| (n.skipped_at, n.name.clone()));
+        for n in waiting {
+            let Some(at) = n.skipped_at else { continue };
+            let due = at + retry;
+            if now < due {
+                let wait = (due - now).to_std().ok();
+                requeue_after = match (requeue_after, wait) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                continue;
+            }
+            if budget > 0 {
+                actions.push(NodeAction::Start {
+                    node: n.name.clone(),
+                    version: strategy.target.clone(),
+                });
+                break;
+            }
+        }
+    }
+
+    let finished_with_failures =
+        wave_info.is_none() && counts.failed > 0 && counts.updated + counts.failed == counts.total;
     let phase = if counts.updated == counts.total {
         FabricPhase::Ready
     } else if strategy.paused {
         FabricPhase::Paused
+    } else if finished_with_failures {
+        FabricPhase::Degraded
     } else {
         FabricPhase::Progressing
     };
@@ -350,7 +418,10 @@ fn plan_rollback(
             remaining += 1;
             match st {
                 // Never got the target (failed, or not flashed yet): point it back at what it runs.
-                NodeState::Failed | NodeState::InProgress | NodeState::Pending => {
+                NodeState::Failed
+                | NodeState::InProgress
+                | NodeState::Pending
+                | NodeState::Skipped => {
                     if let Some(v) = n.running.clone()
                         && v != target
                     {
@@ -418,6 +489,7 @@ mod tests {
             failure_threshold: 0,
             auto_rollback: true,
             paused: false,
+            retry_skipped_after: Duration::from_secs(600),
         }
     }
 
@@ -430,6 +502,8 @@ mod tests {
             previous: None,
             last_flash: None,
             heartbeat_fresh: true,
+            draining: false,
+            skipped_at: None,
         }
     }
 
@@ -524,6 +598,58 @@ mod tests {
             "a batch of maxUnavailable"
         );
         assert_eq!(p.wave.as_ref().map(|w| w.index), Some(1));
+    }
+
+    #[test]
+    fn an_interrupted_flash_is_in_progress_not_failed() {
+        let mut n = node(0);
+        n.spec_target = Some("2.0".into());
+        n.last_flash = Some(("2.0".into(), FlashOutcome::Interrupted, Some(t(1))));
+        assert_eq!(state(&n, "2.0"), NodeState::InProgress);
+        let mut s = strategy();
+        s.failure_threshold = 0;
+        let p = plan(&s, &[n], false, t(2));
+        assert!(!p.halted, "a restart mid-flash does not halt the rollout");
+    }
+
+    #[test]
+    fn a_draining_node_holds_its_slot_and_a_skipped_one_waits_for_the_end() {
+        let mut s = strategy();
+        s.canary = 0;
+        s.max_unavailable = 2;
+        let mut nodes = fleet(4);
+        // node-000 and node-001 drain (maintenance, not yet told the target).
+        for n in nodes.iter_mut().take(2) {
+            n.maintenance = true;
+            n.draining = true;
+        }
+        let p = plan(&s, &nodes, false, t(0));
+        assert!(starts(&p).is_empty(), "both slots are taken by the drains");
+        assert_eq!(p.counts.updating, 2);
+        // node-000's drain timed out: skipped, uncordoned; the wave is done with it.
+        nodes[0].maintenance = false;
+        nodes[0].draining = false;
+        nodes[0].skipped_at = Some(t(10));
+        nodes[1].draining = false;
+        nodes[1].spec_target = Some("2.0".into());
+        nodes[1].running = Some("2.0".into());
+        nodes[1].maintenance = false;
+        nodes[1].last_flash = Some(("2.0".into(), FlashOutcome::Succeeded, Some(t(20))));
+        let p = plan(&s, &nodes, false, t(100));
+        assert_eq!(starts(&p), ["node-002", "node-003"], "the next wave");
+        assert_eq!(p.counts.skipped, 1);
+        // Every other node done: the skipped one is retried after retry_skipped_after.
+        for n in nodes.iter_mut().skip(2) {
+            n.spec_target = Some("2.0".into());
+            n.running = Some("2.0".into());
+            n.last_flash = Some(("2.0".into(), FlashOutcome::Succeeded, Some(t(200))));
+        }
+        let p = plan(&s, &nodes, false, t(300));
+        assert!(starts(&p).is_empty(), "not before its retry time");
+        assert_eq!(p.phase, FabricPhase::Progressing);
+        assert!(p.requeue_after.is_some());
+        let p = plan(&s, &nodes, false, t(10 + 600));
+        assert_eq!(starts(&p), ["node-000"]);
     }
 
     #[test]
@@ -628,7 +754,7 @@ mod tests {
             fail_mask in proptest::collection::vec(any::<bool>(), 40),
             stale_mask in proptest::collection::vec(proptest::bool::weighted(0.1), 40),
         ) {
-            let s = Strategy { target: "2.0".into(), canary, max_unavailable, soak: Duration::from_secs(30), failure_threshold: threshold, auto_rollback: true, paused };
+            let s = Strategy { target: "2.0".into(), canary, max_unavailable, soak: Duration::from_secs(30), failure_threshold: threshold, auto_rollback: true, paused, retry_skipped_after: Duration::from_secs(600) };
             let mut nodes = fleet(n);
             let fail: Vec<String> = (0..n).filter(|i| fail_mask[*i] && *i % 7 == 3).map(|i| format!("node-{i:03}")).collect();
             let fail: Vec<&str> = fail.iter().map(String::as_str).collect();

@@ -1,73 +1,93 @@
-//! The kube mode of the rollout: a Fabric reconciler that drives [`plan`] through
-//! [`apply`], acting only while this replica holds the coordination Lease
-//! ([`super::lease`]).
+//! The kube driver of the rollout core (`nexus-controller rollout`): a Fabric reconciler that
+//! gathers [`core::Input`] from informer stores, calls [`core::step`] and writes what it returns,
+//! acting only while this replica holds the coordination Lease ([`super::lease`]).
 //!
-//! One reconcile of a Fabric: the selected Nodes (its `nodeSelector`) → one NexusNode each
-//! (created with the controller's field manager when missing) → the bundle (fetched and verified
-//! once per digest) → [`view::node_view`] → [`plan::plan`] → every action through
-//! [`apply::apply_action`] (no Start before the bundle is Verified) → `Fabric.status` by
-//! server-side apply on the status subresource → Events on transitions → a timed requeue.
+//! One reconcile of a Fabric: the selected Nodes and their NexusNodes (from the reflector
+//! stores — no list of the cluster per reconcile) → pods of the nodes in maintenance (a
+//! field-selected list, only for those) → the bundle (through the cache: fetched once per
+//! digest, failures retried with back-off) → `step` → NexusNode specs by server-side apply,
+//! cordons, evictions (without kube's 429 retries), released NexusNodes, the status when it
+//! changed, Events → a timed requeue. A failed write does not stop the others or the status;
+//! the first error is returned afterwards for the back-off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::Node;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::{Api, Resource};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use nexus_artifact::{Fetcher, Lookup, Source};
 use nexus_crds::Fabric;
-use nexus_crds::common::ArtifactSource;
-use nexus_crds::fabric::{BundleState, BundleStatus, FabricPhase};
-use nexus_crds::node::{NexusNode, NexusNodeSpec};
+use nexus_crds::node::NexusNode;
 use tokio::sync::Mutex;
 use tracing::{info, instrument, warn};
 
-use super::apply::{self, Applied, Drains};
-use super::bundle;
-use super::fleet::selector_matches;
+use super::apply;
+use super::core::{self, Bundle, CORDONED_BY, KubeNode, Member};
+use super::drain::{self, Evicted};
 use super::lease::LeaseLock;
 use super::metrics::{ActionLabels, FabricStateLabels, RolloutMetrics};
-use super::plan::{self, NodeAction, Plan};
-use super::view;
+use super::view::selector_matches;
 use crate::Error;
 
-/// Requeue while a rollout moves and the planner named no time.
-pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
-/// Requeue of a settled Fabric (watches wake it sooner).
-pub const IDLE_INTERVAL: Duration = Duration::from_secs(300);
+pub use super::core::{IDLE_INTERVAL, PROGRESS_INTERVAL};
+
 /// Requeue while another replica leads.
 pub const FOLLOWER_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Shared state of the Fabric reconciler.
 pub struct Context {
-    /// Kubernetes client.
+    /// Kubernetes client (kube's default retries).
     pub client: kube::Client,
-    /// Event reporter identity.
-    pub reporter: Reporter,
-    /// Namespace of ConfigMap bundle sources (the controller's).
+    /// Client for evictions, without retries: a PodDisruptionBudget's 429 is an answer.
+    pub eviction_client: kube::Client,
+    /// Publishes Events (one recorder: repeats fold into a series).
+    pub recorder: Recorder,
+    /// Namespace of ConfigMap bundle sources that name none (the controller's).
     pub namespace: String,
     /// A node whose agent has not reported for this long counts as unavailable.
     pub heartbeat_timeout: Duration,
     /// Set while this replica holds the Lease.
     pub leader: Arc<AtomicBool>,
-    /// Verified bundles by sha256.
-    pub bundles: Mutex<BTreeMap<String, BundleStatus>>,
-    /// Drains under way.
-    pub drains: Mutex<Drains>,
+    /// Fetched bundles and failed fetches, by source and digest.
+    pub bundles: Mutex<nexus_artifact::Cache>,
+    /// Reads bundle sources (URLs and ConfigMaps in any namespace).
+    pub fetcher: Fetcher,
+    /// Pods whose last eviction a PodDisruptionBudget refused (shown in status).
+    pub blocked: Mutex<BTreeSet<String>>,
+    /// Informer stores.
+    pub stores: Stores,
     /// Clock, injectable for tests.
     pub now: fn() -> DateTime<Utc>,
     /// Metrics (`nexus_rollout_*`), when registered.
     pub metrics: Option<Arc<RolloutMetrics>>,
 }
 
+/// The reflector stores the reconciler reads instead of listing.
+#[derive(Clone)]
+pub struct Stores {
+    /// Fabrics.
+    pub fabrics: Store<Fabric>,
+    /// Nodes.
+    pub nodes: Store<Node>,
+    /// NexusNodes.
+    pub nexus_nodes: Store<NexusNode>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
-            .field("reporter", &self.reporter)
             .field("namespace", &self.namespace)
             .finish_non_exhaustive()
     }
@@ -75,25 +95,33 @@ impl std::fmt::Debug for Context {
 
 impl Context {
     /// A context that is not leading yet.
-    pub fn new(client: kube::Client, namespace: &str) -> Self {
+    pub fn new(
+        client: kube::Client,
+        eviction_client: kube::Client,
+        namespace: &str,
+        stores: Stores,
+    ) -> Self {
         Self {
+            recorder: Recorder::new(client.clone(), apply::MANAGER.into()),
+            fetcher: Fetcher::new().with_kube(client.clone()),
             client,
-            reporter: apply::MANAGER.into(),
+            eviction_client,
             namespace: namespace.into(),
-            heartbeat_timeout: view::DEFAULT_HEARTBEAT_TIMEOUT,
+            heartbeat_timeout: super::view::DEFAULT_HEARTBEAT_TIMEOUT,
             leader: Arc::new(AtomicBool::new(false)),
-            bundles: Mutex::new(BTreeMap::new()),
-            drains: Mutex::new(Drains::default()),
+            bundles: Mutex::new(nexus_artifact::Cache::new()),
+            blocked: Mutex::new(BTreeSet::new()),
+            stores,
             now: Utc::now,
             metrics: None,
         }
     }
 }
 
-/// Names of the Nodes a selector selects, sorted.
+/// Names of the Nodes a selector picks, sorted.
 pub fn selected_nodes(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    nodes: &[Node],
+    nodes: &[Arc<Node>],
 ) -> Vec<String> {
     let empty = BTreeMap::new();
     let mut out: Vec<String> = nodes
@@ -105,307 +133,277 @@ pub fn selected_nodes(
     out
 }
 
-/// The spec of a NexusNode the controller creates for a newly selected node.
-pub fn new_node_spec(fabric: &Fabric) -> NexusNodeSpec {
-    NexusNodeSpec {
-        fabric: fabric.metadata.name.clone().unwrap_or_default(),
-        desired_version: 0,
-        firmware: None,
-        pipeline: fabric.spec.pipeline.clone(),
-        dataplane: fabric.spec.dataplane.clone(),
-        maintenance: false,
-    }
-}
-
-/// Which kind of source a bundle comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// `url`.
-    Url(String),
-    /// `configMap`: name and key.
-    ConfigMap(String, String),
-    /// `oci`: not supported yet.
-    Oci,
-    /// Nothing set.
-    None,
-}
-
-/// Classifies an artifact source (URL first, then ConfigMap, then OCI).
-pub fn source(s: &ArtifactSource) -> Source {
-    if let Some(u) = &s.url {
-        Source::Url(u.clone())
-    } else if let Some(c) = &s.config_map {
-        Source::ConfigMap(c.name.clone(), c.key.clone())
-    } else if s.oci.is_some() {
-        Source::Oci
-    } else {
-        Source::None
-    }
-}
-
-fn failed(message: &str) -> BundleStatus {
-    BundleStatus {
-        state: BundleState::Failed,
-        sha256: None,
-        message: Some(message.into()),
-    }
-}
-
-/// Fetches and verifies the Fabric's bundle, once per digest.
-async fn resolve_bundle(ctx: &Context, fabric: &Fabric) -> Result<BundleStatus, Error> {
+/// The bundle of a Fabric through the cache: fetched (and verified) at most once per digest;
+/// a failure is kept, with its back-off, instead of fetching on every reconcile.
+async fn bundle(ctx: &Context, fabric: &Fabric, now: DateTime<Utc>) -> Bundle {
     let fw = &fabric.spec.firmware;
-    if let Some(st) = ctx.bundles.lock().await.get(&fw.sha256) {
-        return Ok(st.clone());
-    }
-    let fetched = match source(&fw.bundle) {
-        Source::Url(url) => bundle::fetch(&url, &fw.sha256, None).await.status,
-        Source::ConfigMap(name, key) => {
-            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-            match api.get_opt(&name).await? {
-                None => failed(&format!(
-                    "ConfigMap {}/{name} does not exist",
-                    ctx.namespace
-                )),
-                Some(cm) => match cm.binary_data.as_ref().and_then(|d| d.get(&key)) {
-                    Some(bytes) => bundle::verify(bytes.0.clone(), &fw.sha256).status,
-                    None => failed(&format!(
-                        "ConfigMap {}/{name} has no binaryData key {key}",
-                        ctx.namespace
-                    )),
-                },
-            }
+    let src = match Source::from_crd(&fw.bundle, &ctx.namespace) {
+        Ok(s) => s,
+        Err(e) => {
+            return Bundle::Failed {
+                message: e.to_string(),
+                retry_at: now + chrono::Duration::hours(1),
+            };
         }
-        Source::Oci => failed("OCI sources are not supported yet"),
-        Source::None => failed("the Fabric names no bundle source"),
     };
-    if fetched.state == BundleState::Verified {
-        ctx.bundles
-            .lock()
-            .await
-            .insert(fw.sha256.clone(), fetched.clone());
-    }
-    Ok(fetched)
-}
-
-/// Whether the bundle allows starting nodes.
-fn verified(b: &BundleStatus) -> bool {
-    b.state == BundleState::Verified
-}
-
-/// The actions to apply: no Start before the bundle is verified.
-pub fn allowed_actions(plan: &Plan, bundle_verified: bool) -> Vec<NodeAction> {
-    plan.actions
-        .iter()
-        .filter(|a| bundle_verified || !matches!(a, NodeAction::Start { .. }))
-        .cloned()
-        .collect()
-}
-
-/// When to look again.
-pub fn requeue(plan: &Plan, phase: FabricPhase) -> Duration {
-    let busy = matches!(
-        phase,
-        FabricPhase::Progressing | FabricPhase::RollingBack | FabricPhase::Pending
-    ) || !plan.actions.is_empty();
-    match plan.requeue_after {
-        Some(d) => d.min(if busy {
-            PROGRESS_INTERVAL
-        } else {
-            IDLE_INTERVAL
-        }),
-        None if busy => PROGRESS_INTERVAL,
-        None => IDLE_INTERVAL,
-    }
-}
-
-async fn publish(ctx: &Context, fabric: &Fabric, type_: EventType, reason: &str, note: String) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Rollout".into(),
-        secondary: None,
+    let claimed = {
+        let mut cache = ctx.bundles.lock().await;
+        match cache.lookup(&src, &fw.sha256, now) {
+            Lookup::Verified(_) => return Bundle::Verified,
+            Lookup::InFlight => return Bundle::Fetching,
+            Lookup::Failed {
+                error, retry_at, ..
+            } => {
+                return Bundle::Failed {
+                    message: error.to_string(),
+                    retry_at,
+                };
+            }
+            Lookup::Fetch => true,
+        }
     };
-    if let Err(e) = recorder.publish(&ev, &fabric.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
+    debug_assert!(claimed);
+    info!(source = %src, "fetching bundle");
+    let result = ctx.fetcher.fetch_verified(&src, &fw.sha256).await;
+    if let Err(e) = &result {
+        warn!(source = %src, error = %e, "bundle fetch failed");
     }
+    match ctx
+        .bundles
+        .lock()
+        .await
+        .record(&src, &fw.sha256, result, (ctx.now)())
+    {
+        Lookup::Verified(_) => Bundle::Verified,
+        Lookup::Failed {
+            error, retry_at, ..
+        } => Bundle::Failed {
+            message: error.to_string(),
+            retry_at,
+        },
+        Lookup::InFlight | Lookup::Fetch => Bundle::Fetching,
+    }
+}
+
+fn leading(ctx: &Context) -> bool {
+    ctx.leader.load(Ordering::SeqCst)
 }
 
 /// Reconciles one Fabric.
 #[instrument(skip_all, fields(fabric = fabric.metadata.name.as_deref().unwrap_or_default()))]
 pub async fn reconcile(fabric: Arc<Fabric>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if !ctx.leader.load(Ordering::SeqCst) {
+    if !leading(&ctx) {
         return Ok(Action::requeue(FOLLOWER_INTERVAL));
     }
+    let started = std::time::Instant::now();
     let name = fabric.metadata.name.clone().ok_or(Error::MissingField {
         kind: "Fabric",
         field: "metadata.name",
     })?;
     let now = (ctx.now)();
 
-    // The selected nodes and their NexusNodes.
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let selected = selected_nodes(
-        &fabric.spec.node_selector,
-        &nodes.list(&ListParams::default()).await?.items,
-    );
-    let nexus: Api<NexusNode> = Api::all(ctx.client.clone());
-    let all: BTreeMap<String, NexusNode> = nexus
-        .list(&ListParams::default())
-        .await?
-        .items
+    // Membership, from the stores.
+    let selected = selected_nodes(&fabric.spec.node_selector, &ctx.stores.nodes.state());
+    let nexus_nodes: BTreeMap<String, Arc<NexusNode>> = ctx
+        .stores
+        .nexus_nodes
+        .state()
         .into_iter()
         .filter_map(|n| Some((n.metadata.name.clone()?, n)))
         .collect();
-    let mut existing = BTreeMap::new();
+    let fabrics: BTreeMap<String, Arc<Fabric>> = ctx
+        .stores
+        .fabrics
+        .state()
+        .into_iter()
+        .filter_map(|f| Some((f.metadata.name.clone()?, f)))
+        .collect();
+    let node_objs: BTreeMap<String, Arc<Node>> = ctx
+        .stores
+        .nodes
+        .state()
+        .into_iter()
+        .filter_map(|n| Some((n.metadata.name.clone()?, n)))
+        .collect();
+    let mut member_names = Vec::new();
+    let mut conflicting = Vec::new();
     for node in &selected {
-        match all.get(node) {
-            Some(n) if n.spec.fabric == name => {
-                existing.insert(node.clone(), n.clone());
+        match nexus_nodes.get(node) {
+            // Managed by another Fabric that still exists and still selects it: never steal.
+            Some(n)
+                if !n.spec.fabric.is_empty()
+                    && n.spec.fabric != name
+                    && fabrics.get(&n.spec.fabric).is_some_and(|other| {
+                        selector_matches(
+                            &other.spec.node_selector,
+                            node_objs
+                                .get(node)
+                                .and_then(|o| o.metadata.labels.as_ref())
+                                .unwrap_or(&BTreeMap::new()),
+                        )
+                    }) =>
+            {
+                conflicting.push(node.clone());
             }
-            Some(n) => {
-                // Selected by two Fabrics: the first one keeps it; never steal a node.
-                warn!(node = %node, owner = %n.spec.fabric, "node belongs to another Fabric; skipped");
-            }
-            None => {
-                let spec = new_node_spec(&fabric);
-                apply::apply_node_spec(&ctx.client, node, &spec).await?;
-                existing.insert(node.clone(), NexusNode::new(node, spec));
-            }
+            _ => member_names.push(node.clone()),
         }
     }
-    let members: Vec<&NexusNode> = selected.iter().filter_map(|n| existing.get(n)).collect();
-
-    // Bundle, views, plan.
-    let bundle = resolve_bundle(&ctx, &fabric).await?;
-    let views: Vec<_> = members
-        .iter()
-        .map(|n| view::node_view(n, now, ctx.heartbeat_timeout))
+    let former: Vec<&NexusNode> = nexus_nodes
+        .values()
+        .filter(|n| n.spec.fabric == name)
+        .filter(|n| {
+            n.metadata
+                .name
+                .as_ref()
+                .is_some_and(|x| !selected.contains(x))
+        })
+        .map(|n| n.as_ref())
         .collect();
-    let population = u32::try_from(views.len()).unwrap_or(u32::MAX);
-    let strategy = view::strategy(&fabric, population)?;
-    let drain_timeout = nexus_crds::common::parse_duration(&fabric.spec.rollout.drain_timeout)?;
-    let plan = plan::plan(&strategy, &views, view::halted(&fabric), now);
 
-    // Actions.
-    let actions = allowed_actions(&plan, verified(&bundle));
-    let mut started = Vec::new();
-    let mut rolled_back = Vec::new();
-    for action in &actions {
-        let node_name = match action {
-            NodeAction::Start { node, .. }
-            | NodeAction::Finish { node }
-            | NodeAction::Rollback { node, .. } => node,
+    // Pods, only for nodes in maintenance.
+    let blocked = ctx.blocked.lock().await.clone();
+    let mut members = Vec::new();
+    for m in &member_names {
+        let nn = nexus_nodes.get(m).map(|n| n.as_ref());
+        let k8s = node_objs.get(m);
+        let maintenance = nn.is_some_and(|n| n.spec.maintenance);
+        let pods = if maintenance {
+            Some(drain::pods_to_drain(&ctx.client, m, &blocked).await?)
+        } else {
+            None
         };
-        if !ctx.leader.load(Ordering::SeqCst) {
-            // Lost the Lease mid-reconcile: stop acting; the new leader carries on.
+        members.push(Member {
+            name: m.clone(),
+            nexus_node: nn,
+            kube: Some(KubeNode {
+                unschedulable: k8s
+                    .and_then(|n| n.spec.as_ref())
+                    .and_then(|s| s.unschedulable)
+                    .unwrap_or(false),
+                cordoned_by_us: k8s
+                    .and_then(|n| n.metadata.annotations.as_ref())
+                    .is_some_and(|a| a.contains_key(CORDONED_BY)),
+                pods,
+            }),
+        });
+    }
+
+    let bundle = bundle(&ctx, &fabric, now).await;
+    let input = core::Input {
+        fabric: &fabric,
+        members,
+        former,
+        conflicting,
+        bundle,
+        now,
+        heartbeat_timeout: ctx.heartbeat_timeout,
+        hold_starts: false,
+        rollback_requested: false,
+    };
+    let step = core::step(&input)?;
+
+    // Writes. The Lease is checked before each; a failed write does not stop the others.
+    let mut first_error: Option<Error> = None;
+    let mut keep = |r: Result<(), Error>| {
+        if let Err(e) = r {
+            warn!(error = %e, "write failed");
+            if first_error.is_none() {
+                first_error = Some(e);
+            }
+        }
+    };
+    let owner = apply::owner(&fabric);
+    for (node, spec) in &step.node_specs {
+        if !leading(&ctx) {
             warn!("lease lost; stopping");
             return Ok(Action::requeue(FOLLOWER_INTERVAL));
         }
-        let Some(node) = existing.get(node_name) else {
-            continue;
-        };
-        let mut drains = ctx.drains.lock().await;
-        let applied = apply::apply_action(
-            &ctx.client,
-            &fabric,
-            node,
-            action,
-            &mut drains,
-            drain_timeout,
-            now,
-        )
-        .await?;
-        drop(drains);
-        match (action, applied) {
-            (NodeAction::Start { .. }, Applied::DrainTimedOut) => {
-                publish(
-                    &ctx,
-                    &fabric,
-                    EventType::Warning,
-                    "DrainTimedOut",
-                    format!("draining {node_name} took longer than the drainTimeout"),
-                )
-                .await;
+        keep(apply::apply_node_spec(&ctx.client, node, spec, owner.as_ref()).await);
+    }
+    for (node, on) in &step.cordons {
+        if !leading(&ctx) {
+            return Ok(Action::requeue(FOLLOWER_INTERVAL));
+        }
+        keep(drain::cordon(&ctx.client, node, *on, &name, apply::MANAGER).await);
+    }
+    let mut refused = BTreeSet::new();
+    for pod in &step.evictions {
+        if !leading(&ctx) {
+            return Ok(Action::requeue(FOLLOWER_INTERVAL));
+        }
+        match drain::evict(&ctx.eviction_client, pod).await {
+            Ok(Evicted::Blocked) => {
+                refused.insert(pod.key());
             }
-            (NodeAction::Start { .. }, _) => started.push(node_name.clone()),
-            (NodeAction::Rollback { .. }, _) => rolled_back.push(node_name.clone()),
-            (NodeAction::Finish { .. }, _) => {}
+            Ok(Evicted::Yes | Evicted::Gone) => {}
+            Err(e) => keep(Err(e)),
         }
     }
+    {
+        let mut b = ctx.blocked.lock().await;
+        for pod in &step.evictions {
+            b.remove(&pod.key());
+        }
+        b.extend(refused);
+    }
+    for node in &step.release {
+        keep(apply::release(&ctx.client, node).await);
+    }
+    if core::status_changed(fabric.status.as_ref(), &step.status) && leading(&ctx) {
+        keep(apply::apply_fabric_status(&ctx.client, &name, &step.status).await);
+    }
+    for n in &step.notes {
+        publish(&ctx, &fabric, n).await;
+    }
+    if let Some(m) = &ctx.metrics {
+        record(m, &name, &step, started.elapsed());
+    }
+    info!(
+        phase = ?step.status.phase,
+        specs = step.node_specs.len(),
+        cordons = step.cordons.len(),
+        evictions = step.evictions.len(),
+        "reconciled"
+    );
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(Action::requeue(step.requeue)),
+    }
+}
 
-    // Status.
-    let old_phase = fabric.status.as_ref().and_then(|s| s.phase);
-    let status = view::fabric_status(&fabric, &plan, Some(bundle.clone()), now);
-    let phase = status.phase.unwrap_or(FabricPhase::Pending);
-    apply::apply_fabric_status(&ctx.client, &name, &status).await?;
-
-    // Events.
-    if old_phase != Some(phase) {
-        let type_ = if matches!(phase, FabricPhase::Halted | FabricPhase::RollingBack) {
+async fn publish(ctx: &Context, fabric: &Fabric, n: &core::Note) {
+    let ev = Event {
+        type_: if n.warning {
             EventType::Warning
         } else {
             EventType::Normal
-        };
-        let note = match (phase, &bundle.message) {
-            (FabricPhase::Pending, Some(m)) => format!("phase {phase:?}: bundle: {m}"),
-            _ => format!(
-                "phase {phase:?}: {}/{} nodes run {}",
-                plan.counts.updated, plan.counts.total, strategy.target
-            ),
-        };
-        publish(&ctx, &fabric, type_, &format!("{phase:?}"), note).await;
+        },
+        reason: n.reason.clone(),
+        note: Some(n.message.chars().take(1000).collect()),
+        action: "Rollout".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &fabric.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
     }
-    if !started.is_empty() {
-        let wave = plan.wave.as_ref().map_or(0, |w| w.index);
-        publish(
-            &ctx,
-            &fabric,
-            EventType::Normal,
-            "WaveStarted",
-            format!("wave {wave}: {} → {}", started.join(", "), strategy.target),
-        )
-        .await;
-    }
-    if !rolled_back.is_empty() {
-        publish(
-            &ctx,
-            &fabric,
-            EventType::Warning,
-            "RollingBack",
-            format!("rolling back {}", rolled_back.join(", ")),
-        )
-        .await;
-    }
-    if let Some(m) = &ctx.metrics {
-        record(m, &name, &actions, &status.nodes, (ctx.now)() - now);
-    }
-    info!(?phase, actions = actions.len(), "reconciled");
-    Ok(Action::requeue(requeue(&plan, phase)))
 }
 
-fn record(
-    m: &RolloutMetrics,
-    fabric: &str,
-    actions: &[NodeAction],
-    c: &nexus_crds::fabric::NodeCounts,
-    took: chrono::Duration,
-) {
-    m.reconcile_duration
-        .observe(took.to_std().unwrap_or_default().as_secs_f64());
-    for a in actions {
-        let action = match a {
-            NodeAction::Start { .. } => "start",
-            NodeAction::Finish { .. } => "finish",
-            NodeAction::Rollback { .. } => "rollback",
-        };
-        m.actions
-            .get_or_create(&ActionLabels {
-                action: action.into(),
-            })
-            .inc();
+fn record(m: &RolloutMetrics, fabric: &str, step: &core::Step, took: Duration) {
+    m.reconcile_duration.observe(took.as_secs_f64());
+    for (action, n) in [
+        ("spec", step.node_specs.len()),
+        ("cordon", step.cordons.len()),
+        ("evict", step.evictions.len()),
+    ] {
+        if n > 0 {
+            m.actions
+                .get_or_create(&ActionLabels {
+                    action: action.into(),
+                })
+                .inc_by(n as u64);
+        }
     }
+    let c = &step.status.nodes;
     for (state, v) in [
         ("total", c.total),
         ("updated", c.updated),
@@ -414,6 +412,7 @@ fn record(
         ("failed", c.failed),
         ("unavailable", c.unavailable),
         ("rolled_back", c.rolled_back),
+        ("skipped", c.skipped),
     ] {
         m.fabric_nodes
             .get_or_create(&FabricStateLabels {
@@ -427,7 +426,7 @@ fn record(
 /// Back-off for failed reconciles.
 pub fn error_policy(_fabric: Arc<Fabric>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(error = %error, "fabric reconcile failed");
-    if ctx.leader.load(Ordering::SeqCst) {
+    if leading(&ctx) {
         Action::requeue(PROGRESS_INTERVAL)
     } else {
         Action::requeue(FOLLOWER_INTERVAL)
@@ -466,111 +465,118 @@ pub async fn hold_lease(lock: LeaseLock, leader: Arc<AtomicBool>) {
     }
 }
 
-/// The Fabrics a NexusNode belongs to.
-pub fn fabric_of(node: &NexusNode) -> Option<kube::runtime::reflector::ObjectRef<Fabric>> {
-    (!node.spec.fabric.is_empty())
-        .then(|| kube::runtime::reflector::ObjectRef::new(&node.spec.fabric))
+/// The Fabric a NexusNode belongs to.
+pub fn fabric_of(node: &NexusNode) -> Option<ObjectRef<Fabric>> {
+    (!node.spec.fabric.is_empty()).then(|| ObjectRef::new(&node.spec.fabric))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-    use kube::api::ObjectMeta;
-
-    fn node(name: &str, labels: &[(&str, &str)]) -> Node {
-        Node {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                labels: Some(
-                    labels
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                ),
-                ..ObjectMeta::default()
-            },
-            ..Node::default()
-        }
+/// What in a NexusNode is worth a Fabric reconcile: its spec and what its agent reports, but not
+/// the heartbeat alone (every agent heartbeats every few seconds; a stale heartbeat is noticed
+/// by the timed requeue instead).
+pub fn nexus_node_changes(n: &NexusNode) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&n.spec)
+        .unwrap_or_default()
+        .hash(&mut h);
+    if let Some(s) = &n.status {
+        let mut s = s.clone();
+        s.heartbeat = None;
+        // Conditions carry transition times; what they say is reason and status.
+        let conditions: Vec<(String, String, String)> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect();
+        s.conditions.clear();
+        serde_json::to_string(&s).unwrap_or_default().hash(&mut h);
+        conditions.hash(&mut h);
     }
+    Some(h.finish())
+}
 
-    #[test]
-    fn selects_nodes_by_labels_and_expressions() {
-        let nodes = vec![
-            node("c", &[("pool", "gpu"), ("zone", "a")]),
-            node("a", &[("pool", "gpu"), ("zone", "b")]),
-            node("b", &[("pool", "cpu")]),
-            node("d", &[("pool", "gpu"), ("zone", "a"), ("drain", "x")]),
-        ];
-        let sel = LabelSelector {
-            match_labels: Some([("pool".to_owned(), "gpu".to_owned())].into()),
-            match_expressions: Some(vec![
-                LabelSelectorRequirement {
-                    key: "zone".into(),
-                    operator: "In".into(),
-                    values: Some(vec!["a".into(), "b".into()]),
-                },
-                LabelSelectorRequirement {
-                    key: "drain".into(),
-                    operator: "DoesNotExist".into(),
-                    values: None,
-                },
-            ]),
-        };
-        assert_eq!(selected_nodes(&sel, &nodes), vec!["a", "c"]);
-        assert_eq!(
-            selected_nodes(&LabelSelector::default(), &nodes),
-            vec!["a", "b", "c", "d"]
-        );
-    }
+/// What in a Node is worth a Fabric reconcile: labels (selection) and the cordon.
+pub fn node_changes(n: &Node) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    n.metadata.labels.hash(&mut h);
+    n.spec.as_ref().and_then(|s| s.unschedulable).hash(&mut h);
+    n.annotations().get(CORDONED_BY).hash(&mut h);
+    Some(h.finish())
+}
 
-    #[test]
-    fn sources_and_gating() {
-        let url = ArtifactSource {
-            url: Some("https://x/b".into()),
-            ..ArtifactSource::default()
-        };
-        assert_eq!(source(&url), Source::Url("https://x/b".into()));
-        let oci = ArtifactSource {
-            oci: Some("r.io/fw:1".into()),
-            ..ArtifactSource::default()
-        };
-        assert_eq!(source(&oci), Source::Oci);
-        assert_eq!(source(&ArtifactSource::default()), Source::None);
+/// What in a Fabric is worth a reconcile: its spec (generation). Its status is ours.
+pub fn fabric_changes(f: &Fabric) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    f.metadata.generation.hash(&mut h);
+    f.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
 
-        let plan = Plan {
-            actions: vec![
-                NodeAction::Start {
-                    node: "a".into(),
-                    version: "2".into(),
-                },
-                NodeAction::Finish { node: "b".into() },
-            ],
-            phase: FabricPhase::Progressing,
-            counts: Default::default(),
-            versions: vec![],
-            wave: None,
-            halted: false,
-            requeue_after: None,
-        };
-        assert_eq!(allowed_actions(&plan, true).len(), 2);
-        assert_eq!(
-            allowed_actions(&plan, false),
-            vec![NodeAction::Finish { node: "b".into() }]
-        );
-        assert_eq!(requeue(&plan, FabricPhase::Progressing), PROGRESS_INTERVAL);
-        let idle = Plan {
-            actions: vec![],
-            ..plan.clone()
-        };
-        assert_eq!(requeue(&idle, FabricPhase::Ready), IDLE_INTERVAL);
-        let soaking = Plan {
-            requeue_after: Some(Duration::from_secs(3)),
-            ..idle
-        };
-        assert_eq!(
-            requeue(&soaking, FabricPhase::Progressing),
-            Duration::from_secs(3)
-        );
-    }
+/// Runs the Fabric reconciler until `shutdown` resolves: Fabrics (by generation), NexusNodes
+/// (by spec and reported state, not heartbeats) and Nodes (by labels and cordon) through
+/// reflector stores that the reconciler reads. The Lease must be held separately
+/// ([`hold_lease`] on `ctx.leader`).
+pub async fn run(
+    client: kube::Client,
+    make_ctx: impl FnOnce(Stores) -> Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::StreamExt;
+    use kube::Api;
+    use kube::runtime::controller::Config as ControllerConfig;
+    use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+
+    let (fabric_reader, fabric_writer) = reflector::store::<Fabric>();
+    let (node_reader, node_writer) = reflector::store::<Node>();
+    let (nn_reader, nn_writer) = reflector::store::<NexusNode>();
+    let fabric_stream = watcher(
+        Api::<Fabric>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(fabric_writer)
+    .applied_objects()
+    .predicate_filter(fabric_changes, Default::default());
+    let nn_stream = watcher(
+        Api::<NexusNode>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(nn_writer)
+    .applied_objects()
+    .predicate_filter(nexus_node_changes, Default::default());
+    let node_stream = watcher(Api::<Node>::all(client), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_writer)
+        .applied_objects()
+        .predicate_filter(node_changes, Default::default());
+    let stores = Stores {
+        fabrics: fabric_reader.clone(),
+        nodes: node_reader,
+        nexus_nodes: nn_reader,
+    };
+    let ctx = make_ctx(stores.clone());
+    let fabrics_for_nodes = fabric_reader.clone();
+    Controller::for_stream(fabric_stream, fabric_reader)
+        .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
+        .watches_stream(nn_stream, |n| fabric_of(&n))
+        .watches_stream(node_stream, move |node| {
+            let labels = node.metadata.labels.clone().unwrap_or_default();
+            fabrics_for_nodes
+                .state()
+                .into_iter()
+                .filter(|f| selector_matches(&f.spec.node_selector, &labels))
+                .map(|f| ObjectRef::from_obj(&*f))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "fabric reconcile error");
+            }
+        })
+        .await;
 }
