@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod crds;
+mod import;
 mod mic;
 mod up;
 mod validate;
@@ -43,6 +44,9 @@ enum Command {
     /// Node agent operations run by hand.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Endpoint advertisements from an A2A Agent Card or an MCP server.json: prints a
+    /// RoutingDomain endpoint list (or a descriptor). Exit 1 if the file cannot be imported.
+    Import(import::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::Import(args) => import::run(args),
         Command::Mic(cmd) => mic::run(cmd),
         Command::Get(args) => block_on(nexus_controller::cli::run_get(args)),
         Command::Rollout(args) => block_on(nexus_controller::cli::run_rollout(args)),

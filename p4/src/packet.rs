@@ -1,0 +1,77 @@
+//! Building overlay packets (Ethernet / IPv4 / UDP / NexLink header / [descriptor] / payload),
+//! for the dataplane's send path, tests and benches.
+
+use std::net::SocketAddrV4;
+
+use nexus_firmware::Header;
+
+use crate::pipeline::{NEXLINK_PORT, NEXROUTE_PORT};
+
+/// Builds one overlay frame. With a descriptor (encoded SAD bytes) the frame goes to UDP port
+/// 7401 to be routed by capability; without, to `dst`'s port (7400 for host-addressed NexLink).
+/// The NexLink header must describe `payload` (its `payload_len`).
+pub fn build(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    header: &Header,
+    descriptor: Option<&[u8]>,
+    payload: &[u8],
+) -> Result<Vec<u8>, nexus_firmware::FrameError> {
+    let sad = descriptor.unwrap_or(&[]);
+    let udp_len = 8 + nexus_firmware::HEADER_LEN + sad.len() + payload.len();
+    let ip_len = 20 + udp_len;
+    let mut p = Vec::with_capacity(14 + ip_len);
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 2]); // dst MAC (locally administered)
+    p.extend_from_slice(&[0x02, 0, 0, 0, 0, 1]); // src MAC
+    p.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(ip_len.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    ip[6] = 0x40; // don't fragment
+    ip[8] = 64; // TTL
+    ip[9] = 17; // UDP
+    ip[12..16].copy_from_slice(&src.ip().octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    let mut sum: u32 = ip
+        .chunks_exact(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    p.extend_from_slice(&ip);
+    let dport = if descriptor.is_some() {
+        NEXROUTE_PORT
+    } else {
+        dst.port()
+    };
+    p.extend_from_slice(&src.port().to_be_bytes());
+    p.extend_from_slice(&dport.to_be_bytes());
+    p.extend_from_slice(&(udp_len.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // no UDP checksum (allowed over IPv4)
+    let mut h = [0u8; nexus_firmware::HEADER_LEN];
+    header.encode(&mut h)?;
+    p.extend_from_slice(&h);
+    p.extend_from_slice(sad);
+    p.extend_from_slice(payload);
+    Ok(p)
+}
+
+/// Whether an IPv4 header's checksum verifies.
+pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
+    let Some(ip) = frame.get(14..34) else {
+        return false;
+    };
+    let mut sum: u32 = ip
+        .chunks_exact(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// The default port of host-addressed NexLink traffic.
+pub const DEFAULT_PORT: u16 = NEXLINK_PORT;
