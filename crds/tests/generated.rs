@@ -51,6 +51,19 @@ fn crds_follow_api_conventions() {
         let cols = v.additional_printer_columns.as_deref().unwrap_or_default();
         assert!(cols.len() >= 4, "{file}: printer columns for kubectl get");
         assert!(cols.iter().any(|c| c.name == "Age"), "{file}: Age column");
+        // A `date` column renders as an age; kubectl shows `<invalid>` for a time in the future
+        // (an expiry, a renewal, a soak end). Only past times (creation, heartbeats) are dates.
+        for c in cols {
+            if c.type_ == "date" {
+                let past = c.json_path == ".metadata.creationTimestamp"
+                    || c.json_path.ends_with(".heartbeat");
+                assert!(
+                    past,
+                    "{file}: column {} is a date but may lie in the future",
+                    c.name
+                );
+            }
+        }
         let schema = serde_json::to_value(
             v.schema
                 .as_ref()

@@ -193,8 +193,10 @@ pub struct IssuedCertificate {
     pub not_after: DateTime<Utc>,
 }
 
-fn unix(t: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(t, 0).single().unwrap_or_default()
+/// A certificate time. `None` for one chrono cannot represent: such a certificate is treated as
+/// unreadable rather than as valid from 1970.
+fn unix(t: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_opt(t, 0).single()
 }
 
 /// Reads what a Secret holds: the leaf certificate and whether the key matches it.
@@ -211,8 +213,8 @@ pub fn read_secret(
         .is_some_and(|k| key_matches_cert(k, crt));
     Some(SecretCert {
         serial: normalize_serial(&mic.serial),
-        not_before: unix(mic.not_before),
-        not_after: unix(mic.not_after),
+        not_before: unix(mic.not_before)?,
+        not_after: unix(mic.not_after)?,
         spec_hash: annotations.get(SPEC_HASH_ANNOTATION).cloned(),
         key_matches,
     })
@@ -268,8 +270,10 @@ impl IssuedCertificate {
         Ok(Self {
             serial: normalize_serial(&mic.serial),
             fingerprint: mic.fingerprint.clone(),
-            not_before: unix(mic.not_before),
-            not_after: unix(mic.not_after),
+            not_before: unix(mic.not_before)
+                .ok_or_else(|| Error::field("certificate", "notBefore is out of range"))?,
+            not_after: unix(mic.not_after)
+                .ok_or_else(|| Error::field("certificate", "notAfter is out of range"))?,
             chain_pem,
             ca_pem,
         })

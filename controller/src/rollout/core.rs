@@ -321,13 +321,17 @@ pub fn step(input: &Input<'_>) -> Result<Step, Error> {
     let views: Vec<NodeView> = members
         .iter()
         .map(|m| match m.nexus_node {
-            Some(n) => view::node_view(
-                n,
-                &fabric.spec.nic,
-                Some(&status_view),
-                now,
-                input.heartbeat_timeout,
-            ),
+            Some(n) => NodeView {
+                // The member's name, not the object's (which the server always sets).
+                name: m.name.clone(),
+                ..view::node_view(
+                    n,
+                    &fabric.spec.nic,
+                    Some(&status_view),
+                    now,
+                    input.heartbeat_timeout,
+                )
+            },
             None => NodeView {
                 name: m.name.clone(),
                 spec_target: None,

@@ -547,9 +547,9 @@ impl Fleet {
                 fabric: &fabric,
                 members: members
                     .iter()
-                    .filter_map(|m| self.nodes.get(m))
-                    .map(|e| Member {
-                        name: e.node.metadata.name.clone().unwrap_or_default(),
+                    .filter_map(|m| Some((m, self.nodes.get(m)?)))
+                    .map(|(m, e)| Member {
+                        name: m.clone(),
                         nexus_node: Some(&e.node),
                         kube: None,
                     })
