@@ -123,10 +123,14 @@ impl Caller {
     }
 }
 
-/// Who is calling: the platform operator (bootstrap token) or a tenant's key.
+/// Who is calling: the platform operator (bootstrap token), a Nexus component reporting usage
+/// (the usage token: dataplanes, the CA, the controller), or a tenant's key.
 #[derive(Debug, Clone)]
 pub enum Principal {
     Operator,
+    /// The usage token. It may only report usage on tenants' behalf: a token spread over every
+    /// node must not be able to create tenants or price plans.
+    Service,
     Tenant(Caller),
 }
 
@@ -134,8 +138,8 @@ impl Principal {
     pub fn tenant(&self, role: Role, scope: Scope) -> Result<&Caller> {
         match self {
             Principal::Tenant(c) => c.require(role, scope),
-            Principal::Operator => Err(Error::Forbidden(
-                "the operator token cannot act inside a tenant".into(),
+            Principal::Operator | Principal::Service => Err(Error::Forbidden(
+                "the operator and usage tokens cannot act inside a tenant".into(),
             )),
         }
     }
@@ -143,8 +147,18 @@ impl Principal {
     pub fn operator(&self) -> Result<()> {
         match self {
             Principal::Operator => Ok(()),
-            Principal::Tenant(_) => Err(Error::Forbidden(
+            Principal::Service | Principal::Tenant(_) => Err(Error::Forbidden(
                 "this action needs the operator token".into(),
+            )),
+        }
+    }
+
+    /// The operator or a usage-reporting component.
+    pub fn service(&self) -> Result<()> {
+        match self {
+            Principal::Operator | Principal::Service => Ok(()),
+            Principal::Tenant(_) => Err(Error::Forbidden(
+                "this action needs the usage token or the operator token".into(),
             )),
         }
     }
@@ -250,6 +264,12 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal> {
     {
         return Ok(Principal::Operator);
     }
+    if let Some(usage) = &state.config.usage_token
+        && !usage.is_empty()
+        && ct_eq(usage.as_bytes(), token.as_bytes())
+    {
+        return Ok(Principal::Service);
+    }
     let (prefix, secret) = parse_key(token).ok_or(Error::Unauthenticated)?;
     let row: Option<KeyRow> = sqlx::query_as(
         "SELECT k.id, k.tenant_id, k.user_id, k.salt, k.hash, k.scopes, k.expires_at, k.revoked_at, u.role
@@ -277,10 +297,12 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal> {
     }
     let role = Role::parse(&row.role).ok_or_else(|| Error::Internal("bad role".into()))?;
     let scopes = row.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
-    if let Err(wait) = state.limiter.check(row.id) {
+    if let Err(wait) = state.limiter.check(row.id).await? {
         state.metrics.rate_limited.inc();
         return Err(Error::RateLimited {
-            retry_after_secs: wait.as_secs().max(1),
+            retry_after_secs: u64::try_from(wait.as_micros().div_ceil(1_000_000))
+                .unwrap_or(u64::MAX)
+                .max(1),
         });
     }
     Ok(Principal::Tenant(Caller {

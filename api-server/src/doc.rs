@@ -15,6 +15,8 @@ use crate::auth::{Role, Scope};
 pub enum Access {
     /// The platform operator's bootstrap token.
     Operator,
+    /// The usage token of Nexus components, or the operator token.
+    Service,
     /// A tenant API key whose user has at least this role, with this scope.
     Tenant(Role, Scope),
 }
@@ -27,7 +29,7 @@ pub struct Op {
     pub errors: &'static [(u16, &'static [&'static str])],
 }
 
-use Access::{Operator, Tenant};
+use Access::{Operator, Service, Tenant};
 use Role::{Admin, Member, Owner, Viewer};
 use Scope::{Admin as AdminScope, Read, Write};
 
@@ -103,6 +105,7 @@ pub const ACCESS: &[Op] = &[
     op("list_rollouts", Tenant(Viewer, Read), &[]),
     // usage and billing
     op("ingest", Tenant(Member, Write), &[INVALID]),
+    op("ingest_system", Service, &[INVALID]),
     op("query_usage", Tenant(Viewer, Read), &[]),
     op("list_plans", Tenant(Viewer, Read), &[]),
     op("create_plan", Operator, &[(404, &["not_found"]), INVALID]),
@@ -177,6 +180,10 @@ pub fn finish(doc: &mut Value) {
         "operatorToken": {
             "type": "http", "scheme": "bearer",
             "description": "The platform operator's bootstrap token (`--admin-token`)."
+        },
+        "usageToken": {
+            "type": "http", "scheme": "bearer",
+            "description": "The token Nexus components report usage with (`--usage-token`); it can do nothing else."
         }
     });
     // An externally tagged enum is an object with exactly its one variant key.
@@ -242,6 +249,13 @@ fn finish_operation(op: &mut Value, shared: &mut Map<String, Value>) {
                 json!([{"operatorToken": []}]),
                 json!({"operator": true}),
                 "Needs the operator token.".to_owned(),
+            ),
+            // `operator: true` too, so readers that know only operators and roles (the
+            // console's access table) treat it as not a tenant's operation.
+            Access::Service => (
+                json!([{"usageToken": []}, {"operatorToken": []}]),
+                json!({"operator": true, "service": true}),
+                "Needs the usage token or the operator token.".to_owned(),
             ),
             Access::Tenant(role, scope) => (
                 json!([{"apiKey": []}]),

@@ -2,8 +2,8 @@
 //! and billing, over PostgreSQL.
 //!
 //! Pure cores make the decisions — [`rating`] (tiered prices → invoice lines), [`metering`]
-//! (event acceptance, duplicate classification), [`ratelimit`] (token buckets), [`pagination`]
-//! (cursors) — and the [`routes`] are the I/O edge around them.
+//! (event acceptance, duplicate classification), [`ratelimit`] (GCRA, applied in PostgreSQL so
+//! replicas share it), [`pagination`] (cursors) — and the [`routes`] are the I/O edge around them.
 
 pub mod auth;
 pub mod console;
@@ -44,14 +44,18 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
 pub struct Config {
     /// Usage-event timestamp window.
     pub window: metering::Window,
-    /// Sustained requests per second per API key (0 disables the limit).
+    /// Sustained requests per second per API key (0 disables the limit), shared by every
+    /// replica on the database (see [`ratelimit`]).
     pub rate_per_sec: u32,
-    /// Bucket size per API key.
+    /// Requests a key may make at once after a pause.
     pub burst: u32,
     /// Largest request body in bytes.
     pub body_limit: usize,
     /// Operator bootstrap token: may create tenants and price plans.
     pub admin_token: Option<String>,
+    /// Usage token: Nexus components (dataplanes, the CA, the controller) report usage for any
+    /// tenant with it (`POST /v1/system/usage-events`), and may do nothing else.
+    pub usage_token: Option<String>,
     /// gRPC endpoint of the CA service (e.g. `http://127.0.0.1:50051`); `None` makes MIC
     /// issuance answer 503.
     pub ca_endpoint: Option<String>,
@@ -77,6 +81,7 @@ impl Default for Config {
             burst: 200,
             body_limit: 1024 * 1024,
             admin_token: None,
+            usage_token: None,
             ca_endpoint: None,
             ca_token: None,
             console_dir: Some(default_console_dir()),
@@ -111,14 +116,15 @@ impl AppState {
             });
         AppState {
             ca,
-            pool,
             limiter: Arc::new(ratelimit::RateLimiter::new(
+                pool.clone(),
                 config.rate_per_sec,
                 config.burst,
             )),
             config: Arc::new(config),
             metrics: Arc::new(metrics::Metrics::default()),
             verified: Arc::new(auth::VerifiedKeys::default()),
+            pool,
         }
     }
 }

@@ -43,6 +43,10 @@ struct ServeArgs {
     /// Operator token: may create tenants and price plans. Unset: no operator access.
     #[arg(long, env = "NEXUS_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Usage token: lets dataplanes, the CA and the controller report usage for any tenant
+    /// (and nothing else). Unset: only the operator token may.
+    #[arg(long, env = "NEXUS_USAGE_TOKEN", hide_env_values = true)]
+    usage_token: Option<String>,
     /// How late a usage event may arrive, in hours.
     #[arg(long, env = "NEXUS_LATE_WINDOW_HOURS", default_value_t = 48)]
     late_window_hours: i64,
@@ -124,6 +128,7 @@ async fn serve(url: &str, a: ServeArgs) -> anyhow::Result<()> {
         burst: a.rate_burst,
         body_limit: a.body_limit,
         admin_token: a.admin_token,
+        usage_token: a.usage_token,
         ca_endpoint: a.ca_endpoint,
         ca_token: a.ca_token,
         console_dir: (!a.no_console).then(|| {

@@ -113,6 +113,49 @@ pub struct UsageBatch {
     pub events: Vec<UsageEvent>,
 }
 
+/// One usage event measured by Nexus itself, on behalf of a tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemUsageEvent {
+    /// The tenant's slug (as the CA and model URIs name it) or id.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
+    pub tenant: String,
+    pub meter: Meter,
+    /// Non-negative integer in the meter's base unit (bytes, MICs, cluster-hours).
+    #[serde(deserialize_with = "crate::num::u63")]
+    #[schema(minimum = 0, maximum = 9223372036854775807_i64)]
+    pub quantity: u64,
+    /// When the usage happened (RFC 3339); the window rules of tenant-reported usage apply.
+    pub timestamp: DateTime<Utc>,
+    /// String dimensions: `domain`, `delivery_mode`, `fabric`, `source`, ….
+    #[serde(default)]
+    #[schema(schema_with = dimensions_schema)]
+    pub dimensions: BTreeMap<String, String>,
+    /// Unique per tenant: a replayed event with the same key is counted once.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
+    pub idempotency_key: String,
+}
+
+impl SystemUsageEvent {
+    /// The event as its tenant would have reported it.
+    pub fn event(&self) -> UsageEvent {
+        UsageEvent {
+            meter: self.meter,
+            quantity: self.quantity,
+            timestamp: self.timestamp,
+            dimensions: self.dimensions.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SystemUsageBatch {
+    #[schema(min_items = 1, max_items = 1000)]
+    pub events: Vec<SystemUsageEvent>,
+}
+
 /// Why one event of a batch was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -129,6 +172,8 @@ pub enum RejectReason {
     QuantityTooLarge,
     /// More than 32 dimensions, or a name or value longer than 256 characters.
     InvalidDimensions,
+    /// System-reported usage naming no known tenant.
+    UnknownTenant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -440,6 +485,86 @@ pub async fn ingest(
     }
     tx.commit().await?;
     Ok(classify(events, &checks, &inserted, &stored))
+}
+
+/// Groups a system batch by tenant: for each tenant named, the indices of its events, in order.
+/// Tenants are named by slug or id; `resolve` maps a name to its id when the tenant exists.
+pub fn group_by_tenant(
+    events: &[SystemUsageEvent],
+    resolve: impl Fn(&str) -> Option<Uuid>,
+) -> (BTreeMap<Uuid, Vec<usize>>, Vec<usize>) {
+    let mut groups: BTreeMap<Uuid, Vec<usize>> = BTreeMap::new();
+    let mut unknown = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        match resolve(&e.tenant) {
+            Some(t) => groups.entry(t).or_default().push(i),
+            None => unknown.push(i),
+        }
+    }
+    (groups, unknown)
+}
+
+/// Stores a system batch: each tenant's events through [`ingest`] (one transaction per tenant,
+/// in tenant-id order so concurrent batches take billing locks in one order), unknown tenants
+/// rejected. A failure part-way leaves the earlier tenants stored; the sender's retry of the
+/// whole batch then reports those as duplicates and bills them once.
+pub async fn ingest_system(
+    pool: &sqlx::PgPool,
+    events: &[SystemUsageEvent],
+    now: DateTime<Utc>,
+    window: Window,
+) -> Result<IngestReport> {
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e.tenant.as_str())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let rows: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, slug FROM tenants WHERE slug = ANY($1) OR id::text = ANY($1)")
+            .bind(&names)
+            .fetch_all(pool)
+            .await?;
+    let mut by_name: HashMap<String, Uuid> = HashMap::new();
+    for (id, slug) in rows {
+        by_name.insert(slug, id);
+        by_name.insert(id.to_string(), id);
+    }
+    let (groups, unknown) = group_by_tenant(events, |n| {
+        by_name
+            .get(n)
+            .or_else(|| {
+                Uuid::parse_str(n)
+                    .ok()
+                    .and_then(|u| by_name.get(&u.to_string()))
+            })
+            .copied()
+    });
+    let mut results: Vec<Option<EventResult>> = vec![None; events.len()];
+    for (tenant, idx) in groups {
+        let own: Vec<UsageEvent> = idx.iter().map(|&i| events[i].event()).collect();
+        let r = ingest(pool, tenant, &own, now, window).await?;
+        for (res, &i) in r.results.into_iter().zip(&idx) {
+            results[i] = Some(EventResult { index: i, ..res });
+        }
+    }
+    for i in unknown {
+        results[i] = Some(EventResult {
+            index: i,
+            idempotency_key: events[i].idempotency_key.clone(),
+            outcome: Outcome::Rejected,
+            reason: Some(RejectReason::UnknownTenant),
+        });
+    }
+    let results: Vec<EventResult> = results.into_iter().flatten().collect();
+    let n = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
+    Ok(IngestReport {
+        accepted: n(Outcome::Accepted),
+        duplicates: n(Outcome::Duplicate),
+        conflicts: n(Outcome::Conflict),
+        rejected: n(Outcome::Rejected),
+        results,
+    })
 }
 
 /// Takes the tenant's billing lock: ingestion holds it shared, finalization exclusive, so no

@@ -216,6 +216,12 @@ async fn isolation_every_route(pool: PgPool) {
                 ("post", "/v1/usage/events") => {
                     json!({"events": [event("e1", "mics_issued", 1, &now())]})
                 }
+                // A tenant's key cannot report usage for B (or anyone) as a component.
+                ("post", "/v1/system/usage-events") => {
+                    let mut e = event("e1", "mics_issued", 1, &now());
+                    e["tenant"] = json!(b.tenant_id);
+                    json!({"events": [e]})
+                }
                 ("post", "/v1/invoices/generate") => {
                     json!({"period": Utc::now().format("%Y-%m").to_string()})
                 }
@@ -253,6 +259,7 @@ async fn isolation_every_route(pool: PgPool) {
                     | ("post", "/v1/api-keys")
                     | ("post", "/v1/tenants")
                     | ("post", "/v1/price-plans")
+                    | ("post", "/v1/system/usage-events")
             );
             if has_params || forced {
                 assert!(

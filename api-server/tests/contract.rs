@@ -16,7 +16,7 @@ mod schema_gen;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{OPERATOR, RealCa};
+use common::{OPERATOR, RealCa, USAGE};
 use reqwest::Method;
 use schema_gen::Gen;
 use serde_json::{Value, json};
@@ -469,18 +469,24 @@ async fn every_operation_as_every_role_matches_the_document(pool: PgPool) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
     let mut g = Gen::new(&doc, seed);
-    let callers: Vec<&str> = ROLES.iter().copied().chain(["operator"]).collect();
+    let callers: Vec<&str> = ROLES
+        .iter()
+        .copied()
+        .chain(["operator", "service"])
+        .collect();
     for (tag, caller) in callers.iter().enumerate() {
         let (key, self_user) = match *caller {
             "operator" => (OPERATOR.to_owned(), keys["owner"].1.clone()),
+            "service" => (USAGE.to_owned(), keys["owner"].1.clone()),
             role => keys[role].clone(),
         };
         let fx = fixtures(&c, &owner, &self_user, tag).await;
         for op in &ops {
             let access = &op.op["x-nexus-access"];
+            let service = access["service"].as_bool() == Some(true);
             let allowed = match (access["operator"].as_bool(), *caller) {
-                (Some(true), who) => who == "operator",
-                (_, "operator") => false,
+                (Some(true), who) => who == "operator" || (service && who == "service"),
+                (_, "operator" | "service") => false,
                 (_, role) => rank(role) >= rank(access["role"].as_str().unwrap()),
             };
             for _ in 0..TRIES {

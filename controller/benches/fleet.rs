@@ -73,6 +73,7 @@ fn memory(n: usize) -> (u64, Duration) {
                 labels,
                 current: None,
                 last_flash: None,
+                routing: None,
             },
             tx,
             Utc::now(),

@@ -11,9 +11,11 @@
 pub mod ca_client;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod cloud;
 pub mod identity;
 pub mod metrics;
 pub mod rollout;
+pub mod routing;
 
 /// Errors of the controllers: one variant per thing that can fail, so the failures metric,
 /// the back-off and the condition reasons can tell them apart.

@@ -73,6 +73,7 @@ spec:
         heartbeat_timeout: Duration::from_secs(5),
         start_grace: Duration::from_millis(300),
         rescan: Duration::from_secs(1),
+        routing: Default::default(),
     })
     .await
     .unwrap();

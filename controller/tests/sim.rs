@@ -249,6 +249,7 @@ impl World {
             agent_version: Some("0.1.0".into()),
             heartbeat: Some(nexus_crds::common::time_from_chrono(at(a.heartbeat))),
             conditions: vec![],
+            routing: None,
         });
         let _ = up;
         let mut nn = NexusNode::new(&n.name, spec);

@@ -105,9 +105,30 @@ pub struct NexusNodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Time>,
     /// `Ready`, `FirmwareCurrent`, `PipelineLoaded`.
+    /// The NexRoute tables the node's dataplane runs, as its agent reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<NodeRoutingStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The routing tables of a node's dataplane.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRoutingStatus {
+    /// Table version programmed (`RoutingDomain.status.routingTableVersion`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub programmed_version: Option<String>,
+    /// The last version the dataplane refused; it keeps running `programmedVersion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub refused_version: Option<String>,
+    /// Why it was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub refused_reason: Option<String>,
 }
 
 /// One NIC and the contents of its flash.

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod call;
 mod crds;
 mod import;
 mod mic;
@@ -47,6 +48,8 @@ enum Command {
     /// Endpoint advertisements from an A2A Agent Card or an MCP server.json: prints a
     /// RoutingDomain endpoint list (or a descriptor). Exit 1 if the file cannot be imported.
     Import(import::Args),
+    /// Call a dataplane endpoint: unary inference, or --stream for a token stream.
+    Call(call::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Import(args) => import::run(args),
+        Command::Call(args) => call::run(args),
         Command::Mic(cmd) => mic::run(cmd),
         Command::Get(args) => block_on(nexus_controller::cli::run_get(args)),
         Command::Rollout(args) => block_on(nexus_controller::cli::run_rollout(args)),

@@ -170,7 +170,9 @@ fn zk_prove_and_verify_round_trip() {
         Some(1),
         "a proof of >= 0.9 does not show >= 0.95"
     );
-    let wrong_c = format!("{}0", &c[..63]);
+    // Another commitment: the last hex digit changed (to one it is not).
+    let last = if c.ends_with('0') { '1' } else { '0' };
+    let wrong_c = format!("{}{last}", &c[..63]);
     let bad = run(&[
         "zk",
         "verify",

@@ -45,6 +45,12 @@ fn up_brings_the_stack_up_and_down() {
                 "127.0.0.1:0",
                 "--ca-http",
                 "127.0.0.1:0",
+                "--fleet-grpc",
+                "127.0.0.1:0",
+                "--fleet-http",
+                "127.0.0.1:0",
+                "--dataplane-port",
+                "0",
             ])
             .arg("--data-dir")
             .arg(&data)
@@ -68,6 +74,34 @@ fn up_brings_the_stack_up_and_down() {
         "{out}"
     );
     assert!(
+        out.contains("✔ the console shows the demo rollout and MIC"),
+        "{out}"
+    );
+    assert!(
+        out.contains("✔ a call routed by capability (code-generation → 127.0.0.1:"),
+        "{out}"
+    );
+    let mic = data.join("mics/demo-coder");
+    for f in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(mic.join(f).exists(), "the demo MIC's {f} is written");
+    }
+    // The chain verifies with OpenSSL against the CA's root, as a peer's would.
+    if let Ok(v) = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(mic.join("ca.crt"))
+        .arg("-untrusted")
+        .arg(mic.join("tls.crt"))
+        .arg(mic.join("tls.crt"))
+        .output()
+    {
+        assert!(
+            v.status.success(),
+            "openssl verify: {}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
+        );
+    }
+    assert!(
         data.join("fabrics/demo.yaml").exists(),
         "the demo Fabric is written"
     );
@@ -83,6 +117,17 @@ fn up_brings_the_stack_up_and_down() {
     assert!(
         out2.contains(&key),
         "a restart reuses the demo tenant and its key"
+    );
+    let serial = |o: &str| {
+        o.lines()
+            .find_map(|l| l.split("MIC serial ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        serial(&out2),
+        serial(&out),
+        "a restart reuses the demo MIC while it is valid"
     );
     assert!(
         data.join("postgres/PG_VERSION").exists(),

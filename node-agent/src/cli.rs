@@ -486,6 +486,14 @@ pub struct FleetArgs {
     /// Simulated flash speed in bytes/s.
     #[arg(long = "sim-speed")]
     pub sim_speed: Option<u64>,
+    /// The node dataplane's P4Runtime endpoint (e.g. `http://127.0.0.1:9559`): the agent loads
+    /// the NexRoute pipeline there and programs the routing tables the controller pushes.
+    /// Without it, pushed tables are refused with that reason.
+    #[arg(long, env = "NEXUS_P4RUNTIME")]
+    pub p4runtime: Option<String>,
+    /// The dataplane's P4Runtime device id.
+    #[arg(long, default_value_t = 1)]
+    pub p4_device_id: u64,
 }
 
 fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Result<()> {
@@ -515,10 +523,17 @@ fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Resu
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let mut agent = Agent::new(cfg.clone(), std::sync::Arc::new(target));
+    if let Some(ep) = f.p4runtime {
+        agent = agent.with_routing(std::sync::Arc::new(crate::routing::P4RuntimeTables::new(
+            ep,
+            f.p4_device_id,
+        )));
+    }
     rt.block_on(async move {
         tracing::info!(node = %cfg.node_name, controller = %cfg.endpoint, "fleet mode");
         tokio::select! {
-            () = Agent::new(cfg, std::sync::Arc::new(target)).run() => {}
+            () = agent.run() => {}
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         }
     });

@@ -242,6 +242,9 @@ pub fn node_status(
         agent_version: Some(agent_version().to_string()),
         heartbeat: Some(t),
         conditions: vec![ready, firmware_current],
+        // Routing tables reach agents over the fleet protocol only (local and bare-metal
+        // mode); kube mode has no routing push yet.
+        routing: None,
     }
 }
 

@@ -18,6 +18,7 @@ pub mod fleet;
 mod fsutil;
 pub mod kube_mode;
 pub mod nic;
+pub mod routing;
 pub mod serve;
 pub mod sim;
 pub mod status;

@@ -75,3 +75,44 @@ pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
 
 /// The default port of host-addressed NexLink traffic.
 pub const DEFAULT_PORT: u16 = NEXLINK_PORT;
+
+/// Where the pipeline sends a capability-addressed call: builds the frame a sender would emit
+/// for `tenant_id`, capability `class_id` in `domain_id` (0: the tenant's default domain) and
+/// flow `stream` (the selector hashes it), runs it through `loaded` and returns the next hop it
+/// was rewritten to — the endpoint the tables pick. Any other verdict is returned as is.
+pub fn next_hop(
+    loaded: &crate::Loaded,
+    tenant_id: u32,
+    class_id: u32,
+    domain_id: u32,
+    stream: u32,
+) -> Result<SocketAddrV4, crate::Verdict> {
+    let mut d = nexus_route::Descriptor::for_class(class_id);
+    d.domain = domain_id;
+    let sad = d
+        .to_bytes()
+        .map_err(|_| crate::Verdict::Dropped(crate::DropReason::Malformed))?;
+    let payload = b"probe";
+    let mut h = Header::opaque(stream, 0, payload.len() as u32);
+    h.tenant_id = tenant_id;
+    let mut frame = build(
+        SocketAddrV4::new([127, 0, 0, 1].into(), 40000),
+        SocketAddrV4::new([127, 0, 0, 1].into(), NEXROUTE_PORT),
+        &h,
+        Some(&sad),
+        payload,
+    )
+    .map_err(|_| crate::Verdict::Dropped(crate::DropReason::Malformed))?;
+    match loaded.process(&mut frame) {
+        crate::Verdict::Routed { .. } => {
+            let (Some(ip), Some(port)) = (frame.get(30..34), frame.get(36..38)) else {
+                return Err(crate::Verdict::Passed);
+            };
+            Ok(SocketAddrV4::new(
+                [ip[0], ip[1], ip[2], ip[3]].into(),
+                u16::from_be_bytes([port[0], port[1]]),
+            ))
+        }
+        other => Err(other),
+    }
+}

@@ -11,11 +11,12 @@ use crate::AppState;
 use crate::auth::{Principal, Role, Scope};
 use crate::error::{Error, Result};
 use crate::extract::{Json, Query};
-use crate::metering::{self, Granularity, IngestReport, Meter, UsageBatch};
+use crate::metering::{self, Granularity, IngestReport, Meter, SystemUsageBatch, UsageBatch};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(ingest))
+        .routes(routes!(ingest_system))
         .routes(routes!(query_usage))
 }
 
@@ -51,6 +52,42 @@ async fn ingest(
         s.config.window,
     )
     .await?;
+    count(&s, &report);
+    Ok(Json(report))
+}
+
+/// Ingest usage measured by Nexus itself, for any tenant: dataplane bytes and messages per
+/// tenant, domain and delivery mode, `mics_issued` from the CA, `cluster_hours` from the
+/// controller. Each event names its tenant (slug or id); otherwise the rules are those of
+/// `POST /v1/usage/events`: exactly once per (tenant, idempotency key), so a batch replayed from
+/// a component's spool after a lost acknowledgement is billed once. An event for an unknown
+/// tenant is `rejected` (`unknown_tenant`), the others still count.
+#[utoipa::path(post, path = "/v1/system/usage-events", tag = "usage",
+    request_body = SystemUsageBatch, responses((status = 200, body = IngestReport)))]
+async fn ingest_system(
+    State(s): State<AppState>,
+    p: Principal,
+    Json(batch): Json<SystemUsageBatch>,
+) -> Result<Json<IngestReport>> {
+    p.service()?;
+    if batch.events.is_empty() || batch.events.len() > metering::MAX_BATCH {
+        return Err(Error::invalid("events must hold 1 to 1000 events"));
+    }
+    if let Some((i, why)) = batch
+        .events
+        .iter()
+        .enumerate()
+        .find_map(|(i, e)| metering::shape_error(&e.event()).map(|w| (i, w)))
+    {
+        return Err(Error::invalid(format!("events[{i}].{why}")));
+    }
+    let report =
+        metering::ingest_system(&s.pool, &batch.events, Utc::now(), s.config.window).await?;
+    count(&s, &report);
+    Ok(Json(report))
+}
+
+fn count(s: &AppState, report: &IngestReport) {
     let m = &s.metrics.usage_events;
     for (outcome, n) in [
         ("accepted", report.accepted),
@@ -61,7 +98,6 @@ async fn ingest(
         m.get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc_by(n as u64);
     }
-    Ok(Json(report))
 }
 
 /// How usage buckets are split.

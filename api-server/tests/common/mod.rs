@@ -11,6 +11,8 @@ use sqlx::PgPool;
 use tower::ServiceExt as _;
 
 pub const OPERATOR: &str = "operator-test-token";
+/// The usage token of Nexus components (`--usage-token`).
+pub const USAGE: &str = "usage-test-token";
 
 pub struct Api {
     pub app: Router,
@@ -48,6 +50,7 @@ impl Resp {
 pub fn config() -> Config {
     Config {
         admin_token: Some(OPERATOR.into()),
+        usage_token: Some(USAGE.into()),
         rate_per_sec: 0,
         console_dir: None,
         ..Config::default()

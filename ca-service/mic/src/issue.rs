@@ -7,7 +7,7 @@
 //! never travels.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rcgen::string::Ia5String;
 use rcgen::{
@@ -22,8 +22,9 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 
+use crate::mic::unix_seconds;
+use crate::revocation::{RevocationReason, normalize_serial};
 pub use crate::sig::KeyAlgorithm;
-use crate::verify::RevocationReason;
 use crate::{ATTESTATION_OID, Attestation, Error, ModelUri, fingerprint_sha256, sig};
 
 /// A CA certificate with its signing key: a root or an intermediate.
@@ -81,6 +82,45 @@ pub struct IssuedMic {
     pub not_after: i64,
 }
 
+/// What a service (TLS) certificate is issued for; see
+/// [`CertificateAuthority::issue_service_cert`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCertRequest<'a> {
+    /// Subject CN.
+    pub common_name: &'a str,
+    /// DNS SANs (a server's names).
+    pub dns_names: &'a [&'a str],
+    /// IP SANs.
+    pub ip_addresses: &'a [std::net::IpAddr],
+    /// URI SANs (e.g. a caller's role).
+    pub uris: &'a [&'a str],
+    /// extKeyUsage serverAuth.
+    pub server_auth: bool,
+    /// extKeyUsage clientAuth.
+    pub client_auth: bool,
+    /// Start of validity.
+    pub not_before: SystemTime,
+    /// Lifetime from `not_before`.
+    pub validity: Duration,
+}
+
+/// A service certificate with the private key generated for it.
+pub struct IssuedServiceCert {
+    /// The certificate.
+    pub cert: IssuedMic,
+    /// PKCS#8 PEM; write it only where the service reads it.
+    pub private_key_pem: String,
+}
+
+impl fmt::Debug for IssuedServiceCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedServiceCert")
+            .field("cert", &self.cert)
+            .field("private_key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
 /// A revoked certificate to list in a CRL.
 #[derive(Debug, Clone)]
 pub struct RevokedEntry {
@@ -120,13 +160,6 @@ pub struct Csr {
     requested_uris: Vec<String>,
 }
 
-pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
-    }
-}
-
 fn to_offset(t: i64) -> Result<OffsetDateTime, Error> {
     OffsetDateTime::from_unix_timestamp(t)
         .map_err(|e| Error::Validity(format!("time {t} out of range: {e}")))
@@ -157,12 +190,6 @@ fn random_serial() -> Result<Vec<u8>, Error> {
     bytes[0] &= 0x7F;
     bytes[15] |= 1; // never zero, whatever the rest
     Ok(bytes.to_vec())
-}
-
-/// Strips leading zero bytes: the form serials are compared in (CRLs, revocation checks).
-pub(crate) fn normalize_serial(serial: &[u8]) -> &[u8] {
-    let start = serial.iter().position(|&b| b != 0).unwrap_or(serial.len());
-    &serial[start..]
 }
 
 fn ca_params(
@@ -376,6 +403,70 @@ impl CertificateAuthority {
             serial,
             not_after: na,
             der,
+        })
+    }
+
+    /// Issues a TLS certificate for a Nexus service (the CA's own server certificate, a
+    /// caller's client certificate) with a fresh ECDSA P-256 key generated here.
+    ///
+    /// Subject `CN=<common_name>`; SANs: the DNS names, IP addresses and URIs given (a caller's
+    /// role travels as a URI, see `nexus-tls`); keyUsage digitalSignature; extKeyUsage
+    /// serverAuth and/or clientAuth as asked; CA:FALSE; SKI and AKI; a random serial. No
+    /// attestation: these are not MICs.
+    pub fn issue_service_cert(
+        &self,
+        req: &ServiceCertRequest<'_>,
+    ) -> Result<IssuedServiceCert, Error> {
+        if !req.server_auth && !req.client_auth {
+            return Err(Error::Certificate(
+                "a service certificate needs serverAuth, clientAuth or both".into(),
+            ));
+        }
+        let (nb, na) = window(req.not_before, req.validity)?;
+        self.check_within(nb, na)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, req.common_name);
+        params.distinguished_name = dn;
+        let mut sans = Vec::new();
+        for d in req.dns_names {
+            sans.push(SanType::DnsName(Ia5String::try_from(*d)?));
+        }
+        for ip in req.ip_addresses {
+            sans.push(SanType::IpAddress(*ip));
+        }
+        for u in req.uris {
+            sans.push(SanType::URI(Ia5String::try_from(*u)?));
+        }
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = [
+            (req.server_auth, ExtendedKeyUsagePurpose::ServerAuth),
+            (req.client_auth, ExtendedKeyUsagePurpose::ClientAuth),
+        ]
+        .into_iter()
+        .filter_map(|(on, p)| on.then_some(p))
+        .collect();
+        params.use_authority_key_identifier_extension = true;
+        params.key_identifier_method = KeyIdMethod::Sha256;
+        params.not_before = to_offset(nb)?;
+        params.not_after = to_offset(na)?;
+        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let der = cert.der().to_vec();
+        let parsed = parse_cert(&der)?;
+        let serial = normalize_serial(parsed.raw_serial()).to_vec();
+        Ok(IssuedServiceCert {
+            cert: IssuedMic {
+                pem: der_to_pem("CERTIFICATE", &der),
+                fingerprint: fingerprint_sha256(&der),
+                serial,
+                not_after: na,
+                der,
+            },
+            private_key_pem: key.serialize_pem(),
         })
     }
 

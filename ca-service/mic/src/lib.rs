@@ -17,6 +17,9 @@
 //! * [`attestation`]: the attestation type, its ASN.1 module and its size-limited codec;
 //! * [`issue`]: root / intermediate CA creation, MIC issuance from a CSR, key + CSR generation
 //!   for a model, CRL signing;
+//! * `mic` (certificate reading), `revocation` (RFC 5280 reasons, serial form) and `sig`
+//!   (signature algorithms): the shared layer; `issue` and `verify` each depend on it and not
+//!   on each other;
 //! * [`verify`]: a warm-trust-store chain verifier with typed [`Rejection`]s and a
 //!   [`Requirement`] policy with a compact string syntax.
 //!
@@ -75,6 +78,7 @@ pub mod issue;
 mod mic;
 mod model_uri;
 mod requirement;
+mod revocation;
 mod sig;
 pub mod verify;
 
@@ -84,8 +88,8 @@ pub use attestation::{
 };
 pub use error::Error;
 pub use issue::{
-    CertificateAuthority, Csr, IssuedMic, KeyAlgorithm, MicRequest, ModelKey, RevokedEntry,
-    der_to_pem, generate_model_key,
+    CertificateAuthority, Csr, IssuedMic, IssuedServiceCert, KeyAlgorithm, MicRequest, ModelKey,
+    RevokedEntry, ServiceCertRequest, der_to_pem, generate_model_key,
 };
 pub use mic::{Mic, fingerprint_sha256, pem_to_der_chain};
 pub use model_uri::ModelUri;

@@ -2,6 +2,7 @@
 //! and the fuzz target. Trust decisions belong to [`crate::Verifier`].
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
@@ -134,6 +135,14 @@ impl Mic {
             .first()
             .ok_or_else(|| Error::Pem("no certificate".into()))?;
         Self::from_der(first)
+    }
+}
+
+/// Seconds since the epoch, negative before it, saturating.
+pub(crate) fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_secs()).map_or(i64::MIN, |s| -s),
     }
 }
 

@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -27,9 +26,10 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer;
 
-use crate::issue::{normalize_serial, unix_seconds};
-use crate::mic::{MicContentError, mic_content, rfc3339};
+use crate::mic::{MicContentError, mic_content, rfc3339, unix_seconds};
 pub use crate::requirement::{IssuerMatch, Requirement};
+pub use crate::revocation::RevocationReason;
+use crate::revocation::normalize_serial;
 use crate::sig::{self, KeyAlgorithm};
 use crate::{Attestation, Error, ModelUri};
 
@@ -43,75 +43,6 @@ pub const MAX_CACHED_LEAVES: usize = 4096;
 /// Most signature checks one verification may spend (bounds the cost of hostile chains full of
 /// same-named certificates).
 const SIGNATURE_BUDGET: u32 = 16;
-
-/// RFC 5280 CRL reason codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevocationReason {
-    /// No reason given.
-    Unspecified,
-    /// The model's private key leaked.
-    KeyCompromise,
-    /// The issuing CA's key leaked.
-    CaCompromise,
-    /// The model changed owner or tenant.
-    AffiliationChanged,
-    /// Replaced by a newer MIC (renewal, new attestation).
-    Superseded,
-    /// The model was retired (its ModelIdentity was deleted).
-    CessationOfOperation,
-    /// Temporarily suspended.
-    CertificateHold,
-    /// Removed from a CRL (delta CRLs only).
-    RemoveFromCrl,
-    /// Its claims were withdrawn (e.g. a failed re-evaluation).
-    PrivilegeWithdrawn,
-    /// Attribute authority compromise.
-    AaCompromise,
-}
-
-impl RevocationReason {
-    /// From the RFC 5280 numeric code (7 is unassigned).
-    pub fn from_code(code: u8) -> Option<Self> {
-        Some(match code {
-            0 => Self::Unspecified,
-            1 => Self::KeyCompromise,
-            2 => Self::CaCompromise,
-            3 => Self::AffiliationChanged,
-            4 => Self::Superseded,
-            5 => Self::CessationOfOperation,
-            6 => Self::CertificateHold,
-            8 => Self::RemoveFromCrl,
-            9 => Self::PrivilegeWithdrawn,
-            10 => Self::AaCompromise,
-            _ => return None,
-        })
-    }
-}
-
-impl From<RevocationReason> for rcgen::RevocationReason {
-    fn from(r: RevocationReason) -> Self {
-        use RevocationReason as R;
-        match r {
-            R::Unspecified => Self::Unspecified,
-            R::KeyCompromise => Self::KeyCompromise,
-            R::CaCompromise => Self::CaCompromise,
-            R::AffiliationChanged => Self::AffiliationChanged,
-            R::Superseded => Self::Superseded,
-            R::CessationOfOperation => Self::CessationOfOperation,
-            R::CertificateHold => Self::CertificateHold,
-            R::RemoveFromCrl => Self::RemoveFromCrl,
-            R::PrivilegeWithdrawn => Self::PrivilegeWithdrawn,
-            R::AaCompromise => Self::AaCompromise,
-        }
-    }
-}
-
-impl fmt::Display for RevocationReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
 
 /// Answer of a revocation source about one certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -968,12 +899,4 @@ fn spend(budget: &mut u32) -> Result<(), Rejection> {
     }
     *budget -= 1;
     Ok(())
-}
-
-impl FromStr for RevocationReason {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self, Error> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(Error::Json)
-    }
 }

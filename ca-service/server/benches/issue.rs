@@ -4,7 +4,12 @@
 //! ```sh
 //! cargo bench -p nexus-ca --bench issue            # DATABASE_URL defaults to the local server
 //! NEXUS_CA_BENCH_N=20000 NEXUS_CA_BENCH_CONCURRENCY=256 cargo bench -p nexus-ca --bench issue
+//! NEXUS_CA_BENCH_REPLICAS=2 cargo bench -p nexus-ca --bench issue   # two replicas, one database
 //! ```
+//!
+//! With `NEXUS_CA_BENCH_REPLICAS=2` two CA servers (each with its own pool and log writer)
+//! share the database, and the clients' connections alternate between them: the log-writer
+//! advisory lock serialises their batches.
 //!
 //! The bench creates a scratch database (`nexus_ca_bench_<pid>`), starts the server in process
 //! on 127.0.0.1:0, pre-generates the CSRs, then issues them from concurrent tonic clients
@@ -82,6 +87,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = env_usize("NEXUS_CA_BENCH_N", if quick { 200 } else { 20_000 });
     let concurrency = env_usize("NEXUS_CA_BENCH_CONCURRENCY", 256);
     let connections = env_usize("NEXUS_CA_BENCH_CONNECTIONS", 4);
+    let replicas = env_usize("NEXUS_CA_BENCH_REPLICAS", 1).max(1);
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
 
@@ -93,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
         .execute(&admin)
         .await?;
-    let result = run(&url, &db, n, concurrency, connections, quick).await;
+    let result = run(&url, &db, n, concurrency, connections, replicas, quick).await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
     )))
@@ -108,15 +114,20 @@ async fn run(
     n: usize,
     concurrency: usize,
     connections: usize,
+    replicas: usize,
     quick: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .connect_with(opts.database(db))
-        .await?;
-    let settings = Settings::for_tests(Arc::new(Kek::generate()?), TOKEN, &["bench"]);
-    let server = nexus_ca::start(pool, settings).await?;
+    let kek = Arc::new(Kek::generate()?);
+    let mut servers = Vec::new();
+    for _ in 0..replicas {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .connect_with(opts.clone().database(db))
+            .await?;
+        let settings = Settings::for_tests(Arc::clone(&kek), TOKEN, &["bench"]);
+        servers.push(nexus_ca::start(pool, settings).await?);
+    }
 
     let model = ModelUri::new("bench", "coder", "1.0")?;
     let t = Instant::now();
@@ -132,8 +143,8 @@ async fn run(
 
     let auth: tonic::metadata::MetadataValue<_> = format!("Bearer {TOKEN}").parse()?;
     let mut clients = Vec::new();
-    for _ in 0..connections.max(1) {
-        let ch = Channel::from_shared(format!("http://{}", server.grpc_addr))?
+    for i in 0..connections.max(replicas) {
+        let ch = Channel::from_shared(format!("http://{}", servers[i % replicas].grpc_addr))?
             .connect()
             .await?;
         let auth = auth.clone();
@@ -201,10 +212,12 @@ async fn run(
     lat.sort();
     let rate = n as f64 / elapsed.as_secs_f64();
 
-    let sth = server.ca().signed_tree_head().await?;
+    let sth = servers[0].ca().signed_tree_head().await?;
     assert_eq!(sth.tree_size as usize, n + 200, "every MIC is in the log");
-    let metrics = server.ca().metrics().encode();
-    server.shutdown().await?;
+    let metrics = servers[0].ca().metrics().encode();
+    for server in servers {
+        server.shutdown().await?;
+    }
 
     let dur = Duration::from_millis(if quick { 200 } else { 2000 });
     let sign1 = ecdsa_rate(1, dur)?;
@@ -228,7 +241,7 @@ async fn run(
         num_cpus()
     );
     println!(
-        "  MICs issued:        {n} ({concurrency} concurrent clients, {connections} connections)"
+        "  MICs issued:        {n} ({concurrency} concurrent clients, {connections} connections, {replicas} replica(s))"
     );
     println!("  wall time:          {:.2} s", elapsed.as_secs_f64());
     println!(
@@ -243,7 +256,7 @@ async fn run(
         percentile(&lat, 0.99)
     );
     println!(
-        "  mean DB batch:      {mean_batch:.1} certificates/transaction, {mean_batch_ms:.1} ms"
+        "  mean DB batch:      {mean_batch:.1} certificates/transaction, {mean_batch_ms:.1} ms (replica 0)"
     );
     println!("  bare ECDSA P-256 sign (ring): {sign1:.0}/s on 1 thread, {sign2:.0}/s on 2");
     println!(

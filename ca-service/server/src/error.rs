@@ -41,9 +41,17 @@ pub enum Error {
     /// A claim proof could not be checked (malformed, claim missing from the certificate).
     #[error("claim proof: {0}")]
     Zk(String),
-    /// Missing or wrong bearer token.
-    #[error("missing or invalid bearer token")]
+    /// No client certificate with a role, and no (accepted) bearer token.
+    #[error(
+        "missing or invalid credentials: a client certificate issued by this CA, or a bearer token where allowed"
+    )]
     Unauthenticated,
+    /// Authenticated, but the certificate's role may not call the CA.
+    #[error("role `{0}` may not call the CA")]
+    PermissionDenied(String),
+    /// TLS material could not be built or written.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The key-encryption key is missing, malformed or does not open the stored keys.
     #[error("KEK: {0}")]
     Kek(String),
@@ -65,6 +73,21 @@ pub enum Error {
     /// The ZK setup failed.
     #[error("ZK keys: {0}")]
     ZkSetup(#[from] nexus_zk::ZkError),
+}
+
+impl From<nexus_tls::Error> for Error {
+    fn from(e: nexus_tls::Error) -> Self {
+        Error::Tls(e.to_string())
+    }
+}
+
+impl From<nexus_ca_api::validate::Invalid> for Error {
+    fn from(e: nexus_ca_api::validate::Invalid) -> Self {
+        Error::InvalidArgument {
+            field: e.field,
+            reason: e.reason.to_owned(),
+        }
+    }
 }
 
 impl Error {
@@ -93,13 +116,15 @@ impl Error {
             Error::Revoked(_) => "revoked",
             Error::Zk(_) => "invalid_claim_proof",
             Error::Unauthenticated => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::Unavailable => "unavailable",
             Error::Kek(_)
             | Error::State(_)
             | Error::Db(_)
             | Error::Migrate(_)
             | Error::Io(_)
-            | Error::ZkSetup(_) => "internal",
+            | Error::ZkSetup(_)
+            | Error::Tls(_) => "internal",
         }
     }
 
@@ -127,6 +152,7 @@ impl Error {
             "tenant_inactive" | "revoked" => Code::FailedPrecondition,
             "request_id_reused" => Code::AlreadyExists,
             "unauthenticated" => Code::Unauthenticated,
+            "permission_denied" => Code::PermissionDenied,
             "unavailable" => Code::Unavailable,
             "internal" => Code::Internal,
             _ => Code::InvalidArgument,
@@ -139,6 +165,7 @@ impl Error {
             tonic::Code::NotFound => 404,
             tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => 409,
             tonic::Code::Unauthenticated => 401,
+            tonic::Code::PermissionDenied => 403,
             tonic::Code::Unavailable => 503,
             tonic::Code::Internal => 500,
             _ => 400,

@@ -12,27 +12,28 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
+use crate::auth::Access;
 use crate::ca::{self, Ca};
-use crate::http::TokenCheck;
 
 /// Largest gRPC message (the optional proving key in `GetZkVerifyingKey` is the big one).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// The tonic service with bearer-token authentication in front.
+/// The tonic service with caller authentication ([`Access`]) in front.
 pub fn service(
     ca: Arc<Ca>,
-    token: Arc<TokenCheck>,
+    access: Arc<Access>,
 ) -> InterceptedService<CertificateAuthorityServer<GrpcCa>, AuthInterceptor> {
     let server = CertificateAuthorityServer::new(GrpcCa { ca })
         .max_decoding_message_size(1024 * 1024)
         .max_encoding_message_size(MAX_MESSAGE);
-    InterceptedService::new(server, AuthInterceptor { token })
+    InterceptedService::new(server, AuthInterceptor { access })
 }
 
-/// Checks `authorization: Bearer <token>`.
+/// Checks the caller: the verified client certificate's role (from the TLS connection) or
+/// `authorization: Bearer <token>` where accepted.
 #[derive(Debug, Clone)]
 pub struct AuthInterceptor {
-    token: Arc<TokenCheck>,
+    access: Arc<Access>,
 }
 
 impl tonic::service::Interceptor for AuthInterceptor {
@@ -41,11 +42,12 @@ impl tonic::service::Interceptor for AuthInterceptor {
             .metadata()
             .get(nexus_ca_api::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if self.token.check_header(header) {
-            Ok(req)
-        } else {
-            Err(Error::Unauthenticated.into())
-        }
+        let peer = req
+            .extensions()
+            .get::<nexus_tls::TlsConnInfo>()
+            .and_then(|c| c.peer.as_deref());
+        self.access.check(peer, header)?;
+        Ok(req)
     }
 }
 
@@ -240,6 +242,20 @@ impl CertificateAuthority for GrpcCa {
             leaf_index: p.leaf_index,
             leaf_hash: p.leaf_hash.to_vec(),
             audit_path: p.audit_path.iter().map(|h| h.to_vec()).collect(),
+            sth: Some(sth_to_proto(p.sth)),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<pb::GetConsistencyProofRequest>,
+    ) -> Result<Response<pb::ConsistencyProof>, Status> {
+        let r = request.into_inner();
+        let p = self.ca.consistency_proof(r.first, r.second).await?;
+        Ok(Response::new(pb::ConsistencyProof {
+            first: p.first,
+            second: p.second,
+            proof: p.proof.iter().map(|h| h.to_vec()).collect(),
             sth: Some(sth_to_proto(p.sth)),
         }))
     }

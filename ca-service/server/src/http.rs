@@ -3,7 +3,9 @@
 //!
 //! Errors are `{"error": {"code": "<stable code>", "message": "..."}}` with the HTTP status of
 //! [`Error::http_status`]; 5xx never carry internals. `GET /v1/crl`, `GET /v1/log/sth` and the
-//! probes are public; everything else needs `Authorization: Bearer <token>`.
+//! probes are public; everything else needs a caller allowed by [`Access`]: over TLS a client
+//! certificate issued by this CA with an allowed role (or, as a fallback where enabled, the
+//! bearer token); in plaintext mode `Authorization: Bearer <token>`.
 
 use std::sync::Arc;
 
@@ -17,52 +19,21 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use nexus_mic::RevocationReason;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::Error;
+use crate::auth::Access;
 use crate::ca::{self, Ca};
 
-/// Compares presented bearer tokens with the configured one (by SHA-256, so the comparison
-/// time does not depend on how much of the secret matched).
-pub struct TokenCheck {
-    digest: [u8; 32],
-}
-
-impl std::fmt::Debug for TokenCheck {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenCheck(<redacted>)")
-    }
-}
-
-impl TokenCheck {
-    /// For this token.
-    pub fn new(token: &str) -> Self {
-        Self {
-            digest: Sha256::digest(token.as_bytes()).into(),
-        }
-    }
-
-    /// Checks an `Authorization` header value.
-    pub fn check_header(&self, value: Option<&str>) -> bool {
-        let Some(token) = value.and_then(|v| v.strip_prefix("Bearer ")) else {
-            return false;
-        };
-        let d: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        d.iter()
-            .zip(self.digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
-    }
-}
+pub use crate::auth::TokenCheck;
 
 #[derive(Clone)]
 struct AppState {
     ca: Arc<Ca>,
-    token: Arc<TokenCheck>,
+    access: Arc<Access>,
 }
 
 /// The REST router.
-pub fn router(ca: Arc<Ca>, token: Arc<TokenCheck>) -> Router {
+pub fn router(ca: Arc<Ca>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/v1/certificates", post(issue))
         .route("/v1/certificates/{serial}/renew", post(renew))
@@ -71,13 +42,14 @@ pub fn router(ca: Arc<Ca>, token: Arc<TokenCheck>) -> Router {
         .route("/v1/crl", get(crl))
         .route("/v1/log/sth", get(sth))
         .route("/v1/log/proof/{serial}", get(proof))
+        .route("/v1/log/consistency", get(consistency))
         .route("/v1/zk/verify", post(zk_verify))
         .route("/v1/zk/verifying-key", get(zk_vk))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .layer(axum::extract::DefaultBodyLimit::max(256 * 1024))
-        .with_state(AppState { ca, token })
+        .with_state(AppState { ca, access })
 }
 
 /// An error as a JSON response.
@@ -104,7 +76,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Extractor: the request carries the bearer token.
+/// Extractor: the caller is allowed (a client certificate with an allowed role, or the bearer
+/// token where accepted; see [`Access`]).
 struct Authorized;
 
 impl FromRequestParts<AppState> for Authorized {
@@ -115,11 +88,12 @@ impl FromRequestParts<AppState> for Authorized {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if state.token.check_header(header) {
-            Ok(Authorized)
-        } else {
-            Err(ApiError(Error::Unauthenticated))
-        }
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<nexus_tls::TlsConnInfo>>()
+            .and_then(|c| c.0.peer.as_deref());
+        state.access.check(peer, header)?;
+        Ok(Authorized)
     }
 }
 
@@ -364,6 +338,29 @@ async fn proof(
         "leaf_index": p.leaf_index,
         "leaf_hash": B64.encode(p.leaf_hash),
         "audit_path": p.audit_path.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
+        "sth": SthJson::from(p.sth),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsistencyQuery {
+    first: u64,
+    #[serde(default)]
+    second: u64,
+}
+
+/// `GET /v1/log/consistency?first=M&second=N`: RFC 6962 `PROOF(M, D[N])` (`second` omitted or
+/// 0: the current size), as CT's `get-sth-consistency`.
+async fn consistency(
+    State(s): State<AppState>,
+    Query(q): Query<ConsistencyQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let p = s.ca.consistency_proof(q.first, q.second).await?;
+    Ok(Json(serde_json::json!({
+        "first": p.first,
+        "second": p.second,
+        "consistency": p.proof.iter().map(|h| B64.encode(h)).collect::<Vec<_>>(),
         "sth": SthJson::from(p.sth),
     })))
 }

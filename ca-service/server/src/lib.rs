@@ -2,33 +2,43 @@
 //! publishes a CRL and keeps an append-only, Merkle-hashed issuance log (RFC 6962 style), and
 //! checks zero-knowledge claim proofs against the commitments MICs carry.
 //!
-//! * [`policy`] and [`merkle`] are pure cores (no I/O, no clock) with most of the tests.
+//! * [`policy`], [`auth`] and [`merkle`] are pure cores (no I/O, no clock) with most of the
+//!   tests.
 //! * [`ca::Ca`] is the transport-independent service: PostgreSQL state, the log writer, the
-//!   CRL and tree-head signing.
+//!   CRL and tree-head signing, service (TLS) certificates.
 //! * [`grpc`] (tonic, `nexus.ca.v1` from `nexus-ca-api`) and [`http`] (axum REST, metrics,
-//!   health) are thin edges over it; [`server`] wires them up with graceful shutdown.
+//!   health) are thin edges over it; [`server`] wires them up, in plaintext or over TLS
+//!   ([`tls`]: the CA's own server certificate), with graceful shutdown.
 //!
 //! # Trust and storage
 //! * Keys live in PostgreSQL, private keys sealed with AES-256-GCM under a key-encryption key
 //!   given by file or environment ([`kek`]); the KEK is never stored or logged.
-//! * Callers are Nexus services (controller, cloud API) holding a static bearer token. The
-//!   `tenant` in each request scopes data (another tenant's serial is NOT_FOUND); it does not
-//!   authenticate end users — the cloud API does that before calling.
+//! * Callers are Nexus services (controller, cloud API) with a client certificate of this CA
+//!   naming their role (over TLS), or a static bearer token (plaintext development mode, or
+//!   the opt-in fallback over TLS). The `tenant` in each request scopes data (another tenant's
+//!   serial is NOT_FOUND); it does not authenticate end users — the cloud API does that first.
+//! * Any number of replicas may share the database: each log batch takes an advisory lock, so
+//!   one writer at a time assigns log positions ([`ca::LOG_WRITER_LOCK`]).
 //! * The CA runs the Groth16 setup for claim proofs on first start and keeps the keys. Whoever
 //!   controls that setup could forge claim proofs; verifiers trusting this CA for MICs already
 //!   trust it for the claims inside them, so the CA adds no new trust by holding the keys. A
 //!   deployment where that is not acceptable replaces the keys with an MPC ceremony's.
 
+pub mod auth;
 pub mod ca;
 mod error;
 pub mod grpc;
 pub mod http;
 pub mod kek;
 pub mod keys;
-pub mod merkle;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod tls;
+pub mod usage;
+
+/// The issuance log's Merkle tree (owned by `nexus-ca-api`, so callers verify with it).
+pub use nexus_ca_api::merkle;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::Error;
-pub use server::{RunningServer, start};
+pub use server::{RunningServer, start, start_tls};
 
 /// Everything the server needs besides its database pool.
 #[derive(Debug, Clone)]
@@ -154,9 +164,74 @@ pub struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     pub log_json: bool,
+    /// Serve gRPC and REST over TLS with a server certificate this CA issues itself, written
+    /// to this directory (`tls.crt`, `tls.key`, and `ca.crt`: the root callers trust).
+    /// Without it the CA serves plaintext (development only).
+    #[arg(long, env = "NEXUS_CA_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// DNS name or IP address of the server certificate (repeatable).
+    #[arg(long = "tls-server-name", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+    pub tls_server_names: Vec<String>,
+    /// Server certificate lifetime (re-issued after two thirds of it).
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub tls_server_validity: Duration,
+    /// Role a client certificate may carry to call the CA (repeatable).
+    #[arg(long = "tls-client-role", default_values_t = ["controller".to_owned(), "cloud-api".to_owned()])]
+    pub tls_client_roles: Vec<String>,
+    /// Over TLS, also accept the bearer token (the documented fallback for callers without
+    /// a client certificate).
+    #[arg(long)]
+    pub tls_allow_token: bool,
+    /// Report each issued MIC as usage `mics_issued` to this cloud API (base URL).
+    #[arg(long, env = "NEXUS_CA_USAGE_URL", requires = "usage_keys_dir")]
+    pub usage_url: Option<String>,
+    /// Directory of per-tenant cloud API keys for usage reports (a file per tenant name).
+    #[arg(long, env = "NEXUS_CA_USAGE_KEYS_DIR")]
+    pub usage_keys_dir: Option<PathBuf>,
+    /// Administrative commands (run against the database, then exit).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `nexus-ca <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Issues a client certificate with a role for a caller of the CA (the controller, the
+    /// cloud API) and writes `<name>.crt`, `<name>.key` and `ca.crt` to `--out`.
+    ClientCert {
+        /// Role (URI SAN `spiffe://nexus/role/<role>`).
+        #[arg(long)]
+        role: String,
+        /// Subject CN and file name stem.
+        #[arg(long)]
+        name: String,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime.
+        #[arg(long, default_value = "720h", value_parser = parse_duration)]
+        validity: Duration,
+    },
+    /// Revokes a service (client or server) certificate by serial.
+    RevokeCert {
+        /// Serial, hex.
+        #[arg(long)]
+        serial: String,
+    },
 }
 
 impl Args {
+    /// The TLS options, if `--tls-dir` is given.
+    pub fn tls_options(&self) -> Option<tls::TlsOptions> {
+        self.tls_dir.as_ref().map(|dir| tls::TlsOptions {
+            dir: dir.clone(),
+            server_names: self.tls_server_names.clone(),
+            server_validity: self.tls_server_validity,
+            client_roles: self.tls_client_roles.clone(),
+            allow_token: self.tls_allow_token,
+        })
+    }
+
     /// Resolves the KEK and token sources into [`Settings`].
     pub fn settings(&self) -> Result<Settings, Error> {
         let kek = match (&self.kek_file, &self.kek) {
@@ -176,9 +251,10 @@ impl Args {
             (None, Some(t)) => t.trim().to_owned(),
             (None, None) => String::new(),
         };
-        if token.len() < 16 {
+        let token_needed = self.tls_dir.is_none() || self.tls_allow_token;
+        if token_needed && token.len() < 16 {
             return Err(Error::State(
-                "a bearer token of at least 16 characters is required (--token-file or NEXUS_CA_TOKEN)"
+                "a bearer token of at least 16 characters is required in plaintext mode or with --tls-allow-token (--token-file or NEXUS_CA_TOKEN)"
                     .into(),
             ));
         }

@@ -24,9 +24,26 @@ async fn main() -> anyhow::Result<()> {
         .connect(&args.database_url)
         .await
         .context("connecting to PostgreSQL")?;
-    let server = nexus_ca::start(pool, settings)
-        .await
-        .context("starting the CA")?;
+    if let Some(command) = &args.command {
+        return admin(command, pool, &settings).await;
+    }
+    let server = match args.tls_options() {
+        Some(tls) => nexus_ca::start_tls(pool, settings, tls).await,
+        None => nexus_ca::start(pool, settings).await,
+    }
+    .context("starting the CA")?;
+    let _usage = match (&args.usage_url, &args.usage_keys_dir) {
+        (Some(url), Some(dir)) => {
+            let cfg =
+                nexus_ca::usage::UsageConfig::from_dir(url, dir).context("usage keys directory")?;
+            tracing::info!(?cfg, "reporting issued MICs as usage");
+            Some(nexus_ca::usage::spawn(
+                std::sync::Arc::clone(server.ca()),
+                cfg,
+            ))
+        }
+        _ => None,
+    };
     let stop = server.stop_handle();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -34,6 +51,52 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop.send(true);
     });
     server.wait().await.context("serving")?;
+    Ok(())
+}
+
+async fn admin(
+    command: &nexus_ca::Command,
+    pool: sqlx::PgPool,
+    settings: &nexus_ca::Settings,
+) -> anyhow::Result<()> {
+    let ca = nexus_ca::server::open(pool, settings)
+        .await
+        .context("opening the CA")?;
+    match command {
+        nexus_ca::Command::ClientCert {
+            role,
+            name,
+            out,
+            validity,
+        } => {
+            let cert = ca
+                .issue_service_cert(&nexus_ca::ca::ServiceCertParams {
+                    role: role.clone(),
+                    name: name.clone(),
+                    dns_names: Vec::new(),
+                    ip_addresses: Vec::new(),
+                    server: false,
+                    client: true,
+                    not_before: std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+                    validity: *validity,
+                })
+                .await
+                .context("issuing")?;
+            nexus_ca::tls::write_files(out, name, &cert).context("writing the files")?;
+            println!(
+                "issued {} (role {role}), serial {}; wrote {name}.crt, {name}.key, ca.crt to {}",
+                name,
+                cert.serial,
+                out.display()
+            );
+        }
+        nexus_ca::Command::RevokeCert { serial } => {
+            ca.revoke_service_cert(serial, nexus_mic::RevocationReason::CessationOfOperation)
+                .await
+                .context("revoking")?;
+            println!("revoked {serial}; the CRL lists it now");
+        }
+    }
     Ok(())
 }
 

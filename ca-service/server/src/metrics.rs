@@ -32,8 +32,13 @@ pub struct Metrics {
     pub log_size: Gauge,
     /// Certificates written per database batch.
     pub batch_size: Histogram,
-    /// Seconds per database write batch (transaction).
+    /// Seconds per database write batch (transaction, including the wait for the log-writer
+    /// lock while another replica writes).
     pub batch_seconds: Histogram,
+    /// Log entries this replica learned from the database (written by other replicas).
+    pub log_synced: Counter,
+    /// Usage events waiting in the spool (as of the reporter's last round).
+    pub usage_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -53,6 +58,8 @@ impl Metrics {
         let log_size = Gauge::default();
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let batch_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
+        let log_synced = Counter::default();
+        let usage_pending = Gauge::default();
         registry.register("issued", "MICs issued", issued.clone());
         registry.register("revoked", "MICs revoked", revoked.clone());
         registry.register(
@@ -76,6 +83,16 @@ impl Metrics {
             "Duration of a database write batch",
             batch_seconds.clone(),
         );
+        registry.register(
+            "log_synced_entries",
+            "Issuance log entries written by other replicas and synced from the database",
+            log_synced.clone(),
+        );
+        registry.register(
+            "usage_pending",
+            "Usage events (issued MICs) not yet accepted by the cloud API",
+            usage_pending.clone(),
+        );
         Self {
             registry,
             issued,
@@ -85,6 +102,8 @@ impl Metrics {
             log_size,
             batch_size,
             batch_seconds,
+            log_synced,
+            usage_pending,
         }
     }
 

@@ -156,44 +156,19 @@ pub fn check_issue(
     })
 }
 
-/// Request ids: 1–128 bytes of `[A-Za-z0-9._:-]` (UUIDs, ULIDs, `controller:<uid>:<gen>`).
+/// Request ids: the rule of [`nexus_ca_api::validate::check_request_id`], shared with callers.
 pub fn check_request_id(id: &str) -> Result<(), Error> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument {
-            field: "request_id",
-            reason: "must be 1-128 characters of [A-Za-z0-9._:-]".into(),
-        })
-    }
+    nexus_ca_api::validate::check_request_id(id).map_err(Error::from)
 }
 
-/// Serials: lowercase or uppercase hex, at most 20 bytes; returned normalised (lowercase, no
-/// leading zero bytes).
+/// Serials: [`nexus_ca_api::validate::parse_serial`] (lowercase hex, no leading zero bytes).
 pub fn parse_serial(s: &str) -> Result<String, Error> {
-    let bad = || Error::InvalidArgument {
-        field: "serial",
-        reason: "must be 1-40 hex digits".into(),
-    };
-    if s.is_empty() || s.len() > 40 {
-        return Err(bad());
-    }
-    let padded = if s.len() % 2 == 1 {
-        format!("0{s}")
-    } else {
-        s.to_owned()
-    };
-    let bytes = hex::decode(padded).map_err(|_| bad())?;
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    if start == bytes.len() {
-        return Err(bad());
-    }
-    Ok(hex::encode(&bytes[start..]))
+    nexus_ca_api::validate::parse_serial(s).map_err(Error::from)
+}
+
+/// Tenant names in requests: [`nexus_ca_api::validate::check_tenant`].
+pub fn check_tenant_name(tenant: &str) -> Result<(), Error> {
+    nexus_ca_api::validate::check_tenant(tenant).map_err(Error::from)
 }
 
 #[cfg(test)]

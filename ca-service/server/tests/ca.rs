@@ -440,6 +440,108 @@ async fn revoke_shows_in_status_and_crl(pool: PgPool) -> TestResult {
 }
 
 #[sqlx::test(migrations = "./migrations")]
+async fn consistency_proofs_link_successive_tree_heads(pool: PgPool) -> TestResult {
+    let server = start(&pool).await?;
+    let mut c = client(&server).await?;
+    let mut heads = vec![
+        c.get_signed_tree_head(pb::GetSignedTreeHeadRequest::default())
+            .await?
+            .into_inner(),
+    ];
+    for round in 0..4 {
+        for i in 0..(round * 2 + 1) {
+            c.issue(issue_req(
+                &format!("c-{round}-{i}"),
+                csr("acme", "coder", "1.0")?,
+            )?)
+            .await?;
+        }
+        heads.push(
+            c.get_signed_tree_head(pb::GetSignedTreeHeadRequest::default())
+                .await?
+                .into_inner(),
+        );
+    }
+    let sizes: Vec<u64> = heads.iter().map(|h| h.tree_size).collect();
+    assert_eq!(sizes, [0, 1, 4, 9, 16]);
+    for (i, old) in heads.iter().enumerate() {
+        for new in &heads[i..] {
+            let p = c
+                .get_consistency_proof(pb::GetConsistencyProofRequest {
+                    first: old.tree_size,
+                    second: new.tree_size,
+                })
+                .await?
+                .into_inner();
+            let proof: Vec<merkle::Hash> = p
+                .proof
+                .iter()
+                .map(|h| h.as_slice().try_into())
+                .collect::<Result<_, _>>()?;
+            let old_root: merkle::Hash = old.root_hash.as_slice().try_into()?;
+            let new_root: merkle::Hash = new.root_hash.as_slice().try_into()?;
+            assert!(
+                merkle::verify_consistency(
+                    old.tree_size,
+                    new.tree_size,
+                    &old_root,
+                    &new_root,
+                    &proof
+                ),
+                "{} -> {}",
+                old.tree_size,
+                new.tree_size
+            );
+            if old.tree_size > 0 && old.tree_size < new.tree_size {
+                let mut forged = old_root;
+                forged[0] ^= 0x80;
+                assert!(!merkle::verify_consistency(
+                    old.tree_size,
+                    new.tree_size,
+                    &forged,
+                    &new_root,
+                    &proof
+                ));
+            }
+        }
+    }
+    // second = 0 is the current head; a size beyond it is refused.
+    let p = c
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            first: 3,
+            second: 0,
+        })
+        .await?
+        .into_inner();
+    assert_eq!((p.first, p.second), (3, 16));
+    assert_eq!(p.sth.map(|s| s.tree_size), Some(16));
+    let err = c
+        .get_consistency_proof(pb::GetConsistencyProofRequest {
+            first: 3,
+            second: 17,
+        })
+        .await
+        .err()
+        .ok_or("expected an error")?;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // REST, public like the tree head.
+    let (code, _, body) = http(
+        &server,
+        "GET",
+        "/v1/log/consistency?first=4&second=9",
+        None,
+        None,
+    )
+    .await?;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body)?;
+    assert_eq!(v["second"], 9);
+    assert!(v["consistency"].as_array().is_some_and(|a| !a.is_empty()));
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[sqlx::test(migrations = "./migrations")]
 async fn inclusion_proofs_verify_against_the_signed_tree_head(pool: PgPool) -> TestResult {
     let server = start(&pool).await?;
     let mut c = client(&server).await?;
@@ -950,5 +1052,85 @@ async fn claim_proofs_are_checked_against_the_certificate(pool: PgPool) -> TestR
     let v: serde_json::Value = serde_json::from_slice(&resp)?;
     assert_eq!(v["valid"], true);
     server.shutdown().await?;
+    Ok(())
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn replicas_in_one_process_share_the_log_and_the_crl(pool: PgPool) -> TestResult {
+    // Two CA cores on one database (each with its own writer), interleaved.
+    let a = start(&pool).await?;
+    let b = start(&pool).await?;
+    let (mut ca, mut cb) = (client(&a).await?, client(&b).await?);
+    let mut certs = Vec::new();
+    for i in 0..6 {
+        let c = if i % 2 == 0 { &mut ca } else { &mut cb };
+        certs.push(
+            c.issue(issue_req(
+                &format!("rep-{i}"),
+                csr("acme", "coder", "1.0")?,
+            )?)
+            .await?
+            .into_inner(),
+        );
+    }
+    let indices: Vec<u64> = certs.iter().map(|c| c.log_index).collect();
+    assert_eq!(indices, [0, 1, 2, 3, 4, 5]);
+    let (ha, hb) = (
+        ca.get_signed_tree_head(pb::GetSignedTreeHeadRequest::default())
+            .await?
+            .into_inner(),
+        cb.get_signed_tree_head(pb::GetSignedTreeHeadRequest::default())
+            .await?
+            .into_inner(),
+    );
+    assert_eq!((ha.tree_size, &ha.root_hash), (6, &hb.root_hash));
+    // Each learned the other's three entries from the database.
+    for s in [&a, &b] {
+        let m = s.ca().metrics().encode();
+        assert!(
+            m.lines()
+                .any(|l| l == "nexus_ca_log_synced_entries_total 3"),
+            "{m}"
+        );
+    }
+    // An inclusion proof from B for a MIC A issued.
+    let p = cb
+        .get_inclusion_proof(pb::GetInclusionProofRequest {
+            tenant: "acme".into(),
+            serial: certs[0].serial.clone(),
+        })
+        .await?
+        .into_inner();
+    let path: Vec<merkle::Hash> = p
+        .audit_path
+        .iter()
+        .map(|h| h.as_slice().try_into())
+        .collect::<Result<_, _>>()?;
+    assert!(merkle::verify_inclusion(
+        &merkle::leaf_hash(&certs[0].leaf_der),
+        0,
+        6,
+        &path,
+        &hb.root_hash.as_slice().try_into()?
+    ));
+    // A revocation on A is on B's CRL at once.
+    ca.revoke(pb::RevokeRequest {
+        tenant: "acme".into(),
+        request_id: "rep-revoke".into(),
+        serial: certs[1].serial.clone(),
+        reason: pb::RevocationReason::KeyCompromise as i32,
+    })
+    .await?;
+    let crl = cb.get_crl(pb::GetCrlRequest::default()).await?.into_inner();
+    let mut set = CrlSet::new();
+    set.add_crl(&crl.crl_der, &certs[1].chain_der)?;
+    use x509_parser::prelude::FromDer;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(&certs[1].leaf_der)?;
+    assert_eq!(
+        set.status(parsed.issuer().as_raw(), parsed.raw_serial()),
+        RevocationStatus::Revoked(nexus_mic::RevocationReason::KeyCompromise)
+    );
+    a.shutdown().await?;
+    b.shutdown().await?;
     Ok(())
 }

@@ -102,6 +102,17 @@ impl From<FlashOutcome> for pb::FlashOutcome {
     }
 }
 
+/// The CRD's view of an agent's routing report (`None` when it reports nothing).
+pub fn routing_status(r: &crate::v1::RoutingStatus) -> Option<nexus_crds::node::NodeRoutingStatus> {
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let out = nexus_crds::node::NodeRoutingStatus {
+        programmed_version: opt(&r.programmed_version),
+        refused_version: opt(&r.refused_version),
+        refused_reason: opt(&r.refused_reason),
+    };
+    (out != nexus_crds::node::NodeRoutingStatus::default()).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

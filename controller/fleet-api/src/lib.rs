@@ -14,7 +14,7 @@
 
 mod convert;
 
-pub use convert::{flash_result, nic_status};
+pub use convert::{flash_result, nic_status, routing_status};
 
 /// `nexus.fleet.v1`: messages, the client and the server trait.
 #[allow(missing_debug_implementations, clippy::all)]
@@ -37,6 +37,13 @@ impl v1::ControllerMessage {
     pub fn desired(d: v1::DesiredState) -> Self {
         Self {
             msg: Some(v1::controller_message::Msg::Desired(d)),
+        }
+    }
+
+    /// Wraps routing tables.
+    pub fn routing(t: v1::RoutingTables) -> Self {
+        Self {
+            msg: Some(v1::controller_message::Msg::Routing(t)),
         }
     }
 }

@@ -567,7 +567,7 @@ fn owned_by(secret: &Secret, mi: &ModelIdentity) -> bool {
 
 /// The CA request id of an issuance: stable for one (object, generation, reason, key), so a
 /// retried request is answered once; made only of the characters the CA accepts
-/// (`[A-Za-z0-9._:-]`, at most 128).
+/// (`nexus_ca_api::validate::check_request_id`: `[A-Za-z0-9._:-]`, at most 128).
 pub fn request_id(
     uid: &str,
     generation: Option<i64>,
@@ -577,7 +577,9 @@ pub fn request_id(
     let key_tag = hex::encode(&sha2::Sha256::digest(csr_der)[..8]);
     let uid: String = uid
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .filter(|c| {
+            c.is_ascii() && nexus_ca_api::validate::is_request_id_byte(*c as u8) && *c != ':'
+        })
         .take(64)
         .collect();
     format!(

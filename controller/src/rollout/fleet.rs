@@ -18,7 +18,7 @@ use nexus_crds::Fabric;
 use nexus_crds::fabric::{DataplaneMode, FabricPhase};
 use nexus_crds::node::{NexusNode, NexusNodeSpec, NexusNodeStatus, NicStatus, NodeFirmware};
 use nexus_fleet_api::v1 as pb;
-use nexus_fleet_api::{flash_result, nic_status};
+use nexus_fleet_api::{flash_result, nic_status, routing_status};
 use pb::agent_message::Msg;
 use tokio::sync::mpsc;
 
@@ -62,6 +62,8 @@ pub struct Session {
     tx: SessionTx,
     /// Highest desired-state version sent on this session.
     sent: u64,
+    /// Routing table version sent on this session.
+    routing_sent: Option<String>,
 }
 
 /// A node as the controller knows it.
@@ -118,6 +120,9 @@ pub struct Fleet {
     pub started: DateTime<Utc>,
     /// Fetched bundles and failed fetches (with back-off), by source and digest.
     pub bundles: Cache,
+    /// NexRoute tables per Fabric, as the RoutingDomain controller compiled them; pushed to
+    /// every node of the Fabric (see `crate::routing`).
+    pub routing: BTreeMap<String, Arc<pb::RoutingTables>>,
     next_session: u64,
 }
 
@@ -155,6 +160,7 @@ impl Fleet {
             nodes: BTreeMap::new(),
             started: now,
             bundles: Cache::new(),
+            routing: BTreeMap::new(),
             next_session: 1,
         }
     }
@@ -267,8 +273,14 @@ impl Fleet {
         status.agent_version = opt(&reg.agent_version);
         status.nics = reg.nics.iter().map(nic_status).collect();
         status.last_flash = reg.last_flash.as_ref().and_then(flash_result);
+        status.routing = reg.routing.as_ref().and_then(routing_status);
         status.heartbeat = Some(view::to_time(now));
-        entry.session = Some(Session { id, tx, sent: 0 });
+        entry.session = Some(Session {
+            id,
+            tx,
+            sent: 0,
+            routing_sent: None,
+        });
         id
     }
 
@@ -289,8 +301,11 @@ impl Fleet {
                 let nics: Vec<NicStatus> = s.nics.iter().map(nic_status).collect();
                 let last_flash = s.last_flash.as_ref().and_then(flash_result);
                 let changed = nics != status.nics || last_flash != status.last_flash;
+                let routing = s.routing.as_ref().and_then(routing_status);
+                let changed = changed || routing != status.routing;
                 status.nics = nics;
                 status.last_flash = last_flash;
+                status.routing = routing;
                 status.applied_version = Some(i64::try_from(s.applied_version).unwrap_or(i64::MAX));
                 if !s.busy {
                     e.progress = None;
@@ -459,7 +474,7 @@ impl Fleet {
                 sends.push((name.clone(), d));
             }
         }
-        let mut n = 0;
+        let mut n = self.push_routing();
         for (name, d) in sends {
             if let Some(s) = self.nodes.get_mut(&name).and_then(|e| e.session.as_mut()) {
                 s.sent = d.version;
@@ -472,6 +487,49 @@ impl Fleet {
             }
         }
         n
+    }
+
+    /// Sends each connected node its Fabric's routing tables when its session has not seen
+    /// that version. Returns how many were sent.
+    pub fn push_routing(&mut self) -> u32 {
+        let mut n = 0;
+        for e in self.nodes.values_mut() {
+            let Some(s) = e.session.as_mut() else {
+                continue;
+            };
+            let Some(t) = self.routing.get(&e.node.spec.fabric) else {
+                continue;
+            };
+            if s.routing_sent.as_deref() == Some(t.version.as_str()) {
+                continue;
+            }
+            s.routing_sent = Some(t.version.clone());
+            if s.tx
+                .send(Box::new(pb::ControllerMessage::routing((**t).clone())))
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// What the nodes of `fabric` report about their routing tables.
+    pub fn node_routing(&self, fabric: &str) -> Vec<crate::routing::core::NodeRouting> {
+        self.nodes
+            .iter()
+            .filter(|(_, e)| e.node.spec.fabric == fabric)
+            .map(|(name, e)| {
+                let r = e.node.status.as_ref().and_then(|s| s.routing.clone());
+                crate::routing::core::NodeRouting {
+                    node: name.clone(),
+                    programmed: r.as_ref().and_then(|r| r.programmed_version.clone()),
+                    refused: r.and_then(|r| {
+                        Some((r.refused_version?, r.refused_reason.unwrap_or_default()))
+                    }),
+                }
+            })
+            .collect()
     }
 
     /// Which nodes each fabric manages: a node stays with the fabric it was assigned to while

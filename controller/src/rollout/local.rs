@@ -61,6 +61,9 @@ pub struct LocalArgs {
     /// How often the manifest directory is re-read.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub rescan: Duration,
+    /// RoutingDomains: where their endpoints' MICs and the CA are.
+    #[command(flatten)]
+    pub routing: crate::routing::local::RoutingArgs,
 }
 
 use nexus_crds::common::parse_duration_arg as parse_duration;
@@ -101,6 +104,15 @@ pub struct LocalController {
 
 /// Reads every Fabric in `dir` (`*.yaml`, `*.yml`, `*.json`, several documents per file).
 pub fn read_manifests(dir: &Path) -> Result<Vec<Fabric>, LocalError> {
+    read_kind::<Fabric>(dir, "Fabric")
+}
+
+/// Reads every object of `kind` in `dir` (other kinds are skipped; invalid ones are logged and
+/// skipped, so one bad file does not stop the others).
+pub fn read_kind<T>(dir: &Path, kind: &str) -> Result<Vec<T>, LocalError>
+where
+    T: serde::de::DeserializeOwned + kube::Resource,
+{
     let err = |message: String| LocalError::Manifests {
         path: dir.to_owned(),
         message,
@@ -133,13 +145,15 @@ pub fn read_manifests(dir: &Path) -> Result<Vec<Fabric>, LocalError> {
             }
         };
         for d in docs {
-            if d.get("kind").and_then(|k| k.as_str()) != Some("Fabric") {
+            if d.get("kind").and_then(|k| k.as_str()) != Some(kind) {
                 continue;
             }
-            match serde_json::from_value::<Fabric>(d) {
-                Ok(fab) if fab.metadata.name.is_some() => out.push(fab),
-                Ok(_) => warn!(file = %f.display(), "skipping a Fabric without a name"),
-                Err(e) => warn!(file = %f.display(), error = %e, "skipping an invalid Fabric"),
+            match serde_json::from_value::<T>(d) {
+                Ok(obj) if obj.meta().name.is_some() => out.push(obj),
+                Ok(_) => warn!(file = %f.display(), kind, "skipping an object without a name"),
+                Err(e) => {
+                    warn!(file = %f.display(), kind, error = %e, "skipping an invalid object")
+                }
             }
         }
     }
@@ -174,6 +188,12 @@ async fn get_fabric(State(s): State<Arc<Shared>>, UrlPath(name): UrlPath<String>
         Some(e) => axum::Json(Fleet::fabric_view(e)).into_response(),
         None => (StatusCode::NOT_FOUND, format!("fabric {name} not found\n")).into_response(),
     }
+}
+
+async fn list_domains(State(s): State<Arc<Shared>>) -> Response {
+    let d = s.routing.lock().await;
+    let items: Vec<&nexus_crds::routing::RoutingDomain> = d.values().collect();
+    axum::Json(serde_json::json!({ "items": items })).into_response()
 }
 
 async fn list_nodes(State(s): State<Arc<Shared>>) -> Response {
@@ -243,6 +263,7 @@ pub fn router(shared: Arc<Shared>, registry: Arc<Registry>) -> Router {
         .route("/v1/fabrics/{name}/resume", post(resume))
         .route("/v1/fabrics/{name}/rollback", post(rollback))
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/routing-domains", get(list_domains))
         .with_state(shared)
 }
 
@@ -322,6 +343,14 @@ async fn manifest_loop(
     }
 }
 
+impl Shared {
+    /// Every Fabric with the status the controller computed, as `GET /v1/fabrics` shows them.
+    pub async fn fabrics(&self) -> Vec<Fabric> {
+        let f = self.fleet.lock().await;
+        f.fabrics.values().map(Fleet::fabric_view).collect()
+    }
+}
+
 impl LocalController {
     /// Binds both listeners and starts serving. Port 0 picks free ports (see `grpc_addr`).
     pub async fn start(args: LocalArgs) -> Result<Self, LocalError> {
@@ -354,6 +383,7 @@ impl LocalController {
             },
             metrics,
             shutdown: shutdown_rx.clone(),
+            routing: Default::default(),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(manifest_loop(
@@ -365,6 +395,13 @@ impl LocalController {
         tasks.push(tokio::spawn(reconcile_loop(
             shared.clone(),
             args.manifests.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::routing::local::run(
+            shared.clone(),
+            args.manifests.clone(),
+            args.routing.clone(),
+            args.rescan,
             shutdown_rx.clone(),
         )));
         let app = router(shared.clone(), Arc::new(registry));

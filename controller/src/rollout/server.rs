@@ -28,6 +28,8 @@ pub struct Shared {
     pub metrics: RolloutMetrics,
     /// Becomes true on shutdown: sessions end.
     pub shutdown: watch::Receiver<bool>,
+    /// RoutingDomains (local mode) with the status the routing controller computed.
+    pub routing: Mutex<crate::routing::local::Domains>,
 }
 
 /// The tonic service.

@@ -34,6 +34,11 @@ pub struct Opts {
     /// Nodes whose flash of 2.0 fails its health check.
     pub failing: Vec<usize>,
     pub bundle_bytes: usize,
+    /// RoutingDomain evidence for the controller.
+    pub routing: nexus_controller::routing::local::RoutingArgs,
+    /// Nodes whose agent programs a dataplane: each gets the real P4Runtime service (nexus-p4's
+    /// software target, as the dataplane embeds it) on a loopback port.
+    pub p4_nodes: Vec<usize>,
 }
 
 impl Default for Opts {
@@ -53,6 +58,8 @@ impl Default for Opts {
             paused: false,
             failing: Vec::new(),
             bundle_bytes: 16 * 1024,
+            routing: Default::default(),
+            p4_nodes: Vec::new(),
         }
     }
 }
@@ -69,6 +76,23 @@ pub struct Sim {
     /// When the (last) controller started.
     pub ctl_started: Instant,
     monitor_stop: Arc<AtomicBool>,
+    /// Per node: its dataplane's P4Runtime target and endpoint, if it has one.
+    pub p4: Vec<Option<(Arc<nexus_p4::Target>, String)>>,
+}
+
+/// Serves the real P4Runtime service over `target` on a loopback port; returns its URL.
+pub async fn serve_p4runtime(target: Arc<nexus_p4::Target>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let svc = nexus_p4::server::P4RuntimeService::server(target);
+    tokio::spawn(async move {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await;
+    });
+    format!("http://{addr}")
 }
 
 pub fn node_name(i: usize) -> String {
@@ -169,7 +193,18 @@ impl Sim {
             max_busy: Arc::new(AtomicU32::new(0)),
             ctl_started: Instant::now(),
             monitor_stop: Arc::new(AtomicBool::new(false)),
+            p4: Vec::new(),
         };
+        for i in 0..sim.opts.nodes {
+            let t = if sim.opts.p4_nodes.contains(&i) {
+                let target = nexus_p4::Target::new(1);
+                let url = serve_p4runtime(target.clone()).await;
+                Some((target, url))
+            } else {
+                None
+            };
+            sim.p4.push(t);
+        }
         sim.start_controller().await;
         for i in 0..sim.opts.nodes {
             let h = sim.spawn_agent(i);
@@ -197,6 +232,7 @@ impl Sim {
             heartbeat_timeout: self.opts.heartbeat_timeout,
             start_grace: self.opts.start_grace,
             rescan: Duration::from_millis(500),
+            routing: self.opts.routing.clone(),
         })
         .await
         .unwrap();
@@ -224,7 +260,14 @@ impl Sim {
         cfg.heartbeat = self.opts.heartbeat;
         cfg.backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(300));
         self.nics[i].power_on();
-        tokio::spawn(Agent::new(cfg, Arc::new(self.nics[i].clone())).run())
+        let mut agent = Agent::new(cfg, Arc::new(self.nics[i].clone()));
+        if let Some(Some((_, url))) = self.p4.get(i) {
+            agent = agent.with_routing(Arc::new(nexus_agent::routing::P4RuntimeTables::new(
+                url.clone(),
+                1,
+            )));
+        }
+        tokio::spawn(agent.run())
     }
 
     pub fn kill_agent(&mut self, i: usize) {

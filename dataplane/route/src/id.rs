@@ -21,6 +21,8 @@ pub enum IdKind {
     Claim = b'k',
     /// A routing domain (`<namespace>/<name>`).
     Domain = b'd',
+    /// A tenant (its name or slug): the NexLink header's tenant field.
+    Tenant = b't',
 }
 
 const FNV_OFFSET: u32 = 0x811c_9dc5;
@@ -60,6 +62,12 @@ pub const fn claim_id(claim: &str) -> u32 {
 /// Id of a routing domain, from its namespace and name (what the SAD's domain field carries).
 pub fn domain_id(namespace: &str, name: &str) -> u32 {
     name_id(IdKind::Domain, &format!("{namespace}/{name}"))
+}
+
+/// Id of a tenant (the NexLink header's tenant field and the P4 `tenant` table's key), from the
+/// tenant name a RoutingDomain's `spec.tenant` and a MIC's model URI carry.
+pub const fn tenant_id(tenant: &str) -> u32 {
+    name_id(IdKind::Tenant, tenant)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 //!
 //! Ctrl-C (or SIGTERM) stops accepting, lets in-flight requests finish, and stops PostgreSQL.
 
+mod dataplanes;
+mod demo;
 mod pg;
 
 use std::net::SocketAddr;
@@ -58,6 +60,13 @@ pub struct Args {
     /// Simulated flash time per node.
     #[arg(long, default_value = "3s", value_parser = nexus_crds::common::parse_duration_arg)]
     sim_flash_time: Duration,
+    /// Local dataplane nodes serving the demo model (0: none).
+    #[arg(long, default_value_t = 2)]
+    dataplanes: usize,
+    /// First dataplane port: node i listens on UDP `port + i`, HTTP `port + 10 + i`,
+    /// P4Runtime `port + 20 + i` (0: any free ports).
+    #[arg(long, default_value_t = 7710)]
+    dataplane_port: u16,
     /// Start, print what is running, check it answers, and stop (for scripts and tests).
     #[arg(long)]
     check: bool,
@@ -198,6 +207,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("binding the cloud API to {}", args.api))?;
     let api_addr = listener.local_addr()?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_reporter = stop_rx.clone();
     let api_task = tokio::spawn(nexus_cloud::serve(listener, state, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
@@ -217,6 +227,11 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             heartbeat_timeout: Duration::from_secs(10),
             start_grace: Duration::from_secs(2),
             rescan: Duration::from_secs(2),
+            routing: nexus_controller::routing::local::RoutingArgs {
+                identities: Some(data.join("mics")),
+                trust_anchors: Some(data.join("mics").join(demo::DEMO_MODEL).join("ca.crt")),
+                ca_url: Some(format!("http://{}", ca.http_addr)),
+            },
         },
     )
     .await
@@ -234,6 +249,68 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             controller.http_addr,
             args.sim_nodes,
             fabrics.display()
+        ),
+    );
+
+    // 5. What the demo tenant sees in the console: its model's MIC, issued through the public
+    //    API by the real CA, and this cluster's rollouts and hours, reported by the controller.
+    let pb = step("issuing the demo model's MIC and registering the local cluster");
+    let api = demo::Api::new(format!("http://{api_addr}"), demo.api_key.clone())?;
+    let identity = demo::demo_identity(&data, &api).await?;
+    let (mic_dir, serial) = (identity.dir.clone(), identity.serial.clone());
+    let cloud =
+        nexus_controller::cloud::CloudClient::new(&format!("http://{api_addr}"), &demo.api_key)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cluster_id = demo::local_cluster(&cloud).await?;
+    let reporter = {
+        let shared = controller.shared.clone();
+        let stop = stop_rx_reporter.clone();
+        tokio::spawn(nexus_controller::cloud::run_reporter(
+            cloud,
+            cluster_id.clone(),
+            Duration::from_secs(2),
+            move || {
+                let shared = shared.clone();
+                async move { shared.fabrics().await }
+            },
+            stop,
+        ))
+    };
+    done(
+        pb,
+        format!(
+            "{}@{} MIC serial {serial} in {} · cluster nexctl-up ({cluster_id}) reports to the cloud API",
+            demo::DEMO_MODEL,
+            demo::DEMO_MODEL_VERSION,
+            mic_dir.display()
+        ),
+    );
+
+    // 6. Dataplane nodes with the demo model, programmed with the demo RoutingDomain's tables.
+    let pb = step("starting the dataplane nodes");
+    let dps = dataplanes::start(
+        args.dataplanes,
+        args.dataplane_port,
+        &mic_dir,
+        &format!("http://{}/v1/crl", ca.http_addr),
+    )
+    .await?;
+    dataplanes::write_domain(&fabrics, &identity.tenant, &dps)?;
+    let dp_agents = dataplanes::agents(&format!("http://{}", controller.grpc_addr), &dps);
+    done(
+        pb,
+        format!(
+            "Dataplanes: {} (demo model, MIC {}; HTTP {}) · RoutingDomain demo in {}",
+            dps.iter()
+                .map(|d| d.udp.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            demo::DEMO_MODEL,
+            dps.iter()
+                .map(|d| d.http.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            fabrics.join("routing.yaml").display()
         ),
     );
 
@@ -256,6 +333,18 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         "  NEXUS_CONTROLLER_URL=http://{} target/debug/nexctl rollout status demo --watch",
         controller.http_addr
     );
+    if let Some(d) = dps.first() {
+        println!(
+            "  target/debug/nexctl call --capability code-generation --tenant {} --via http://{} --mic-dir {} 'hello'",
+            identity.tenant,
+            d.http,
+            mic_dir.display()
+        );
+        println!(
+            "  curl -s http://{}/v1/routing-domains",
+            controller.http_addr
+        );
+    }
     println!();
 
     if args.check {
@@ -277,7 +366,52 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             "{} rollout controller sees the simulated fleet",
             if fleet_ok { "✔" } else { "✘" }
         );
-        let ok = api_ok && (fleet_ok || args.sim_nodes == 0);
+        let mut reported = false;
+        for _ in 0..50 {
+            reported = http_get_ok(
+                api_addr,
+                "/v1/rollouts",
+                Some(&demo.api_key),
+                "\"fabric\":\"demo\"",
+            )
+            .await;
+            if reported || args.sim_nodes == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        println!(
+            "{} the console shows the demo rollout and MIC {serial}",
+            if reported { "✔" } else { "✘" }
+        );
+        let mut routed = None;
+        if let Some(d) = dps.first() {
+            let mut last = String::new();
+            for _ in 0..150 {
+                match dataplanes::routed_call(d.http, &identity.tenant, &mic_dir).await {
+                    Ok(r) => {
+                        routed = Some(r);
+                        break;
+                    }
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match &routed {
+                Some((hop, text)) => println!(
+                    "✔ a call routed by capability (code-generation → {hop}) answered: {text:?}"
+                ),
+                None => println!("✘ no call routed by capability: {last}"),
+            }
+        }
+        let ok = api_ok
+            && (fleet_ok || args.sim_nodes == 0)
+            && (reported || args.sim_nodes == 0)
+            && (routed.is_some() || dps.is_empty());
+        for a in &dp_agents {
+            a.abort();
+        }
+        reporter.abort();
         shutdown(stop_tx, api_task, ca, private_pg).await?;
         return Ok(if ok {
             ExitCode::SUCCESS
@@ -291,6 +425,13 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     println!("\nstopping…");
     for a in &agents {
         a.abort();
+    }
+    reporter.abort();
+    for a in &dp_agents {
+        a.abort();
+    }
+    for d in &dps {
+        d.drain(Duration::from_secs(2)).await;
     }
     controller.stop().await;
     shutdown(stop_tx, api_task, ca, private_pg).await?;

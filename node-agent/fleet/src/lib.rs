@@ -7,6 +7,10 @@
 //!   target, answers Ack/Nack, streams Progress and Status (the heartbeat), and reconnects with
 //!   exponential backoff and jitter ([`backoff::Backoff`]).
 //!
+//! - [`RoutingTarget`]: the seam to the node's dataplane tables; the session programs the
+//!   routing tables the controller pushes, one version at a time, and reports the version it
+//!   runs (or the one refused, and why) in every Status.
+//!
 //! Invariant: the agent never writes a bank before the bundle's sha256 matches the desired state
 //! (the target checks it), and never runs two flashes at once.
 
@@ -15,7 +19,7 @@ pub mod memnic;
 pub mod session;
 
 use async_trait::async_trait;
-use nexus_fleet_api::v1::{FirmwareTarget, FlashOutcome, Nic};
+use nexus_fleet_api::v1::{FirmwareTarget, FlashOutcome, Nic, RoutingTables};
 
 pub use backoff::Backoff;
 pub use memnic::MemNic;
@@ -66,6 +70,16 @@ pub trait FlashTarget: Send + Sync + 'static {
     /// any write), write the inactive bank, switch, health-check. A failed flash leaves the NIC
     /// booting its previous bank.
     async fn apply(&self, fw: &FirmwareTarget, progress: &ProgressFn) -> FlashOutput;
+}
+
+/// The node's dataplane tables as the session sees them: where the NexRoute tables the
+/// controller pushes are programmed (the node agent implements it over the dataplane's
+/// P4Runtime service, exactly as it would program a hardware switch).
+#[async_trait]
+pub trait RoutingTarget: Send + Sync + 'static {
+    /// Programs `tables` as one atomic change. `Err(reason)`: refused, and the tables the
+    /// dataplane ran before are still in place.
+    async fn program(&self, tables: &RoutingTables) -> Result<(), String>;
 }
 
 /// The version the selected NICs run, if they all run the same one.

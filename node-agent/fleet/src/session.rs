@@ -8,13 +8,14 @@ use nexus_fleet_api::v1::agent_message::Msg;
 use nexus_fleet_api::v1::controller_message::Msg as CMsg;
 use nexus_fleet_api::v1::fleet_client::FleetClient;
 use nexus_fleet_api::v1::{
-    Ack, AgentMessage, DesiredState, FlashOutcome, FlashResult, Nack, Progress, Register, Status,
+    Ack, AgentMessage, DesiredState, FlashOutcome, FlashResult, Nack, Progress, Register,
+    RoutingStatus, RoutingTables, Status,
 };
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use crate::{Backoff, FlashOutput, FlashTarget, running_version};
+use crate::{Backoff, FlashOutput, FlashTarget, RoutingTarget, running_version};
 
 /// How the agent reaches the controller.
 #[derive(Clone, Debug)]
@@ -70,6 +71,10 @@ enum Event {
         desired: Box<DesiredState>,
         result: FlashResult,
     },
+    Programmed {
+        version: String,
+        result: Result<(), String>,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -96,6 +101,14 @@ pub struct Agent<T: FlashTarget> {
     events_rx: mpsc::UnboundedReceiver<Event>,
     /// The current session's client, for FetchBundle.
     client: Option<FleetClient<Channel>>,
+    /// Where routing tables are programmed (`None`: this node has no dataplane tables, and
+    /// every push is refused with that reason).
+    routing_target: Option<Arc<dyn RoutingTarget>>,
+    /// What the dataplane runs, and the last version refused.
+    routing: RoutingStatus,
+    /// The version being programmed, and the newest one received meanwhile.
+    programming: Option<String>,
+    routing_pending: Option<RoutingTables>,
 }
 
 impl<T: FlashTarget> std::fmt::Debug for Agent<T> {
@@ -124,7 +137,17 @@ impl<T: FlashTarget> Agent<T> {
             events_tx,
             events_rx,
             client: None,
+            routing_target: None,
+            routing: RoutingStatus::default(),
+            programming: None,
+            routing_pending: None,
         }
+    }
+
+    /// Programs pushed routing tables through `target`.
+    pub fn with_routing(mut self, target: Arc<dyn RoutingTarget>) -> Self {
+        self.routing_target = Some(target);
+        self
     }
 
     /// Runs forever: a session, then a backoff delay, then another session.
@@ -159,6 +182,7 @@ impl<T: FlashTarget> Agent<T> {
             heartbeat_ms: now_ms(),
             applied_version: self.applied,
             busy: self.flashing.is_some(),
+            routing: Some(self.routing.clone()),
         }
     }
 
@@ -170,6 +194,7 @@ impl<T: FlashTarget> Agent<T> {
             labels: self.cfg.labels.clone(),
             current: self.current.clone(),
             last_flash: self.last_flash.clone(),
+            routing: Some(self.routing.clone()),
         }
     }
 
@@ -197,8 +222,10 @@ impl<T: FlashTarget> Agent<T> {
             tokio::select! {
                 msg = inbound.message() => match msg? {
                     Some(m) => {
-                        if let Some(CMsg::Desired(d)) = m.msg {
-                            self.on_desired(d, &tx).await?;
+                        match m.msg {
+                            Some(CMsg::Desired(d)) => self.on_desired(d, &tx).await?,
+                            Some(CMsg::Routing(t)) => self.on_routing(t, &tx).await?,
+                            None => {}
                         }
                     }
                     None => return Err(SessionError::Closed),
@@ -303,12 +330,66 @@ impl<T: FlashTarget> Agent<T> {
         send(tx, Msg::Status(self.status())).await
     }
 
+    /// Programs pushed tables, one version at a time; a version already running or already
+    /// refused is answered with the status alone.
+    async fn on_routing(
+        &mut self,
+        t: RoutingTables,
+        tx: &mpsc::Sender<AgentMessage>,
+    ) -> Result<(), SessionError> {
+        if self.programming.is_some() {
+            self.routing_pending = Some(t);
+            return Ok(());
+        }
+        if t.version == self.routing.programmed_version || t.version == self.routing.refused_version
+        {
+            return send(tx, Msg::Status(self.status())).await;
+        }
+        let Some(target) = self.routing_target.clone() else {
+            self.routing.refused_version = t.version;
+            self.routing.refused_reason =
+                "this node's agent programs no dataplane tables (no P4Runtime target configured)"
+                    .into();
+            return send(tx, Msg::Status(self.status())).await;
+        };
+        self.programming = Some(t.version.clone());
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            let result = target.program(&t).await;
+            let _ = events.send(Event::Programmed {
+                version: t.version,
+                result,
+            });
+        });
+        Ok(())
+    }
+
     async fn on_event(
         &mut self,
         ev: Event,
         tx: Option<&mpsc::Sender<AgentMessage>>,
     ) -> Result<(), SessionError> {
         match ev {
+            Event::Programmed { version, result } => {
+                self.programming = None;
+                match result {
+                    Ok(()) => {
+                        info!(node = %self.cfg.node_name, %version, "routing tables programmed");
+                        self.routing.programmed_version = version;
+                    }
+                    Err(reason) => {
+                        warn!(node = %self.cfg.node_name, %version, %reason, "routing tables refused");
+                        self.routing.refused_version = version;
+                        self.routing.refused_reason = reason;
+                    }
+                }
+                if let Some(tx) = tx {
+                    send(tx, Msg::Status(self.status())).await?;
+                    if let Some(next) = self.routing_pending.take() {
+                        Box::pin(self.on_routing(next, tx)).await?;
+                    }
+                }
+            }
             Event::Progress(p) => {
                 if let Some(tx) = tx {
                     send(tx, Msg::Progress(p)).await?;

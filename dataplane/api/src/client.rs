@@ -1,0 +1,317 @@
+//! The NexAPI client SDK.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nexus_api::ApiError> {
+//! use nexus_api::{Client, InferRequest};
+//! let addr = "127.0.0.1:7700".parse().unwrap();
+//! let client = Client::connect_dir(std::path::Path::new("/etc/nexus/mic"), addr).await?;
+//! let answer = client
+//!     .infer(&InferRequest { model: String::new(), prompt: "hello".into(), max_tokens: 8 })
+//!     .await?;
+//! let mut tokens = client
+//!     .stream_tokens(&InferRequest { model: String::new(), prompt: "hi".into(), max_tokens: 100 })
+//!     .await?;
+//! while let Some(token) = tokens.next().await {
+//!     print!("{}", token?);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use nexus_firmware::header::Header;
+use nexus_stream::{Config, Endpoint, Identity, Metrics, OrderedStream, Session, codes};
+
+use crate::meta::Meta;
+use crate::{
+    API_VERSION, ApiError, Binding, Capabilities, InferRequest, InferResponse, TensorAck,
+    lift_jsonrpc, tensor,
+};
+
+/// Default shard size of tensor transfers.
+pub const DEFAULT_SHARD: u32 = 4 << 20;
+
+/// A connection to a NexAPI endpoint.
+#[derive(Debug)]
+pub struct Client {
+    session: Session,
+    _endpoint: Option<Endpoint>,
+    peer: Capabilities,
+    next_tensor: AtomicU64,
+}
+
+fn my_capabilities() -> Capabilities {
+    Capabilities {
+        agent: "nexus-api-client".into(),
+        api_version: API_VERSION,
+        ops: ["infer", "tokens", "tensor", "jsonrpc"]
+            .map(String::from)
+            .to_vec(),
+        models: vec![],
+        jsonrpc: vec!["mcp".into(), "a2a".into()],
+        max_tensor: u64::from(u32::MAX),
+    }
+}
+
+fn map_stream_error(e: nexus_stream::StreamError) -> ApiError {
+    use nexus_stream::StreamError as S;
+    let code = match &e {
+        S::Read(quinn::ReadError::Reset(c)) => Some(c.into_inner()),
+        S::Write(quinn::WriteError::Stopped(c)) => Some(c.into_inner()),
+        _ => None,
+    };
+    match code {
+        Some(c) if c == codes::REFUSED.into_inner() => ApiError::Refused("refused by peer".into()),
+        Some(c) if c == codes::TOO_LARGE.into_inner() => {
+            ApiError::TooLarge("refused by peer".into())
+        }
+        Some(c) if c == codes::BAD_FRAME.into_inner() => {
+            ApiError::BadMessage("refused by peer as malformed".into())
+        }
+        Some(c) => ApiError::Cancelled(c),
+        None => ApiError::Stream(e),
+    }
+}
+
+impl Client {
+    /// Connects with an existing endpoint and exchanges capabilities.
+    pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Self, ApiError> {
+        let session = endpoint.connect(addr).await?;
+        Self::over(session, None).await
+    }
+
+    /// Connects sending before the handshake completes when a resumption ticket allows
+    /// (0-RTT); the first call should then be idempotent ([`Client::infer`] is).
+    pub async fn connect_early(endpoint: &Endpoint, addr: SocketAddr) -> Result<Self, ApiError> {
+        let session = endpoint.connect_early(addr).await?;
+        Ok(Self::without_hello(session))
+    }
+
+    /// Connects with the MIC in a Secret-layout directory (`tls.crt`, `tls.key`, `ca.crt`),
+    /// default limits and no requirement on the peer beyond a valid MIC chain.
+    pub async fn connect_dir(mic_dir: &Path, addr: SocketAddr) -> Result<Self, ApiError> {
+        let identity = Identity::from_dir(mic_dir).map_err(nexus_stream::StreamError::from)?;
+        let bind: SocketAddr = if addr.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let endpoint = Endpoint::client(
+            bind,
+            &identity,
+            &Config::default(),
+            Arc::new(Metrics::new()),
+        )?;
+        let session = endpoint.connect(addr).await?;
+        Self::over(session, Some(endpoint)).await
+    }
+
+    async fn over(session: Session, endpoint: Option<Endpoint>) -> Result<Self, ApiError> {
+        let mut c = Self::without_hello(session);
+        c._endpoint = endpoint;
+        let mut s = c.open("hello", Meta::op("hello"), false).await?;
+        s.send_msg(&serde_json::to_vec(&my_capabilities())?)
+            .await
+            .map_err(map_stream_error)?;
+        s.send.finish().map_err(map_stream_error)?;
+        let reply = s
+            .recv_msg()
+            .await
+            .map_err(map_stream_error)?
+            .ok_or(ApiError::Ended)?;
+        c.peer = serde_json::from_slice(&reply)?;
+        Ok(c)
+    }
+
+    /// Wraps a session without a `hello` exchange (benches, 0-RTT).
+    pub fn without_hello(session: Session) -> Self {
+        Self {
+            session,
+            _endpoint: None,
+            peer: Capabilities::default(),
+            next_tensor: AtomicU64::new(1),
+        }
+    }
+
+    /// The peer's advertised capabilities (empty without `hello`).
+    pub fn peer_capabilities(&self) -> &Capabilities {
+        &self.peer
+    }
+
+    /// What both sides support.
+    pub fn negotiated(&self) -> Capabilities {
+        my_capabilities().negotiate(&self.peer)
+    }
+
+    /// The underlying session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    async fn open(
+        &self,
+        _op: &str,
+        meta: Meta,
+        idempotent: bool,
+    ) -> Result<OrderedStream, ApiError> {
+        Ok(self.session.open_ordered(meta.encode(), idempotent).await?)
+    }
+
+    /// Unary inference with a JSON request.
+    pub async fn infer(&self, req: &InferRequest) -> Result<InferResponse, ApiError> {
+        let body = self.infer_raw(&serde_json::to_vec(req)?, true).await?;
+        Ok(serde_json::from_slice(&body)?)
+    }
+
+    /// Unary inference with an opaque body. `idempotent` lets it ride 0-RTT.
+    pub async fn infer_raw(&self, body: &[u8], idempotent: bool) -> Result<Bytes, ApiError> {
+        let mut s = self.open("infer", Meta::op("infer"), idempotent).await?;
+        s.send_msg(body).await.map_err(map_stream_error)?;
+        s.send.finish().map_err(map_stream_error)?;
+        s.recv_msg()
+            .await
+            .map_err(map_stream_error)?
+            .ok_or(ApiError::Ended)
+    }
+
+    /// Opens a token stream: tokens arrive as the model produces them.
+    pub async fn stream_tokens(&self, req: &InferRequest) -> Result<TokenStream, ApiError> {
+        let mut s = self.open("tokens", Meta::op("tokens"), false).await?;
+        s.send_msg(&serde_json::to_vec(req)?)
+            .await
+            .map_err(map_stream_error)?;
+        Ok(TokenStream { stream: s })
+    }
+
+    /// Sends a tensor described by `header` (its `payload_len` must be `data.len()`), split
+    /// into shards of [`DEFAULT_SHARD`] bytes on parallel streams.
+    pub async fn send_tensor(&self, header: &Header, data: &[u8]) -> Result<TensorAck, ApiError> {
+        self.send_tensor_sharded(header, data, DEFAULT_SHARD).await
+    }
+
+    /// [`Client::send_tensor`] with an explicit shard size.
+    pub async fn send_tensor_sharded(
+        &self,
+        header: &Header,
+        data: &[u8],
+        shard: u32,
+    ) -> Result<TensorAck, ApiError> {
+        if u64::from(header.payload_len) != data.len() as u64 {
+            return Err(ApiError::BadMessage(
+                "header payload_len differs from the data length".into(),
+            ));
+        }
+        let id = self.next_tensor.fetch_add(1, Ordering::Relaxed);
+        let mut control = self
+            .open(
+                "tensor",
+                Meta::op("tensor").with("id", &id.to_string()),
+                false,
+            )
+            .await?;
+        control
+            .send_msg(&tensor::encode_control(header, shard)?)
+            .await
+            .map_err(map_stream_error)?;
+        let shards = data
+            .chunks(shard.max(1) as usize)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let meta = Meta::op("shard")
+                    .with("tensor", &id.to_string())
+                    .with("index", &i.to_string());
+                async move {
+                    let mut s = self.session.open_bulk(meta.encode()).await?;
+                    s.write_all(chunk)
+                        .await
+                        .map_err(nexus_stream::StreamError::from)?;
+                    s.finish().map_err(nexus_stream::StreamError::from)?;
+                    Ok::<_, nexus_stream::StreamError>(())
+                }
+            });
+        let sending = async {
+            futures::future::try_join_all(shards)
+                .await
+                .map_err(map_stream_error)
+        };
+        let ack = async {
+            control
+                .recv_msg()
+                .await
+                .map_err(map_stream_error)?
+                .ok_or(ApiError::Ended)
+        };
+        tokio::pin!(sending);
+        tokio::pin!(ack);
+        // A refusal of the whole tensor (its header) arrives on the control stream; report
+        // that rather than the shard streams it stopped, and never wait for shards the
+        // receiver will not read.
+        let ack = tokio::select! {
+            a = &mut ack => {
+                let a = a?;
+                sending.await?;
+                a
+            }
+            s = &mut sending => match s {
+                Ok(_) => ack.await?,
+                Err(e) => return Err(ack.await.err().unwrap_or(e)),
+            },
+        };
+        Ok(serde_json::from_slice(&ack)?)
+    }
+
+    /// Carries one JSON-RPC message (MCP or A2A) unchanged; `method` and the tool or skill
+    /// name are lifted into the stream metadata for routing. Returns the reply to a request,
+    /// `None` for a notification.
+    pub async fn jsonrpc(
+        &self,
+        binding: Binding,
+        message: &[u8],
+    ) -> Result<Option<Bytes>, ApiError> {
+        let (method, name, expects_reply) = lift_jsonrpc(message)?;
+        let mut meta = Meta::op("jsonrpc")
+            .with("proto", binding.as_str())
+            .with("method", &method);
+        if let Some(name) = &name {
+            meta = meta.with("name", name);
+        }
+        let mut s = self.open("jsonrpc", meta, false).await?;
+        s.send_msg(message).await.map_err(map_stream_error)?;
+        s.send.finish().map_err(map_stream_error)?;
+        let reply = s.recv_msg().await.map_err(map_stream_error)?;
+        if expects_reply && reply.is_none() {
+            return Err(ApiError::Ended);
+        }
+        Ok(reply)
+    }
+}
+
+/// Tokens of one generation, in order, as they are produced.
+#[derive(Debug)]
+pub struct TokenStream {
+    stream: OrderedStream,
+}
+
+impl TokenStream {
+    /// The next token; `None` when the generation is complete.
+    pub async fn next(&mut self) -> Option<Result<String, ApiError>> {
+        match self.stream.recv_msg().await {
+            Ok(Some(b)) => Some(
+                String::from_utf8(b.to_vec())
+                    .map_err(|_| ApiError::BadMessage("token is not UTF-8".into())),
+            ),
+            Ok(None) => None,
+            Err(e) => Some(Err(map_stream_error(e))),
+        }
+    }
+
+    /// Cancels the generation: the server's next token write fails and its work stops.
+    pub fn cancel(mut self) {
+        self.stream.recv.stop(codes::CANCELLED);
+        self.stream.send.reset(codes::CANCELLED);
+    }
+}

@@ -1,0 +1,384 @@
+//! The serving side of NexAPI: a [`Model`] behind [`serve`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use nexus_firmware::header::Header;
+use nexus_stream::{Endpoint, Incoming, OrderedStream, Session, codes};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use quinn::RecvStream;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::meta::Meta;
+use crate::{ApiError, Binding, Capabilities, TensorAck, fnv64, tensor};
+
+/// Most tensors a session may have in assembly at once.
+pub const MAX_PENDING_TENSORS: usize = 64;
+
+/// What a NexAPI endpoint serves. Implementations must be cheap to call concurrently.
+pub trait Model: Send + Sync + 'static {
+    /// Advertised in `hello`.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Unary inference: one request body, one response body.
+    fn infer(&self, request: Bytes) -> impl Future<Output = Result<Bytes, ApiError>> + Send;
+
+    /// Token generation: send each token through `sink` as soon as it exists. A failed
+    /// `sink.send` means the caller cancelled: return at once, freeing the work.
+    fn generate(
+        &self,
+        request: Bytes,
+        sink: &mut TokenSink<'_>,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+
+    /// A received tensor, reassembled.
+    fn tensor(
+        &self,
+        header: Header,
+        data: Bytes,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send {
+        let _ = (header, data);
+        async { Ok(()) }
+    }
+
+    /// One JSON-RPC message (MCP or A2A), unchanged; `Some` reply for requests.
+    fn jsonrpc(
+        &self,
+        binding: Binding,
+        method: &str,
+        message: Bytes,
+    ) -> impl Future<Output = Result<Option<Bytes>, ApiError>> + Send {
+        let _ = (binding, method, message);
+        async { Err(ApiError::Refused("no JSON-RPC binding".into())) }
+    }
+}
+
+/// Where a generator writes tokens.
+#[derive(Debug)]
+pub struct TokenSink<'a> {
+    stream: &'a mut nexus_stream::OrderedSend,
+    sent: u64,
+    metrics: Arc<ApiMetrics>,
+}
+
+impl TokenSink<'_> {
+    /// Sends one token now. Fails when the caller cancelled (stopped the stream) or left.
+    pub async fn send(&mut self, token: &str) -> Result<(), ApiError> {
+        self.stream.send_msg(token.as_bytes()).await?;
+        self.sent += 1;
+        self.metrics.tokens.inc();
+        Ok(())
+    }
+
+    /// Tokens sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+}
+
+/// NexAPI server metrics.
+#[derive(Debug, Default)]
+pub struct ApiMetrics {
+    calls: Family<Vec<(&'static str, &'static str)>, Counter>,
+    tokens: Counter,
+    active_generations: Gauge,
+    tensor_bytes: Counter,
+}
+
+impl ApiMetrics {
+    /// Registers under `nexapi_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("nexapi");
+        r.register("calls", "Calls by operation and result", self.calls.clone());
+        r.register("tokens", "Tokens streamed", self.tokens.clone());
+        r.register(
+            "active_generations",
+            "Token generations running now",
+            self.active_generations.clone(),
+        );
+        r.register(
+            "tensor_bytes",
+            "Tensor bytes received",
+            self.tensor_bytes.clone(),
+        );
+    }
+
+    fn call(&self, op: &'static str, result: &'static str) {
+        self.calls
+            .get_or_create(&vec![("op", op), ("result", result)])
+            .inc();
+    }
+
+    /// Calls counted for an operation and result.
+    pub fn calls(&self, op: &'static str, result: &'static str) -> u64 {
+        self.calls
+            .get_or_create(&vec![("op", op), ("result", result)])
+            .get()
+    }
+
+    /// Generations running now (drops to zero when cancelled calls free their work).
+    pub fn active_generations(&self) -> i64 {
+        self.active_generations.get()
+    }
+
+    /// Tokens streamed so far.
+    pub fn tokens(&self) -> u64 {
+        self.tokens.get()
+    }
+}
+
+/// Accepts connections on `endpoint` until it drains, serving `model` on each.
+pub async fn serve<M: Model>(endpoint: Endpoint, model: Arc<M>, metrics: Arc<ApiMetrics>) {
+    while let Some(accepting) = endpoint.accept().await {
+        let model = Arc::clone(&model);
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let remote = accepting.remote_address();
+            match accepting.establish().await {
+                Ok(session) => serve_session(session, model, metrics).await,
+                Err(e) => tracing::info!(%remote, error = %e, "connection refused or failed"),
+            }
+        });
+    }
+}
+
+struct TensorSlot {
+    tx: mpsc::Sender<(u32, RecvStream)>,
+    rx: Option<mpsc::Receiver<(u32, RecvStream)>>,
+}
+
+type Tensors = Arc<Mutex<HashMap<u64, TensorSlot>>>;
+
+/// The sender half for shards of tensor `id`, creating the slot when the shard arrives
+/// before its control stream. `None` beyond [`MAX_PENDING_TENSORS`].
+async fn tensor_channel(
+    tensors: &Tensors,
+    id: u64,
+    take_receiver: bool,
+) -> Option<TensorSlotHandle> {
+    let mut map = tensors.lock().await;
+    if !map.contains_key(&id) && map.len() >= MAX_PENDING_TENSORS {
+        return None;
+    }
+    let slot = map.entry(id).or_insert_with(|| {
+        let (tx, rx) = mpsc::channel(tensor::MAX_SHARDS as usize);
+        TensorSlot { tx, rx: Some(rx) }
+    });
+    Some(TensorSlotHandle {
+        tx: slot.tx.clone(),
+        rx: if take_receiver { slot.rx.take() } else { None },
+    })
+}
+
+struct TensorSlotHandle {
+    tx: mpsc::Sender<(u32, RecvStream)>,
+    rx: Option<mpsc::Receiver<(u32, RecvStream)>>,
+}
+
+/// Serves one established session until it closes.
+pub async fn serve_session<M: Model>(session: Session, model: Arc<M>, metrics: Arc<ApiMetrics>) {
+    let tensors: Tensors = Arc::default();
+    while let Some(incoming) = session.accept().await {
+        match incoming {
+            Incoming::Ordered(stream) => {
+                let (model, metrics, tensors) = (
+                    Arc::clone(&model),
+                    Arc::clone(&metrics),
+                    Arc::clone(&tensors),
+                );
+                tokio::spawn(async move { handle(stream, model, metrics, tensors).await });
+            }
+            Incoming::Bulk { preamble, mut recv } => {
+                let routed = Meta::parse(&preamble.meta).ok().and_then(|m| {
+                    let id = m.get("tensor")?.parse::<u64>().ok()?;
+                    let index = m.get("index")?.parse::<u32>().ok()?;
+                    (m.get("op") == Some("shard")).then_some((id, index))
+                });
+                let Some((id, index)) = routed else {
+                    metrics.call("shard", "bad_meta");
+                    let _ = recv.stop(codes::BAD_FRAME);
+                    continue;
+                };
+                match tensor_channel(&tensors, id, false).await {
+                    Some(h) => {
+                        // Closed: the tensor was refused or is complete (a tombstone).
+                        if let Err(e) = h.tx.try_send((index, recv)) {
+                            metrics.call("shard", "refused");
+                            let (_, mut recv) = e.into_inner();
+                            let _ = recv.stop(codes::REFUSED);
+                        }
+                    }
+                    None => {
+                        metrics.call("shard", "too_many_tensors");
+                        let _ = recv.stop(codes::TOO_LARGE);
+                    }
+                }
+            }
+            Incoming::Message(_) | Incoming::Datagram { .. } => metrics.call("message", "ignored"),
+        }
+    }
+}
+
+fn op_label(op: &str) -> &'static str {
+    match op {
+        "hello" => "hello",
+        "infer" => "infer",
+        "tokens" => "tokens",
+        "tensor" => "tensor",
+        "jsonrpc" => "jsonrpc",
+        _ => "unknown",
+    }
+}
+
+async fn handle<M: Model>(
+    mut stream: OrderedStream,
+    model: Arc<M>,
+    metrics: Arc<ApiMetrics>,
+    tensors: Tensors,
+) {
+    let meta = match Meta::parse(&stream.preamble.meta) {
+        Ok(m) => m,
+        Err(e) => {
+            metrics.call("unknown", "bad_meta");
+            tracing::debug!(error = %e, "bad stream metadata");
+            stream.recv.stop(codes::BAD_FRAME);
+            stream.send.reset(codes::BAD_FRAME);
+            return;
+        }
+    };
+    let op = op_label(meta.get("op").unwrap_or(""));
+    let result = match op {
+        "hello" => hello(&mut stream, &*model).await,
+        "infer" => infer(&mut stream, &*model).await,
+        "tokens" => tokens(&mut stream, &*model, &metrics).await,
+        "tensor" => receive_tensor(&mut stream, &*model, &meta, &tensors, &metrics).await,
+        "jsonrpc" => jsonrpc(&mut stream, &*model, &meta).await,
+        _ => Err(ApiError::Refused("unknown operation".into())),
+    };
+    match result {
+        Ok(()) => {
+            metrics.call(op, "ok");
+            let _ = stream.send.finish();
+        }
+        Err(e) => {
+            let (label, code) = match &e {
+                ApiError::TooLarge(_) => ("too_large", codes::TOO_LARGE),
+                ApiError::Cancelled(_) | ApiError::Stream(_) => ("cancelled", codes::CANCELLED),
+                ApiError::BadMessage(_) | ApiError::Header(_) | ApiError::Meta(_) => {
+                    ("bad_message", codes::BAD_FRAME)
+                }
+                _ => ("refused", codes::REFUSED),
+            };
+            metrics.call(op, label);
+            tracing::debug!(op, error = %e, "call failed");
+            stream.recv.stop(code);
+            stream.send.reset(code);
+        }
+    }
+}
+
+async fn request(stream: &mut OrderedStream) -> Result<Bytes, ApiError> {
+    stream.recv_msg().await?.ok_or(ApiError::Ended)
+}
+
+async fn hello<M: Model>(stream: &mut OrderedStream, model: &M) -> Result<(), ApiError> {
+    let theirs: Capabilities = serde_json::from_slice(&request(stream).await?)?;
+    tracing::debug!(agent = %theirs.agent, "hello");
+    stream
+        .send_msg(&serde_json::to_vec(&model.capabilities())?)
+        .await?;
+    Ok(())
+}
+
+async fn infer<M: Model>(stream: &mut OrderedStream, model: &M) -> Result<(), ApiError> {
+    let req = request(stream).await?;
+    let resp = model.infer(req).await?;
+    stream.send_msg(&resp).await?;
+    Ok(())
+}
+
+async fn tokens<M: Model>(
+    stream: &mut OrderedStream,
+    model: &M,
+    metrics: &Arc<ApiMetrics>,
+) -> Result<(), ApiError> {
+    let req = request(stream).await?;
+    let mut sink = TokenSink {
+        stream: &mut stream.send,
+        sent: 0,
+        metrics: Arc::clone(metrics),
+    };
+    metrics.active_generations.inc();
+    let r = model.generate(req, &mut sink).await;
+    metrics.active_generations.dec();
+    r
+}
+
+async fn receive_tensor<M: Model>(
+    stream: &mut OrderedStream,
+    model: &M,
+    meta: &Meta,
+    tensors: &Tensors,
+    metrics: &ApiMetrics,
+) -> Result<(), ApiError> {
+    let id: u64 = meta
+        .get("id")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::BadMessage("tensor without id".into()))?;
+    let handle = tensor_channel(tensors, id, true)
+        .await
+        .ok_or_else(|| ApiError::TooLarge("too many tensors in flight".into()))?;
+    let Some(mut rx) = handle.rx else {
+        return Err(ApiError::BadMessage(format!("tensor id {id} reused")));
+    };
+    drop(handle.tx);
+    let result = async {
+        let control = request(stream).await?;
+        let plan = tensor::decode_control(&control, model.capabilities().max_tensor)?;
+        Ok::<_, ApiError>((plan, tensor::assemble(plan, &mut rx).await?))
+    }
+    .await;
+    // On failure the slot stays as a tombstone with its receiver closed: late or queued
+    // shards of this id are stopped instead of holding flow-control credit (a session that
+    // fails MAX_PENDING_TENSORS tensors can send no more).
+    rx.close();
+    while let Ok((_, mut recv)) = rx.try_recv() {
+        let _ = recv.stop(codes::REFUSED);
+    }
+    if result.is_ok() {
+        // Every shard arrived: no late ones to refuse, free the slot.
+        tensors.lock().await.remove(&id);
+    }
+    let (plan, data) = result?;
+    metrics.tensor_bytes.inc_by(data.len() as u64);
+    let ack = TensorAck {
+        bytes: data.len() as u64,
+        shards: plan.shards,
+        fnv64: fnv64(&data),
+    };
+    model.tensor(plan.header, data).await?;
+    stream.send_msg(&serde_json::to_vec(&ack)?).await?;
+    Ok(())
+}
+
+async fn jsonrpc<M: Model>(
+    stream: &mut OrderedStream,
+    model: &M,
+    meta: &Meta,
+) -> Result<(), ApiError> {
+    let binding = meta
+        .get("proto")
+        .and_then(Binding::parse)
+        .ok_or_else(|| ApiError::BadMessage("jsonrpc without a known proto".into()))?;
+    let method = meta.get("method").unwrap_or("").to_owned();
+    let msg = request(stream).await?;
+    if let Some(reply) = model.jsonrpc(binding, &method, msg).await? {
+        stream.send_msg(&reply).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! NexAPI end to end over NexStream on loopback UDP.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nexus_api::demo::{DemoModel, complete};
+use nexus_api::server::{ApiMetrics, TokenSink};
+use nexus_api::{ApiError, Binding, Capabilities, Client, InferRequest, Model, fnv64, serve};
+use nexus_firmware::header::{DType, DeliveryMode, Flags, Header};
+use nexus_stream::testing::TestPki;
+use nexus_stream::{Config, Endpoint, Metrics};
+
+fn any() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn start<M: Model>(model: M) -> (Endpoint, Endpoint, Arc<ApiMetrics>, SocketAddr) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = TestPki::new().unwrap();
+    let s = pki
+        .issue("nexus://acme/demo@1.0.0")
+        .unwrap()
+        .identity()
+        .unwrap();
+    let c = pki
+        .issue("nexus://acme/agent@1.0.0")
+        .unwrap()
+        .identity()
+        .unwrap();
+    let server = Endpoint::server(any(), &s, &Config::default(), Arc::new(Metrics::new())).unwrap();
+    let client = Endpoint::client(any(), &c, &Config::default(), Arc::new(Metrics::new())).unwrap();
+    let metrics = Arc::new(ApiMetrics::default());
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(serve(server.clone(), Arc::new(model), Arc::clone(&metrics)));
+    (server, client, metrics, addr)
+}
+
+#[tokio::test]
+async fn unary_inference_capabilities_and_jsonrpc() {
+    let (_s, client_ep, metrics, addr) = start(DemoModel::default()).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    assert_eq!(client.peer_capabilities().models, vec!["demo".to_string()]);
+    assert!(client.negotiated().ops.contains(&"tensor".to_string()));
+
+    let req = InferRequest {
+        model: String::new(),
+        prompt: "write a haiku".into(),
+        max_tokens: 12,
+    };
+    let r = client.infer(&req).await.unwrap();
+    assert_eq!(r.text, complete("write a haiku", 12));
+    assert_eq!(r.tokens, 12);
+    assert_eq!(metrics.calls("infer", "ok"), 1);
+
+    // MCP, unchanged JSON-RPC on a reliable-ordered stream.
+    let reply = client
+        .jsonrpc(
+            Binding::Mcp,
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"complete","arguments":{"prompt":"hi"}}}"#,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(v["id"], 7);
+    assert_eq!(v["result"]["content"][0]["text"], complete("hi", 8));
+    // A notification gets no reply.
+    assert!(
+        client
+            .jsonrpc(
+                Binding::Mcp,
+                br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#
+            )
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A2A.
+    let reply = client
+        .jsonrpc(
+            Binding::A2a,
+            br#"{"jsonrpc":"2.0","id":"a","method":"message/send","params":{"message":{"role":"user","messageId":"m1","parts":[{"kind":"text","text":"plan"}]}}}"#,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(v["result"]["parts"][0]["text"], complete("plan", 8));
+}
+
+#[tokio::test]
+async fn token_streams_arrive_in_order_and_client_cancellation_frees_the_server() {
+    let model = DemoModel {
+        token_interval: Duration::from_millis(1),
+        ..DemoModel::default()
+    };
+    let (_s, client_ep, metrics, addr) = start(model).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+
+    let mut t = client
+        .stream_tokens(&InferRequest {
+            model: String::new(),
+            prompt: "stream".into(),
+            max_tokens: 20,
+        })
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(tok) = t.next().await {
+        text.push_str(&tok.unwrap());
+    }
+    assert_eq!(text, complete("stream", 20));
+
+    // A generation that would run for a million tokens, cancelled after three.
+    let mut t = client
+        .stream_tokens(&InferRequest {
+            model: String::new(),
+            prompt: "forever".into(),
+            max_tokens: 1_000_000,
+        })
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        t.next().await.unwrap().unwrap();
+    }
+    assert_eq!(metrics.active_generations(), 1);
+    t.cancel();
+    while metrics.active_generations() != 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(metrics.tokens() < 1_000_000);
+    assert_eq!(metrics.calls("tokens", "cancelled"), 1);
+}
+
+/// A model that gives up after two tokens: server-side cancellation reaches the client.
+#[derive(Debug)]
+struct Quitter;
+
+impl Model for Quitter {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    async fn infer(&self, _: Bytes) -> Result<Bytes, ApiError> {
+        Err(ApiError::Model("no".into()))
+    }
+    async fn generate(&self, _: Bytes, sink: &mut TokenSink<'_>) -> Result<(), ApiError> {
+        sink.send("a").await?;
+        sink.send("b").await?;
+        Err(ApiError::Model("out of memory".into()))
+    }
+}
+
+#[tokio::test]
+async fn server_cancellation_and_model_errors_reach_the_client() {
+    let (_s, client_ep, _m, addr) = start(Quitter).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    let mut t = client
+        .stream_tokens(&InferRequest {
+            model: String::new(),
+            prompt: String::new(),
+            max_tokens: 10,
+        })
+        .await
+        .unwrap();
+    // The reset may overtake tokens still in flight: what arrives is a prefix, then the error.
+    let mut got = Vec::new();
+    let end = loop {
+        match t.next().await {
+            Some(Ok(tok)) => got.push(tok),
+            other => break other,
+        }
+    };
+    assert!(["a", "b"].starts_with(&got.iter().map(String::as_str).collect::<Vec<_>>()));
+    assert!(matches!(end, Some(Err(ApiError::Refused(_)))), "{end:?}");
+    assert!(matches!(
+        client.infer_raw(b"{}", true).await,
+        Err(ApiError::Refused(_))
+    ));
+    // The connection is fine afterwards.
+    assert!(client.session().connection().close_reason().is_none());
+}
+
+fn header(len: u32) -> Header {
+    Header {
+        mode: DeliveryMode::ReliableUnordered,
+        flags: Flags(0),
+        dtype: DType::F32,
+        rank: 2,
+        stream_id: 1,
+        tenant_id: 42,
+        sequence: 0,
+        shape: [len / 4 / 256, 256, 0, 0],
+        payload_len: len,
+        trace_id: 9,
+    }
+}
+
+#[tokio::test]
+async fn tensors_are_split_across_streams_and_reassembled() {
+    let model = DemoModel {
+        max_tensor: 16 << 20,
+        ..DemoModel::default()
+    };
+    let (_s, client_ep, metrics, addr) = start(model).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    let len = 9 << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let ack = client
+        .send_tensor_sharded(&header(len as u32), &data, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(ack.bytes, len as u64);
+    assert_eq!(ack.shards, 9);
+    assert_eq!(ack.fnv64, fnv64(&data));
+
+    // Oversized: refused from the header alone, before any shard is read.
+    let big = 32 << 20;
+    let r = client
+        .send_tensor_sharded(&header(big), &vec![0u8; big as usize], 8 << 20)
+        .await;
+    assert!(matches!(r, Err(ApiError::TooLarge(_))), "{r:?}");
+    assert_eq!(metrics.calls("tensor", "too_large"), 1);
+    // A header that lies about its payload is refused by the sender's own check.
+    assert!(client.send_tensor(&header(1024), &[0u8; 10]).await.is_err());
+    // The session still works.
+    assert!(
+        client
+            .infer(&InferRequest {
+                model: String::new(),
+                prompt: "ok".into(),
+                max_tokens: 1
+            })
+            .await
+            .is_ok()
+    );
+}

@@ -1,0 +1,222 @@
+//! One run, every contender, same loopback, same runtime flavour (current-thread; servers on
+//! one core, clients on another, TCP_NODELAY everywhere), open-loop load recorded in HDR
+//! histograms, and a user-space link emulator (UDP proxy for QUIC, TCP proxy for TCP)
+//! applied alike where a scenario needs delay or loss. Writes `docs/bench/dataplane.md` and
+//! `docs/bench/dataplane.svg`.
+//!
+//! Run: `cargo run --release -p nexus-dataplane-bench -- --out docs/bench`
+
+mod contenders;
+mod report;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use hdrhistogram::Histogram;
+
+/// Flags.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Output directory for the table and the plot.
+    #[arg(long, default_value = "docs/bench")]
+    out: PathBuf,
+    /// Seconds of open-loop load per contender in the warm unary scenario.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Requests per second of the open-loop load.
+    #[arg(long, default_value_t = 2000)]
+    rate: u32,
+}
+
+/// Latency summary in microseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lat {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub n: u64,
+}
+
+impl Lat {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5) as f64,
+            p99: h.value_at_quantile(0.99) as f64,
+            p999: h.value_at_quantile(0.999) as f64,
+            n: h.len(),
+        }
+    }
+}
+
+fn hist() -> Histogram<u64> {
+    // 1 µs .. 100 s, 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 100_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// Open-loop load: calls start on a fixed schedule regardless of completions (no coordinated
+/// omission: a slow server does not slow the arrivals). Latency is measured from the moment a
+/// call is issued: tokio's timer has 1 ms granularity, so calls due within one millisecond are
+/// issued together, and measuring from the nominal schedule would add up to 1 ms of client
+/// timer artefact to every contender alike.
+pub async fn open_loop<F, Fut>(rate: u32, seconds: f64, f: F) -> anyhow::Result<Lat>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let h = Arc::new(Mutex::new(hist()));
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let n = (f64::from(rate) * seconds) as u32;
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n as usize);
+    let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for i in 0..n {
+        let due = start + interval * i;
+        tokio::time::sleep_until(due).await;
+        let fut = f();
+        let issued = tokio::time::Instant::now();
+        let (h, errors) = (Arc::clone(&h), Arc::clone(&errors));
+        tasks.push(tokio::spawn(async move {
+            match fut.await {
+                Ok(()) => {
+                    let us = issued.elapsed().as_micros() as u64;
+                    if let Ok(mut h) = h.lock() {
+                        let _ = h.record(us.max(1));
+                    }
+                }
+                Err(_) => {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let e = errors.load(std::sync::atomic::Ordering::Relaxed);
+    if e > 0 {
+        anyhow::bail!("{e} calls failed");
+    }
+    let h = h.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    Ok(Lat::of(&h))
+}
+
+/// Closed-loop throughput with `workers` concurrent callers: calls per second.
+pub async fn closed_loop<F, Fut>(workers: usize, seconds: f64, f: F) -> anyhow::Result<f64>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let end = Instant::now() + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < end {
+                f().await?;
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>(n)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / seconds)
+}
+
+fn pin(core: usize) {
+    if let Some(ids) = core_affinity::get_core_ids()
+        && let Some(id) = ids.get(core % ids.len().max(1))
+    {
+        core_affinity::set_for_current(*id);
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    // Servers: one thread, one current-thread runtime, core 0.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pki = Arc::new(nexus_stream::testing::TestPki::new()?);
+    let server_pki = Arc::clone(&pki);
+    std::thread::spawn(move || {
+        pin(0);
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::anyhow!(e)));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            match contenders::start_servers(&server_pki).await {
+                Ok(s) => {
+                    let _ = tx.send(Ok(s));
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    });
+    let servers = rx.recv().context("server thread")??;
+    // Link emulators: their own thread and runtime (not pinned), shared by all contenders.
+    let (ltx, lrx) = std::sync::mpsc::channel();
+    let link_servers = servers.clone();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ltx.send(Err(anyhow::anyhow!(e)));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            match contenders::start_links(&link_servers).await {
+                Ok(l) => {
+                    let _ = ltx.send(Ok(l));
+                    std::future::pending::<()>().await;
+                }
+                Err(e) => {
+                    let _ = ltx.send(Err(e));
+                }
+            }
+        });
+    });
+    let links = lrx.recv().context("link thread")??;
+    pin(1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let results = rt.block_on(contenders::run_all(&pki, &servers, &links, &args))?;
+    std::fs::create_dir_all(&args.out)?;
+    let md = report::markdown(&results);
+    std::fs::write(args.out.join("dataplane.md"), &md)?;
+    std::fs::write(args.out.join("dataplane.svg"), report::svg(&results))?;
+    println!("{md}");
+    Ok(())
+}
+
+/// Addresses of everything started for the run.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    pub nexus: SocketAddr,
+    pub quinn: SocketAddr,
+    pub tcp: SocketAddr,
+    pub https: SocketAddr,
+    pub grpc: SocketAddr,
+}

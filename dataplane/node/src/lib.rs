@@ -1,0 +1,444 @@
+//! The node's dataplane process: a NexStream endpoint serving NexAPI on a UDP port, with
+//! `/healthz`, `/readyz` and `/metrics` on an HTTP port, draining on SIGTERM.
+//!
+//! Built to be supervised: every setting is a flag with an environment twin
+//! (`NEXUS_DATAPLANE_*`), `/readyz` answers 200 only once the UDP socket is bound, the MIC is
+//! loaded and the model (if any) is ready, and 503 from the moment draining starts; the
+//! process exits 0 after a drain.
+//!
+//! Optional parts: the demo model (`--demo-model`), an OpenAI-compatible HTTP gateway on the
+//! HTTP port (`--gateway`, [`gateway`]) and the reverse, an upstream adapter that serves an
+//! existing OpenAI-compatible model server over NexAPI (`--upstream-openai URL`,
+//! [`upstream`]).
+
+pub mod gateway;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use bytes::Bytes;
+use nexus_api::server::{ApiMetrics, TokenSink};
+use nexus_api::{ApiError, Capabilities, Model};
+use nexus_stream::{Config, Endpoint, Identity, Limits, Metrics};
+use prometheus_client::registry::Registry;
+
+/// Command-line flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "nexus-dataplane",
+    version,
+    about = "Nexus node dataplane (NexStream/NexAPI)"
+)]
+pub struct Args {
+    /// UDP address NexStream listens on.
+    #[arg(long, env = "NEXUS_DATAPLANE_LISTEN", default_value = "0.0.0.0:7700")]
+    pub listen: SocketAddr,
+    /// Secret-layout directory with this node's MIC (tls.crt, tls.key, ca.crt).
+    #[arg(long, env = "NEXUS_DATAPLANE_MIC_DIR")]
+    pub mic_dir: PathBuf,
+    /// CRL to enforce: a file (PEM or DER, re-read every --crl-refresh seconds) or an
+    /// http(s) URL (fetched at the same interval). Fail closed: a CRL that stops verifying
+    /// keeps the last good one and makes /readyz report it.
+    #[arg(long, env = "NEXUS_DATAPLANE_CRL")]
+    pub crl: Option<String>,
+    /// Seconds between CRL reloads.
+    #[arg(long, env = "NEXUS_DATAPLANE_CRL_REFRESH", default_value_t = 60)]
+    pub crl_refresh: u64,
+    /// Requirement a peer MIC must meet (nexus-mic syntax, e.g. `tenant=acme,capability=chat`).
+    #[arg(long, env = "NEXUS_DATAPLANE_REQUIREMENT", default_value = "")]
+    pub requirement: String,
+    /// Concurrent streams a peer may open, per kind (bidirectional, unidirectional).
+    #[arg(long, env = "NEXUS_DATAPLANE_MAX_STREAMS", default_value_t = 256)]
+    pub max_streams: u32,
+    /// Largest message accepted, bytes.
+    #[arg(long, env = "NEXUS_DATAPLANE_MAX_MESSAGE", default_value_t = 16 << 20)]
+    pub max_message: u64,
+    /// Bytes a peer may have buffered here per stream.
+    #[arg(long, env = "NEXUS_DATAPLANE_STREAM_WINDOW", default_value_t = 8 << 20)]
+    pub stream_window: u32,
+    /// Bytes a peer may have buffered here per connection.
+    #[arg(long, env = "NEXUS_DATAPLANE_CONNECTION_WINDOW", default_value_t = 64 << 20)]
+    pub connection_window: u32,
+    /// Connections held at once.
+    #[arg(long, env = "NEXUS_DATAPLANE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Largest tensor accepted, bytes.
+    #[arg(long, env = "NEXUS_DATAPLANE_MAX_TENSOR", default_value_t = 256 << 20)]
+    pub max_tensor: u64,
+    /// Largest UDP payload path-MTU discovery may probe for (1452 suits the Internet; raise it
+    /// on jumbo-frame fabrics).
+    #[arg(long, env = "NEXUS_DATAPLANE_MTU_UPPER_BOUND", default_value_t = 1452)]
+    pub mtu_upper_bound: u16,
+    /// Accept 0-RTT for idempotent requests on resumed connections.
+    #[arg(long, env = "NEXUS_DATAPLANE_ZERO_RTT")]
+    pub zero_rtt: bool,
+    /// Serve the deterministic demo model.
+    #[arg(long, env = "NEXUS_DATAPLANE_DEMO_MODEL")]
+    pub demo_model: bool,
+    /// Pause between streamed demo tokens, milliseconds.
+    #[arg(long, env = "NEXUS_DATAPLANE_DEMO_TOKEN_MS", default_value_t = 0)]
+    pub demo_token_ms: u64,
+    /// Serve an existing OpenAI-compatible server (base URL, e.g. http://127.0.0.1:8000)
+    /// over NexAPI.
+    #[arg(
+        long,
+        env = "NEXUS_DATAPLANE_UPSTREAM_OPENAI",
+        conflicts_with = "demo_model"
+    )]
+    pub upstream_openai: Option<String>,
+    /// Model name sent upstream.
+    #[arg(
+        long,
+        env = "NEXUS_DATAPLANE_UPSTREAM_MODEL",
+        default_value = "default"
+    )]
+    pub upstream_model: String,
+    /// HTTP address for /healthz, /readyz, /metrics (and the gateway).
+    #[arg(
+        long,
+        env = "NEXUS_DATAPLANE_HTTP_LISTEN",
+        default_value = "127.0.0.1:7701"
+    )]
+    pub http_listen: SocketAddr,
+    /// Serve `/v1/chat/completions` on the HTTP port, forwarding to this NexAPI address with
+    /// this node's MIC; port 0 means this node's own UDP port (on loopback when --listen is
+    /// a wildcard).
+    #[arg(long, env = "NEXUS_DATAPLANE_GATEWAY")]
+    pub gateway: Option<SocketAddr>,
+    /// Seconds to let open connections finish after SIGTERM.
+    #[arg(long, env = "NEXUS_DATAPLANE_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+    /// Serve the P4Runtime service of this node's software NexRoute pipeline here (TCP): the
+    /// node agent loads the pipeline and writes the routing tables through it, as into a
+    /// hardware switch; `POST /v1/resolve` on the HTTP port then answers which endpoint the
+    /// tables pick for a capability.
+    #[arg(long, env = "NEXUS_DATAPLANE_P4RUNTIME_LISTEN")]
+    pub p4runtime_listen: Option<SocketAddr>,
+}
+
+/// Serves nothing: every operation but `hello` is refused (a relay-only node).
+#[derive(Debug)]
+pub struct NoModel;
+
+impl Model for NoModel {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            agent: "nexus-dataplane".into(),
+            api_version: nexus_api::API_VERSION,
+            ..Capabilities::default()
+        }
+    }
+    async fn infer(&self, _: Bytes) -> Result<Bytes, ApiError> {
+        Err(ApiError::Refused("no model on this node".into()))
+    }
+    async fn generate(&self, _: Bytes, _: &mut TokenSink<'_>) -> Result<(), ApiError> {
+        Err(ApiError::Refused("no model on this node".into()))
+    }
+}
+
+/// Health state shared with the HTTP handlers.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    draining: AtomicBool,
+    crl_failed: AtomicBool,
+}
+
+#[derive(Clone)]
+struct HttpState {
+    health: Arc<Health>,
+    registry: Arc<Registry>,
+    p4: Option<Arc<nexus_p4::Target>>,
+}
+
+/// `POST /v1/resolve`: a capability-addressed call, resolved by this node's NexRoute tables.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    /// The caller's tenant (name or slug, as in its MIC).
+    tenant: String,
+    /// The capability asked for, e.g. `code-generation`.
+    capability: String,
+    /// The routing domain as `namespace/name`; absent: the tenant's default domain.
+    #[serde(default)]
+    domain: Option<String>,
+    /// Flow id: calls of one flow go to one endpoint (the selector hashes it).
+    #[serde(default)]
+    flow: u32,
+}
+
+async fn resolve(
+    State(s): State<HttpState>,
+    body: Result<axum::Json<ResolveRequest>, axum::extract::rejection::JsonRejection>,
+) -> axum::response::Response {
+    let err = |code: StatusCode, msg: String| {
+        (code, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    let axum::Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return err(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let Some(loaded) = s.p4.as_ref().and_then(|t| t.loaded()) else {
+        return err(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no routing tables: no pipeline loaded on this node's P4Runtime target".into(),
+        );
+    };
+    let domain = match req.domain.as_deref().map(|d| d.split_once('/')) {
+        None => 0,
+        Some(Some((ns, name))) => nexus_route::id::domain_id(ns, name),
+        Some(None) => {
+            return err(
+                StatusCode::BAD_REQUEST,
+                "domain must be namespace/name".into(),
+            );
+        }
+    };
+    match nexus_p4::packet::next_hop(
+        &loaded,
+        nexus_route::id::tenant_id(&req.tenant),
+        nexus_route::id::capability_id(&req.capability),
+        domain,
+        req.flow,
+    ) {
+        Ok(hop) => axum::Json(serde_json::json!({ "next_hop": hop.to_string() })).into_response(),
+        Err(v) => err(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no route for {} in tenant {}: {v:?}",
+                req.capability, req.tenant
+            ),
+        ),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    let h = &s.health;
+    if h.draining.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else if h.crl_failed.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "crl not loaded")
+    } else if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+impl Args {
+    /// NexStream configuration from the flags.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        Ok(Config {
+            limits: Limits {
+                max_bidi_streams: self.max_streams,
+                max_uni_streams: self.max_streams,
+                stream_window: self.stream_window,
+                connection_window: self.connection_window,
+                max_message: self.max_message,
+                max_connections: self.max_connections,
+                mtu_upper_bound: self.mtu_upper_bound,
+                ..Limits::default()
+            },
+            requirement: self.requirement.parse().context("parsing --requirement")?,
+            zero_rtt: self.zero_rtt,
+        })
+    }
+}
+
+async fn load_crl(endpoint: &Endpoint, source: &str) -> anyhow::Result<usize> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let bytes = reqwest::Client::new()
+            .get(source)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        Ok(endpoint.trust().set_crl_bytes(&bytes)?)
+    } else {
+        Ok(endpoint
+            .trust()
+            .load_crl_file(std::path::Path::new(source))?)
+    }
+}
+
+/// A running dataplane (for tests and embedding): addresses and a drain handle.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Bound UDP address.
+    pub udp: SocketAddr,
+    /// Bound HTTP address.
+    pub http: SocketAddr,
+    /// Bound P4Runtime address, when serving one.
+    pub p4runtime: Option<SocketAddr>,
+    /// The endpoint.
+    pub endpoint: Endpoint,
+    health: Arc<Health>,
+}
+
+impl Running {
+    /// Drains and stops.
+    pub async fn drain(&self, grace: Duration) {
+        self.health.draining.store(true, Ordering::Relaxed);
+        self.endpoint.drain(grace).await;
+    }
+}
+
+/// Starts everything and returns once it serves.
+pub async fn start(args: &Args) -> anyhow::Result<Running> {
+    let identity = Identity::from_dir(&args.mic_dir)
+        .with_context(|| format!("loading the MIC from {}", args.mic_dir.display()))?;
+    let config = args.config()?;
+    let mut registry = Registry::default();
+    let stream_metrics = Arc::new(Metrics::new());
+    stream_metrics.register(&mut registry);
+    let api_metrics = Arc::new(ApiMetrics::default());
+    api_metrics.register(&mut registry);
+    let endpoint = Endpoint::server(args.listen, &identity, &config, Arc::clone(&stream_metrics))
+        .with_context(|| format!("binding {}", args.listen))?;
+    let health = Arc::new(Health::default());
+
+    if let Some(source) = &args.crl {
+        let n = load_crl(&endpoint, source)
+            .await
+            .with_context(|| format!("loading the CRL from {source}"))?;
+        tracing::info!(revoked = n, source, "CRL loaded");
+        let (endpoint, source, health) = (endpoint.clone(), source.clone(), Arc::clone(&health));
+        let every = Duration::from_secs(args.crl_refresh.max(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match load_crl(&endpoint, &source).await {
+                    Ok(_) => health.crl_failed.store(false, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "CRL reload failed; keeping the last one");
+                        health.crl_failed.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+    }
+
+    let ep = endpoint.clone();
+    if args.demo_model {
+        let model = nexus_api::demo::DemoModel {
+            token_interval: Duration::from_millis(args.demo_token_ms),
+            max_tensor: args.max_tensor,
+            ..Default::default()
+        };
+        tokio::spawn(nexus_api::serve(ep, Arc::new(model), api_metrics));
+    } else if let Some(url) = &args.upstream_openai {
+        let model = upstream::OpenAiUpstream::new(url, &args.upstream_model)?;
+        tokio::spawn(nexus_api::serve(ep, Arc::new(model), api_metrics));
+    } else {
+        tokio::spawn(nexus_api::serve(ep, Arc::new(NoModel), api_metrics));
+    }
+
+    let mut p4runtime = None;
+    let p4 = match args.p4runtime_listen {
+        Some(addr) => {
+            let target = nexus_p4::Target::new(1);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the P4Runtime service to {addr}"))?;
+            p4runtime = Some(listener.local_addr()?);
+            let svc = nexus_p4::server::P4RuntimeService::server(Arc::clone(&target));
+            tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!(error = %e, "P4Runtime service stopped");
+                }
+            });
+            Some(target)
+        }
+        None => None,
+    };
+    let state = HttpState {
+        health: Arc::clone(&health),
+        registry: Arc::new(registry),
+        p4: p4.clone(),
+    };
+    let mut app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/resolve", axum::routing::post(resolve))
+        .with_state(state);
+    let udp = endpoint.local_addr()?;
+    if let Some(mut target) = args.gateway {
+        if target.port() == 0 {
+            target.set_port(udp.port());
+            if target.ip().is_unspecified() {
+                target.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+        }
+        let gw = gateway::Gateway::new(&identity, target)?;
+        app = app.merge(gateway::router(gw));
+    }
+    let listener = tokio::net::TcpListener::bind(args.http_listen)
+        .await
+        .with_context(|| format!("binding {}", args.http_listen))?;
+    let http = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    health.ready.store(true, Ordering::Relaxed);
+    tracing::info!(%udp, %http, "dataplane ready");
+    Ok(Running {
+        udp,
+        http,
+        p4runtime,
+        endpoint,
+        health,
+    })
+}
+
+/// Runs until SIGTERM or Ctrl-C, then drains.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let running = start(&args).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("draining");
+    running.drain(Duration::from_secs(args.drain_seconds)).await;
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The local dataplane nodes of `nexctl up`: `nexus-dataplane` in process (NexStream on UDP,
+//! the demo model, the node's P4Runtime target), each with a node agent that joins the demo
+//! Fabric and programs the routing tables the controller pushes; and the demo RoutingDomain
+//! that advertises both as `code-generation` endpoints of the demo model's MIC.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Starts `n` dataplanes serving the demo model with `mic_dir`'s MIC, enforcing the CA's CRL.
+/// Ports: UDP `base + i`, HTTP `base + 10 + i`, P4Runtime `base + 20 + i` (all 0: any).
+pub async fn start(
+    n: usize,
+    base: u16,
+    mic_dir: &Path,
+    crl_url: &str,
+) -> anyhow::Result<Vec<nexus_dataplane::Running>> {
+    let port = |off: u16, i: usize| {
+        if base == 0 {
+            0
+        } else {
+            base.saturating_add(off)
+                .saturating_add(u16::try_from(i).unwrap_or(0))
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let args = <nexus_dataplane::Args as clap::Parser>::try_parse_from([
+            "nexus-dataplane".to_owned(),
+            format!("--listen=127.0.0.1:{}", port(0, i)),
+            format!("--mic-dir={}", mic_dir.display()),
+            format!("--crl={crl_url}"),
+            "--crl-refresh=10".to_owned(),
+            "--demo-model".to_owned(),
+            format!("--http-listen=127.0.0.1:{}", port(10, i)),
+            format!("--p4runtime-listen=127.0.0.1:{}", port(20, i)),
+        ])?;
+        let running = nexus_dataplane::start(&args)
+            .await
+            .with_context(|| format!("starting dataplane node {i}"))?;
+        out.push(running);
+    }
+    Ok(out)
+}
+
+/// A node agent per dataplane (`dp-node-<i>`, in the demo Fabric) that programs the routing
+/// tables into that dataplane over P4Runtime.
+pub fn agents(
+    controller: &str,
+    dataplanes: &[nexus_dataplane::Running],
+) -> Vec<tokio::task::JoinHandle<()>> {
+    use nexus_fleet_agent::memnic::MemNic;
+    use nexus_fleet_agent::session::{Agent, AgentConfig};
+    dataplanes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            let p4 = d.p4runtime?;
+            let mut cfg = AgentConfig::new(controller.to_owned(), format!("dp-node-{i}"));
+            cfg.labels.insert("nexus.dev/fabric".into(), "demo".into());
+            cfg.heartbeat = Duration::from_secs(2);
+            let nic = Arc::new(MemNic::new("1.0", Duration::from_secs(3)));
+            let agent = Agent::new(cfg, nic).with_routing(Arc::new(
+                nexus_agent::routing::P4RuntimeTables::new(format!("http://{p4}"), 1),
+            ));
+            Some(tokio::spawn(agent.run()))
+        })
+        .collect()
+}
+
+/// The demo RoutingDomain: both dataplanes as `code-generation` endpoints of the demo model,
+/// admitted on its MIC. Rewritten on every start (the addresses may change).
+pub fn write_domain(
+    fabrics: &Path,
+    tenant: &str,
+    dataplanes: &[nexus_dataplane::Running],
+) -> anyhow::Result<()> {
+    let mut endpoints = String::new();
+    for (i, d) in dataplanes.iter().enumerate() {
+        endpoints.push_str(&format!(
+            "    - name: demo-coder-{i}
+      address: \"{}\"
+      capability:
+        capabilities: [code-generation, chat]
+        modelFamily: llm
+        contextWindow: 131072
+        modalities: [text]
+        latencySlaMs: 200
+      modelIdentityRef:
+        name: {}
+",
+            d.udp,
+            super::demo::DEMO_MODEL
+        ));
+    }
+    let text = format!(
+        "# Written by `nexctl up` on every start: the demo tenant's code-generation endpoints, one per
+# local dataplane, admitted on the demo model's MIC (see GET /v1/routing-domains on the
+# controller's status address).
+apiVersion: nexus.dev/v1alpha1
+kind: RoutingDomain
+metadata:
+  name: demo
+  namespace: default
+spec:
+  tenant: {tenant}
+  fabricRef:
+    name: demo
+  endpoints:
+{endpoints}  policy:
+    trust:
+      requiredClaims: [\"capability:code-generation\"]
+"
+    );
+    std::fs::write(fabrics.join("routing.yaml"), text)?;
+    Ok(())
+}
+
+/// A call routed by capability, as `nexctl call --capability code-generation --via …` makes
+/// it: resolved by the first dataplane's tables, then sent to the endpoint they pick.
+pub async fn routed_call(
+    via: SocketAddr,
+    tenant: &str,
+    mic_dir: &Path,
+) -> anyhow::Result<(SocketAddr, String)> {
+    let hop = crate::call::resolve(&via.to_string(), tenant, "code-generation", None).await?;
+    let client = nexus_api::Client::connect_dir(mic_dir, hop)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {hop}: {e}"))?;
+    let r = client
+        .infer(&nexus_api::InferRequest {
+            model: String::new(),
+            prompt: "write a function that adds two numbers".into(),
+            max_tokens: 8,
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("calling {hop}: {e}"))?;
+    Ok((hop, r.text))
+}

@@ -1,0 +1,665 @@
+//! The end-to-end suite with faults: the real binaries over loopback, no fakes between them —
+//! `nexus-ca` and `nexus-cloud` on PostgreSQL, `nexus-controller local`, three `nexus-agent`
+//! processes flashing simulated NICs with a signed bundle, and `nexus-usage-report` spooling
+//! usage. Each flow runs to completion while a process is SIGKILLed and restarted in the middle
+//! of it: the controller and an agent mid-rollout, the CA between issuances, the cloud API
+//! mid-ingest. Afterwards: every node runs the target and stays bootable, every MIC request was
+//! answered, the issuance log is consistent, and the usage was billed exactly once.
+//!
+//! The binaries are the ones `cargo test --workspace` builds next to this test (it builds every
+//! package's binaries before running any test); the test says which one is missing otherwise.
+
+#![allow(clippy::unwrap_used)]
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const KEK_HEX: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+const CA_TOKEN: &str = "e2e-ca-token-0123456789abcdef";
+const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
+const USAGE_TOKEN: &str = "e2e-usage-token-0123456789abcdef";
+const NODES: usize = 3;
+
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<this test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace's binaries first (`cargo test --workspace` or \
+         `cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+}
+
+/// A child process that can be SIGKILLed and started again with the same arguments.
+struct Proc {
+    name: String,
+    program: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(
+        dir: &Path,
+        name: &str,
+        program: &str,
+        args: &[&dyn AsRef<std::ffi::OsStr>],
+        env: &[(&str, &str)],
+    ) -> Proc {
+        let mut p = Proc {
+            name: name.to_owned(),
+            program: bin(program),
+            args: args.iter().map(|a| a.as_ref().to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            child: None,
+            log: dir.join(format!("{name}.log")),
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn get_json(http: &reqwest::Client, url: String, key: Option<&str>) -> Option<Value> {
+    let mut req = http.get(url);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+fn signed_bundle() -> (Vec<u8>, String) {
+    use nexus_firmware::bundle::{self, Manifest, testing};
+    let (key, trust) = testing::key("release", 42);
+    let m = Manifest::new(
+        "mellanox",
+        0x15b3,
+        vec![0x101d],
+        "2.0.0".parse().unwrap(),
+        semver::VersionReq::parse(">=0.1, <1").unwrap(),
+    );
+    let payload: Vec<u8> = (0..400_000).map(|i| (i % 241) as u8).collect();
+    let b = bundle::sign(bundle::pack(m, payload).unwrap(), &key).to_bytes();
+    (b, trust.to_json())
+}
+
+struct Stack {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    http: reqwest::Client,
+    ca: Proc,
+    ca_http: SocketAddr,
+    cloud: Proc,
+    cloud_addr: SocketAddr,
+    controller: Proc,
+    controller_http: SocketAddr,
+    agents: Vec<Proc>,
+    dbs: Vec<String>,
+}
+
+async fn create_db(admin: &sqlx::PgPool, name: &str) {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(admin)
+    .await
+    .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(admin)
+        .await
+        .unwrap();
+}
+
+fn with_db(url: &str, db: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{db}"),
+        None => url.to_owned(),
+    }
+}
+
+async fn start_stack(admin: &sqlx::PgPool, base_url: &str) -> Stack {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let id = std::process::id();
+    let (ca_db, cloud_db) = (format!("e2e_ca_{id}"), format!("e2e_cloud_{id}"));
+    create_db(admin, &ca_db).await;
+    create_db(admin, &cloud_db).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+
+    let (ca_grpc, ca_http) = (free_addr(), free_addr());
+    let ca = Proc::start(
+        &dir,
+        "ca",
+        "nexus-ca",
+        &[
+            &"--database-url",
+            &with_db(base_url, &ca_db),
+            &"--grpc-listen",
+            &ca_grpc.to_string(),
+            &"--http-listen",
+            &ca_http.to_string(),
+            &"--tenant",
+            &"acme",
+        ],
+        &[("NEXUS_CA_KEK", KEK_HEX), ("NEXUS_CA_TOKEN", CA_TOKEN)],
+    );
+    wait_for("the CA", 60, || {
+        get_json(&http, format!("http://{ca_http}/v1/log/sth"), None)
+    })
+    .await;
+
+    let cloud_addr = free_addr();
+    let cloud = Proc::start(
+        &dir,
+        "cloud",
+        "nexus-cloud",
+        &[
+            &"serve",
+            &"--listen",
+            &cloud_addr.to_string(),
+            &"--ca-endpoint",
+            &format!("http://{ca_grpc}"),
+            &"--no-console",
+        ],
+        &[
+            ("DATABASE_URL", &with_db(base_url, &cloud_db)),
+            ("NEXUS_ADMIN_TOKEN", ADMIN_TOKEN),
+            ("NEXUS_USAGE_TOKEN", USAGE_TOKEN),
+            ("NEXUS_CA_TOKEN", CA_TOKEN),
+        ],
+    );
+    wait_for("the cloud API", 60, || async {
+        let r = http
+            .get(format!("http://{cloud_addr}/readyz"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+
+    // The rollout: a signed 2.0.0 bundle for three simulated NICs running 1.0.0.
+    let (bundle, trust) = signed_bundle();
+    let bundle_path = dir.join("fw-2.0.0.bundle");
+    std::fs::write(&bundle_path, &bundle).unwrap();
+    let trust_path = dir.join("trust.json");
+    std::fs::write(&trust_path, trust).unwrap();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join("fabric.yaml"),
+        format!(
+            r#"apiVersion: nexus.dev/v1alpha1
+kind: Fabric
+metadata: {{name: gpu}}
+spec:
+  nodeSelector: {{matchLabels: {{pool: gpu}}}}
+  nic: {{vendor: nvidia, pciVendorId: "15b3", pciDeviceIds: ["101d"]}}
+  firmware: {{version: "2.0.0", bundle: {{url: "file://{}"}}, sha256: "{}"}}
+  rollout: {{canary: 1, maxUnavailable: 1, soakTime: 0s, failureThreshold: 0}}
+"#,
+            bundle_path.display(),
+            hex::encode(Sha256::digest(&bundle))
+        ),
+    )
+    .unwrap();
+    let (fleet, controller_http) = (free_addr(), free_addr());
+    let controller = Proc::start(
+        &dir,
+        "controller",
+        "nexus-controller",
+        &[
+            &"local",
+            &"--manifests",
+            &manifests,
+            &"--listen",
+            &fleet.to_string(),
+            &"--status-listen",
+            &controller_http.to_string(),
+            &"--heartbeat-timeout",
+            &"10s",
+            &"--start-grace",
+            &"2s",
+            &"--rescan",
+            &"1s",
+        ],
+        &[],
+    );
+    let mut agents = Vec::new();
+    for i in 0..NODES {
+        let node_dir = dir.join(format!("node-{i}"));
+        let out = Command::new(bin("nexus-agent"))
+            .arg("--sim-dir")
+            .arg(node_dir.join("nic0"))
+            .args(["sim-create", "--serial", &format!("SIM{i:07}")])
+            .args(["--version", "1.0.0", "--image-size", "8192"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        agents.push(Proc::start(
+            &dir,
+            &format!("agent-{i}"),
+            "nexus-agent",
+            &[
+                &"--sim-dir",
+                &node_dir,
+                &"--controller",
+                &format!("http://{fleet}"),
+                &"--node-name",
+                &format!("gpu-{i}"),
+                &"--label",
+                &"pool=gpu",
+                &"--controller-trust-store",
+                &trust_path,
+                &"--heartbeat-secs",
+                &"1",
+                // ~2 s per flash: long enough to be killed in the middle of one.
+                &"--sim-speed",
+                &"200000",
+            ],
+            &[],
+        ));
+    }
+    Stack {
+        _dir: tmp,
+        dir,
+        http,
+        ca,
+        ca_http,
+        cloud,
+        cloud_addr,
+        controller,
+        controller_http,
+        agents,
+        dbs: vec![ca_db, cloud_db],
+    }
+}
+
+impl Stack {
+    async fn fabric(&self) -> Option<Value> {
+        let v = get_json(
+            &self.http,
+            format!("http://{}/v1/fabrics/gpu", self.controller_http),
+            None,
+        )
+        .await?;
+        Some(v)
+    }
+
+    async fn nodes_on(&self, version: &str) -> usize {
+        let Some(v) = get_json(
+            &self.http,
+            format!("http://{}/v1/nodes", self.controller_http),
+            None,
+        )
+        .await
+        else {
+            return 0;
+        };
+        v["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter(|n| {
+                        n["status"]["nics"].as_array().is_some_and(|nics| {
+                            !nics.is_empty()
+                                && nics.iter().all(|nic| nic["runningFirmware"] == version)
+                        })
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.cloud_addr)
+    }
+
+    async fn call(&self, key: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method.clone(), self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+}
+
+fn csr_for(model: &str) -> (String, Vec<u8>) {
+    let uri = nexus_mic::ModelUri::new("acme", model, "1.0.0").unwrap();
+    let key = nexus_mic::generate_model_key(&uri).unwrap();
+    (
+        base64::engine::general_purpose::STANDARD.encode(&key.csr_der),
+        key.csr_der,
+    )
+}
+
+fn issue_body(csr_b64: &str, request_id: &str) -> Value {
+    json!({
+        "csr_der_base64": csr_b64,
+        "version": "1.0.0",
+        "attestation": {
+            "architecture_hash": hex::encode(Sha256::digest(b"e2e arch")),
+            "provenance": {"publisher": "Acme"},
+            "capabilities": {"capabilities": ["code-generation"], "context_window": 131072, "modalities": ["text"]},
+        },
+        "request_id": request_id,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_flow_completes_with_each_process_killed_mid_flow() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let base_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&base_url)
+        .await
+        .expect("PostgreSQL at DATABASE_URL (scripts/test and .ci/run start it)");
+    let mut s = start_stack(&admin, &base_url).await;
+
+    // 1. The rollout, with the controller and then an agent SIGKILLed while nodes flash.
+    wait_for("a node flashing", 60, || async {
+        let f = s.fabric().await?;
+        (f["status"]["nodes"]["updating"].as_u64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    s.controller.restart();
+    wait_for("a node flashing again", 60, || async {
+        let f = s.fabric().await?;
+        let updating = f["status"]["nodes"]["updating"].as_u64().unwrap_or(0);
+        let updated = f["status"]["nodes"]["updated"].as_u64().unwrap_or(0);
+        (updating > 0 && updated < NODES as u64).then_some(())
+    })
+    .await;
+    // Kill every agent that is mid-flash (a flash takes ~2 s; the interrupted one is redone).
+    for a in s.agents.iter_mut() {
+        a.restart();
+    }
+    let ready = {
+        let s = &s;
+        wait_for(
+            "the Fabric Ready with every node on 2.0.0",
+            180,
+            || async move {
+                let f = s.fabric().await?;
+                (f["status"]["phase"] == "Ready" && s.nodes_on("2.0.0").await == NODES).then_some(f)
+            },
+        )
+        .await
+    };
+    assert_eq!(ready["status"]["nodes"]["failed"], 0, "{ready}");
+    // Every NIC still has a bootable bank with the old image (nothing left unbootable).
+    let nodes = get_json(
+        &s.http,
+        format!("http://{}/v1/nodes", s.controller_http),
+        None,
+    )
+    .await
+    .unwrap();
+    for n in nodes["items"].as_array().unwrap() {
+        for nic in n["status"]["nics"].as_array().unwrap() {
+            let banks = nic["banks"].as_array().unwrap();
+            assert!(
+                banks.iter().all(|b| b["bootable"] == true),
+                "a bank left unbootable: {nic}"
+            );
+        }
+    }
+
+    // 2. MICs through the cloud API, with the CA SIGKILLed between issuances.
+    let tenant = s
+        .call(
+            ADMIN_TOKEN,
+            reqwest::Method::POST,
+            "/v1/tenants",
+            json!({"name": "Acme", "slug": "acme", "owner_email": "ops@acme.example"}),
+        )
+        .await;
+    let key = tenant["api_key"].as_str().unwrap().to_owned();
+    let model = s
+        .call(
+            &key,
+            reqwest::Method::POST,
+            "/v1/model-identities",
+            json!({"name": "coder", "model_digest": format!("sha256:{}", hex::encode(Sha256::digest(b"w")))}),
+        )
+        .await;
+    let model_id = model["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/model-identities/{model_id}/certificates");
+    let (csr1, _) = csr_for("coder");
+    let first = s
+        .call(
+            &key,
+            reqwest::Method::POST,
+            &path,
+            issue_body(&csr1, "e2e-1"),
+        )
+        .await;
+    s.ca.restart();
+    let (csr2, _) = csr_for("coder");
+    let second = wait_for("an issuance after the CA restarted", 60, || async {
+        let r = s
+            .http
+            .post(s.url(&path))
+            .bearer_auth(&key)
+            .json(&issue_body(&csr2, "e2e-2"))
+            .send()
+            .await
+            .ok()?;
+        if r.status().is_success() {
+            r.json::<Value>().await.ok()
+        } else {
+            None
+        }
+    })
+    .await;
+    assert_ne!(first["serial"], second["serial"]);
+    // The retried first request is answered with the first certificate, not a new one.
+    let again = s
+        .call(
+            &key,
+            reqwest::Method::POST,
+            &path,
+            issue_body(&csr1, "e2e-1"),
+        )
+        .await;
+    assert_eq!(
+        again["serial"], first["serial"],
+        "idempotent across the restart"
+    );
+    let sth = get_json(&s.http, format!("http://{}/v1/log/sth", s.ca_http), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        sth["tree_size"], 2,
+        "exactly two MICs in the issuance log: {sth}"
+    );
+
+    // 3. Usage through the spool, with the cloud API SIGKILLed mid-ingest.
+    let spool = s.dir.join("spool");
+    let now = chrono::Utc::now();
+    let events: String = (0..500)
+        .map(|i| {
+            json!({
+                "tenant": "acme",
+                "meter": "traffic_bytes",
+                "quantity": 1000,
+                "timestamp": now,
+                "dimensions": {"domain": "code"},
+                "idempotency_key": format!("e2e-traffic-{i}"),
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let endpoint = s.url("");
+    let report = |stdin: Option<&str>| {
+        let mut c = Command::new(bin("nexus-usage-report"));
+        c.arg("--spool")
+            .arg(&spool)
+            .args(["--endpoint", &endpoint])
+            .arg("--until-empty")
+            .env("NEXUS_USAGE_TOKEN", USAGE_TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if stdin.is_none() {
+            c.arg("--no-stdin");
+        }
+        c.stdin(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(text.as_bytes()).unwrap();
+        } else {
+            drop(child.stdin.take());
+        }
+        child
+    };
+    s.cloud.kill();
+    let mut reporter = report(Some(&events));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.cloud.spawn();
+    let status = tokio::task::spawn_blocking(move || reporter.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the reporter drains its spool: {}",
+        s.cloud.tail()
+    );
+    // The same events again (a component measuring the same thing twice): billed once.
+    let mut again = report(Some(&events));
+    assert!(
+        tokio::task::spawn_blocking(move || again.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+    let usage = wait_for("usage to show", 30, || {
+        get_json(&s.http, s.url("/v1/usage?meter=traffic_bytes"), Some(&key))
+    })
+    .await;
+    let total: i64 = usage["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["quantity"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(total, 500 * 1000, "billed exactly once: {usage}");
+
+    for a in s.agents.iter_mut() {
+        a.kill();
+    }
+    s.controller.kill();
+    s.cloud.kill();
+    s.ca.kill();
+    for db in &s.dbs {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await;
+    }
+}
