@@ -56,10 +56,14 @@ pub struct Config {
     /// Usage token: Nexus components (dataplanes, the CA, the controller) report usage for any
     /// tenant with it (`POST /v1/system/usage-events`), and may do nothing else.
     pub usage_token: Option<String>,
-    /// gRPC endpoint of the CA service (e.g. `http://127.0.0.1:50051`); `None` makes MIC
-    /// issuance answer 503.
+    /// gRPC endpoint of the CA service (`https://nexus-ca:9443`, or plaintext
+    /// `http://127.0.0.1:50051` in development); `None` makes MIC issuance answer 503.
     pub ca_endpoint: Option<String>,
-    /// Bearer token the CA expects from the cloud API.
+    /// TLS towards the CA for `https://` endpoints: its root and this service's client
+    /// certificate (role `cloud-api`).
+    pub ca_tls: Option<nexus_tls::ClientTlsFiles>,
+    /// Bearer token the CA expects from the cloud API: the fallback when no client
+    /// certificate is given.
     pub ca_token: Option<String>,
     /// The built console (`web/dist`), served at `/`; `None` serves no console.
     pub console_dir: Option<PathBuf>,
@@ -83,6 +87,7 @@ impl Default for Config {
             admin_token: None,
             usage_token: None,
             ca_endpoint: None,
+            ca_tls: None,
             ca_token: None,
             console_dir: Some(default_console_dir()),
         }
@@ -104,16 +109,15 @@ pub struct AppState {
 impl AppState {
     /// Builds the state. Call inside a Tokio runtime (the CA channel spawns its worker there).
     pub fn new(pool: PgPool, config: Config) -> AppState {
-        let ca = config
-            .ca_endpoint
-            .as_deref()
-            .and_then(|url| match ca_channel(url) {
+        let ca = config.ca_endpoint.as_deref().and_then(|url| {
+            match ca_channel(url, config.ca_tls.as_ref()) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     tracing::error!(url, error = %e, "invalid CA endpoint: MIC issuance disabled");
                     None
                 }
-            });
+            }
+        });
         AppState {
             ca,
             limiter: Arc::new(ratelimit::RateLimiter::new(
@@ -129,14 +133,15 @@ impl AppState {
     }
 }
 
-/// A lazily connected gRPC channel to the CA (connects on first use, reconnects after failures).
-pub fn ca_channel(url: &str) -> Result<tonic::transport::Channel> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| Error::Internal(format!("CA endpoint {url:?}: {e}")))?;
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(15))
-        .connect_lazy())
+/// A lazily connected gRPC channel to the CA (connects on first use, reconnects after
+/// failures): `https://` with the client certificate of `tls` (role `cloud-api`), or plaintext
+/// `http://` in development.
+pub fn ca_channel(
+    url: &str,
+    tls: Option<&nexus_tls::ClientTlsFiles>,
+) -> Result<tonic::transport::Channel> {
+    nexus_tls::grpc_channel(url, tls, Duration::from_secs(3), Duration::from_secs(15))
+        .map_err(|e| Error::Internal(format!("CA endpoint {url:?}: {e}")))
 }
 
 /// A pool that survives a PostgreSQL restart: connections are tested before use and replaced

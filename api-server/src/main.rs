@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run migrations and serve the API (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run migrations and exit.
     Migrate,
     /// Create a demo tenant and print its owner API key (JSON).
@@ -62,9 +62,23 @@ struct ServeArgs {
     /// CA gRPC endpoint for MIC issuance; unset makes issuance answer 503.
     #[arg(long, env = "NEXUS_CA_ENDPOINT")]
     ca_endpoint: Option<String>,
-    /// Bearer token for the CA.
+    /// Bearer token for the CA: the fallback when no client certificate is given; never over
+    /// plaintext in production.
     #[arg(long, env = "NEXUS_CA_TOKEN", hide_env_values = true)]
     ca_token: Option<String>,
+    /// PEM root the CA's server certificate must chain to (`https://` endpoints).
+    #[arg(long, env = "NEXUS_CA_TLS_CA")]
+    ca_tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (role `cloud-api`, from `nexus-ca client-cert`), re-read when it
+    /// changes.
+    #[arg(long, env = "NEXUS_CA_TLS_CERT", requires = "ca_tls_key")]
+    ca_tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of `--ca-tls-cert`.
+    #[arg(long, env = "NEXUS_CA_TLS_KEY", requires = "ca_tls_cert")]
+    ca_tls_key: Option<std::path::PathBuf>,
+    /// Name the CA's certificate must carry (default: the endpoint's host).
+    #[arg(long, env = "NEXUS_CA_TLS_SERVER_NAME")]
+    ca_tls_server_name: Option<String>,
     #[arg(long, default_value_t = 16)]
     max_connections: u32,
     /// The built console (`npm run build` in web/), served at `/`. Default `web/dist`.
@@ -108,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("seed demo tenant")?;
             println!("{}", serde_json::to_string_pretty(&demo)?);
         }
-        Some(Command::Serve(args)) => serve(&cli.database_url, args).await?,
+        Some(Command::Serve(args)) => serve(&cli.database_url, *args).await?,
         None => serve(&cli.database_url, ServeArgs::parse_from(["serve"])).await?,
     }
     Ok(())
@@ -130,6 +144,13 @@ async fn serve(url: &str, a: ServeArgs) -> anyhow::Result<()> {
         admin_token: a.admin_token,
         usage_token: a.usage_token,
         ca_endpoint: a.ca_endpoint,
+        ca_tls: nexus_tls::client_files(
+            a.ca_tls_ca,
+            a.ca_tls_cert,
+            a.ca_tls_key,
+            a.ca_tls_server_name,
+        )
+        .context("CA TLS flags")?,
         ca_token: a.ca_token,
         console_dir: (!a.no_console).then(|| {
             a.console_dir
@@ -137,7 +158,7 @@ async fn serve(url: &str, a: ServeArgs) -> anyhow::Result<()> {
         }),
     };
     if let Some(url) = &config.ca_endpoint {
-        nexus_cloud::ca_channel(url).context("--ca-endpoint")?;
+        nexus_cloud::ca_channel(url, config.ca_tls.as_ref()).context("--ca-endpoint")?;
     }
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await

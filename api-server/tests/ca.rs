@@ -200,3 +200,99 @@ async fn unreachable_ca_is_503(pool: PgPool) {
     .await
     .problem(503, "ca_unavailable");
 }
+
+/// Issues a client certificate of the CA for `role`, written as a Secret mounts it.
+async fn client_cert(
+    ca: &RealCa,
+    dir: &std::path::Path,
+    role: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = ca
+        .server
+        .ca()
+        .issue_service_cert(&nexus_ca::ca::ServiceCertParams {
+            role: role.into(),
+            name: format!("{role}-client"),
+            dns_names: vec![],
+            ip_addresses: vec![],
+            server: false,
+            client: true,
+            not_before: std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+            validity: std::time::Duration::from_secs(3600),
+        })
+        .await
+        .unwrap();
+    let (c, k) = (
+        dir.join(format!("{role}.crt")),
+        dir.join(format!("{role}.key")),
+    );
+    std::fs::write(&c, &cert.chain_pem).unwrap();
+    std::fs::write(&k, &cert.key_pem).unwrap();
+    (c, k)
+}
+
+/// The cloud API reaches the CA over mutual TLS with a client certificate of role
+/// `cloud-api` the CA issued, and no token; without a certificate, or with one of a role the
+/// CA does not admit, nothing is issued.
+#[sqlx::test]
+async fn the_cloud_api_reaches_the_ca_over_mutual_tls(pool: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = RealCa::start_tls(&["t"], dir.path()).await;
+    let endpoint = format!("https://127.0.0.1:{}", ca.server.grpc_addr.port());
+    let (cert, key) = client_cert(&ca, dir.path(), "cloud-api").await;
+    let (agent_cert, agent_key) = client_cert(&ca, dir.path(), "agent").await;
+    let tls =
+        |cert: Option<&std::path::Path>, key: Option<&std::path::Path>| nexus_tls::ClientTlsFiles {
+            ca: dir.path().join("ca.crt"),
+            cert: cert.map(std::path::Path::to_owned),
+            key: key.map(std::path::Path::to_owned),
+            server_name: Some("localhost".into()),
+        };
+    let config = |files| nexus_cloud::Config {
+        ca_endpoint: Some(endpoint.clone()),
+        ca_tls: Some(files),
+        ca_token: None,
+        ..common::config()
+    };
+    // The CA knows tenant `t` only.
+    let setup = Api::new(pool.clone());
+    let t = setup.tenant("t").await;
+    let m = setup
+        .post(
+            "/v1/model-identities",
+            &t.api_key,
+            json!({"name": "coder", "model_digest": "sha256:00112233445566778899"}),
+        )
+        .await;
+    let uri = format!(
+        "/v1/model-identities/{}/certificates",
+        m.body["id"].as_str().unwrap()
+    );
+    let body = |request_id: &str| {
+        json!({"csr_der_base64": nexus_cloud::validate::EXAMPLE_CSR, "version": "1.0.0",
+               "request_id": request_id, "attestation": attestation()})
+    };
+
+    let api = Api::with_config(pool.clone(), config(tls(Some(&cert), Some(&key))));
+    let ok = api.post(&uri, &t.api_key, body("mtls-1")).await;
+    assert_eq!(ok.status, 201, "{}", ok.text);
+    assert_eq!(ok.body["status"], "valid");
+
+    for (i, (files, why)) in [
+        (tls(None, None), "no client certificate"),
+        (
+            tls(Some(&agent_cert), Some(&agent_key)),
+            "a role the CA does not admit",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let api = Api::with_config(pool.clone(), config(files));
+        let refused = api
+            .post(&uri, &t.api_key, body(&format!("mtls-refused-{i}")))
+            .await;
+        assert_eq!(refused.status, 503, "{why}: {}", refused.text);
+    }
+    ca.stop().await;
+}

@@ -3,13 +3,14 @@
 use async_trait::async_trait;
 use nexus_ca_api::v1::certificate_authority_client::CertificateAuthorityClient;
 use nexus_ca_api::v1::{self as pb, RevocationReason};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::Error;
 use crate::identity::IssuedCertificate;
 use crate::identity::reconcile::{IssueRequest, Issuer, RevokeReason};
 
-/// A gRPC client of the CA, authenticated with a bearer token.
+/// A gRPC client of the CA, authenticated with a client certificate (role `controller`) over
+/// TLS, or — the documented fallback — a bearer token.
 #[derive(Clone, Debug)]
 pub struct GrpcIssuer {
     client: CertificateAuthorityClient<Channel>,
@@ -17,15 +18,28 @@ pub struct GrpcIssuer {
 }
 
 impl GrpcIssuer {
-    /// A client for `endpoint` (e.g. `http://nexus-ca:8443`). Connects lazily, so the controller
-    /// starts while the CA is still coming up; calls fail with [`Error::IssuerUnavailable`] until
-    /// it answers.
-    pub fn new(endpoint: &str, token: Option<String>) -> Result<Self, Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| Error::IssuerConfig(format!("CA endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .timeout(std::time::Duration::from_secs(30))
-            .connect_lazy();
+    /// A client for `endpoint` (`https://nexus-ca:9443` with `tls`, or plaintext
+    /// `http://…` in development). Connects lazily, so the controller starts while the CA is
+    /// still coming up; calls fail with [`Error::IssuerUnavailable`] until it answers. A
+    /// rotated client certificate is picked up from its files without a restart.
+    pub fn new(
+        endpoint: &str,
+        token: Option<String>,
+        tls: Option<&nexus_tls::ClientTlsFiles>,
+    ) -> Result<Self, Error> {
+        if token.is_some() && endpoint.starts_with("http://") {
+            tracing::warn!(
+                endpoint,
+                "the CA token travels in plaintext: development only"
+            );
+        }
+        let channel = nexus_tls::grpc_channel(
+            endpoint,
+            tls,
+            std::time::Duration::from_secs(5),
+            std::time::Duration::from_secs(30),
+        )
+        .map_err(|e| Error::IssuerConfig(format!("CA endpoint {endpoint:?}: {e}")))?;
         Ok(Self {
             client: CertificateAuthorityClient::new(channel),
             token,

@@ -37,9 +37,23 @@ struct Args {
         default_value = "http://127.0.0.1:8443"
     )]
     ca_endpoint: String,
-    /// Bearer token for the CA (file content, trimmed).
+    /// Bearer token for the CA (file content, trimmed): the fallback when no client
+    /// certificate is given; never over plaintext in production.
     #[arg(long, env = "NEXUS_CA_TOKEN_FILE")]
     ca_token_file: Option<std::path::PathBuf>,
+    /// PEM root the CA's server certificate must chain to (`https://` endpoints).
+    #[arg(long, env = "NEXUS_CA_TLS_CA")]
+    ca_tls_ca: Option<std::path::PathBuf>,
+    /// PEM client certificate (role `controller`, from `nexus-ca client-cert`), re-read when it
+    /// changes.
+    #[arg(long, env = "NEXUS_CA_TLS_CERT", requires = "ca_tls_key")]
+    ca_tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of `--ca-tls-cert`.
+    #[arg(long, env = "NEXUS_CA_TLS_KEY", requires = "ca_tls_cert")]
+    ca_tls_key: Option<std::path::PathBuf>,
+    /// Name the CA's certificate must carry (default: the endpoint's host).
+    #[arg(long, env = "NEXUS_CA_TLS_SERVER_NAME")]
+    ca_tls_server_name: Option<String>,
     /// Address of /metrics, /healthz and /readyz.
     /// (Not 8080: that is the cloud API's port in `nexctl up`.)
     #[arg(long, env = "NEXUS_CONTROLLER_HTTP", default_value = "0.0.0.0:7602")]
@@ -118,6 +132,13 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let ca_tls = nexus_tls::client_files(
+        args.ca_tls_ca.clone(),
+        args.ca_tls_cert.clone(),
+        args.ca_tls_key.clone(),
+        args.ca_tls_server_name.clone(),
+    )
+    .context("CA TLS flags")?;
     let client = Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
@@ -145,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        issuer: Arc::new(GrpcIssuer::new(&args.ca_endpoint, token)?),
+        issuer: Arc::new(GrpcIssuer::new(&args.ca_endpoint, token, ca_tls.as_ref())?),
         recorder: kube::runtime::events::Recorder::new(client.clone(), MANAGER.into()),
         metrics,
         now: chrono::Utc::now,

@@ -197,7 +197,7 @@ async fn failures_back_off_instead_of_hot_looping_on_their_own_status_writes() {
     let fake = FakeApiServer::new();
     fake.apply_value(identity());
     // Nothing listens on port 9 of loopback: every call fails as "unavailable".
-    let issuer = Arc::new(GrpcIssuer::new("http://127.0.0.1:9", Some(TOKEN.into())).unwrap());
+    let issuer = Arc::new(GrpcIssuer::new("http://127.0.0.1:9", Some(TOKEN.into()), None).unwrap());
     let (running, metrics) = start(&fake, issuer);
     eventually("a first failure", || {
         (status_writes(&fake) >= 2).then_some(())

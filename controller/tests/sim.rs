@@ -250,6 +250,7 @@ impl World {
             heartbeat: Some(nexus_crds::common::time_from_chrono(at(a.heartbeat))),
             conditions: vec![],
             routing: None,
+            dataplane: None,
         });
         let _ = up;
         let mut nn = NexusNode::new(&n.name, spec);

@@ -24,6 +24,7 @@ use crate::fabric::{DataplaneConfig, PipelineRef};
     printcolumn = r#"{"name":"Running","type":"string","jsonPath":".status.nics[0].runningFirmware"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Last Flash","type":"string","jsonPath":".status.lastFlash.result"}"#,
+    printcolumn = r#"{"name":"Dataplane","type":"string","jsonPath":".status.dataplane.phase"}"#,
     printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.heartbeat"}"#,
     printcolumn = r#"{"name":"Agent","type":"string","jsonPath":".status.agentVersion","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -104,13 +105,64 @@ pub struct NexusNodeStatus {
     /// Last time the agent reported; a stale heartbeat makes the node count as unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Time>,
-    /// `Ready`, `FirmwareCurrent`, `PipelineLoaded`.
     /// The NexRoute tables the node's dataplane runs, as its agent reports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<NodeRoutingStatus>,
+    /// The node's dataplane process, when its agent supervises one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane: Option<NodeDataplaneStatus>,
+    /// `Ready`, `FirmwareCurrent`, `PipelineLoaded`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The node's dataplane process (`nexus-dataplane`) as its agent supervises it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDataplaneStatus {
+    /// What the process is doing.
+    pub phase: DataplanePhase,
+    /// Whether it answers `/readyz` with 200 (socket bound, MIC and CRL loaded, not draining).
+    #[serde(default)]
+    pub ready: bool,
+    /// Its process id on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The UDP port it listens on (the Fabric's `dataplane.udpPort`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub udp_port: Option<u16>,
+    /// Unplanned exits since the agent started (a restart for a configuration change is not
+    /// one).
+    #[serde(default)]
+    pub restarts: u32,
+    /// How the last run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub last_exit: Option<String>,
+    /// When the running process started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the next start is due, while backing off after exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_start_at: Option<Time>,
+}
+
+/// Phase of a supervised dataplane.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DataplanePhase {
+    /// Not running, and not asked to.
+    #[default]
+    Stopped,
+    /// Started, not yet ready.
+    Starting,
+    /// Running and ready.
+    Running,
+    /// Asked to stop (configuration change or shutdown): draining.
+    Stopping,
+    /// Exited unexpectedly; waiting before the next start (exponential backoff).
+    BackingOff,
 }
 
 /// The routing tables of a node's dataplane.

@@ -25,7 +25,8 @@ pub struct Args {
     /// Tenant the call is for (the caller's MIC names it), for `--capability`.
     #[arg(long, default_value = "demo")]
     tenant: String,
-    /// Routing domain `namespace/name` for `--capability` (default: the tenant's default).
+    /// Routing domain `namespace/name` for `--capability` (default: the tenant's default);
+    /// the serving node bills the call's traffic under it.
     #[arg(long)]
     domain: Option<String>,
     /// Directory with this caller's MIC: tls.crt, tls.key, ca.crt.
@@ -65,7 +66,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             _ => args.addr,
         };
-        let client = match Client::connect_dir(&args.mic_dir, addr).await {
+        // A call routed in a domain names it, so the serving node bills its traffic there.
+        let connected = match &args.domain {
+            Some(d) => Client::connect_dir_in(&args.mic_dir, addr, d).await,
+            None => Client::connect_dir(&args.mic_dir, addr).await,
+        };
+        let client = match connected {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: connecting to {addr}: {e}");

@@ -183,7 +183,7 @@ async fn issue(
     let attestation = id::attestation(&mi)?;
     let (validity, _) = id::lifetimes(&mi)?;
     let key = nexus_mic::generate_model_key(&uri)?;
-    let issuer = nexus_controller::ca_client::GrpcIssuer::new(endpoint, token)?;
+    let issuer = nexus_controller::ca_client::GrpcIssuer::new(endpoint, token, None)?;
     let issued = issuer
         .issue(IssueRequest {
             tenant: id::tenant(&mi)?,

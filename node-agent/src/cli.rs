@@ -576,6 +576,21 @@ pub struct KubeArgs {
     /// Fabric's ConfigMaps or URLs. Without it the agent reads the source itself.
     #[arg(long, env = "NEXUS_BUNDLE_SERVER")]
     pub bundle_server: Option<String>,
+    /// Supervise the node's dataplane: path of `nexus-dataplane`, started with the NexusNode's
+    /// `spec.dataplane` (UDP port, MTU), restarted with backoff when it exits and when the
+    /// configuration changes, reported in `status.dataplane`. It inherits this process's
+    /// environment (`NEXUS_DATAPLANE_MIC_DIR`, `NEXUS_DATAPLANE_CRL`, usage settings, …).
+    #[arg(long, env = "NEXUS_DATAPLANE_BIN")]
+    pub dataplane_bin: Option<PathBuf>,
+    /// HTTP address the supervised dataplane serves /readyz and /metrics on.
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    pub dataplane_http: std::net::SocketAddr,
+    /// Extra flag for the supervised dataplane (repeatable), e.g. `--dataplane-arg=--demo-model`.
+    #[arg(long = "dataplane-arg", allow_hyphen_values = true)]
+    pub dataplane_args: Vec<String>,
+    /// Seconds the dataplane may drain after SIGTERM before it is killed.
+    #[arg(long, default_value_t = 15)]
+    pub dataplane_grace: u64,
 }
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
@@ -601,15 +616,29 @@ fn run_kube(sim_dir: PathBuf, k: KubeArgs) -> anyhow::Result<()> {
         agent.default_namespace = k.config_map_namespace;
         agent.bundle_server = k.bundle_server;
         agent.heartbeat = k.heartbeat;
+        if let Some(bin) = &k.dataplane_bin {
+            let mut launch = crate::supervise::Launch::new(bin, k.dataplane_http);
+            launch.args = k.dataplane_args.clone();
+            launch.grace = Duration::from_secs(k.dataplane_grace);
+            agent = agent.with_dataplane(launch);
+        }
         // Recovery first, before any spec is read; the first status write reports it.
         for r in agent.recover(chrono::Utc::now())? {
             tracing::info!(nic = %r.nic, outcome = ?r.outcome, "start-up recovery");
         }
         tracing::info!(node = %k.node_name, "kube mode");
-        tokio::select! {
-            () = agent.run(k.heartbeat) => {}
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        }
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let interval = k.heartbeat;
+        let stopped = async {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+                _ = term.recv() => tracing::info!("terminated"),
+            }
+        };
+        agent.run_until(interval, stopped).await;
+        // The pod is going away: let the dataplane drain before the agent exits.
+        agent.stop_dataplane().await;
         anyhow::Ok(())
     })
 }

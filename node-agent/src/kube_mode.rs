@@ -245,6 +245,7 @@ pub fn node_status(
         // Routing tables reach agents over the fleet protocol only (local and bare-metal
         // mode); kube mode has no routing push yet.
         routing: None,
+        dataplane: None,
     }
 }
 
@@ -288,6 +289,7 @@ pub struct KubeAgent {
     fetcher: Fetcher,
     memory: Memory,
     restored: bool,
+    supervisor: Option<crate::supervise::Supervisor>,
 }
 
 impl std::fmt::Debug for KubeAgent {
@@ -322,6 +324,22 @@ impl KubeAgent {
             heartbeat: Duration::from_secs(10),
             memory: Memory::default(),
             restored: false,
+            supervisor: None,
+        }
+    }
+
+    /// Supervises the node's dataplane process with the NexusNode's `spec.dataplane`
+    /// (started on the first round, restarted when it changes), reported in
+    /// `status.dataplane`. Must be called inside a Tokio runtime.
+    pub fn with_dataplane(mut self, launch: crate::supervise::Launch) -> Self {
+        self.supervisor = Some(crate::supervise::Supervisor::spawn(launch));
+        self
+    }
+
+    /// Stops the supervised dataplane (SIGTERM, then SIGKILL after its grace).
+    pub async fn stop_dataplane(&mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.shutdown().await;
         }
     }
 
@@ -398,6 +416,8 @@ impl KubeAgent {
 
     async fn publish(&self, status: &NexusNodeStatus) -> Result<(), AgentError> {
         let api: Api<NexusNode> = Api::all(self.client.clone());
+        let mut status = status.clone();
+        status.dataplane = self.supervisor.as_ref().map(|s| s.status());
         let body = serde_json::json!({
             "apiVersion": "nexus.dev/v1alpha1",
             "kind": "NexusNode",
@@ -451,8 +471,23 @@ impl KubeAgent {
     /// One round: read the NexusNode, act on its spec, publish the status.
     pub async fn step(&mut self, now: DateTime<Utc>) -> Result<(), AgentError> {
         let api: Api<NexusNode> = Api::all(self.client.clone());
-        let node = api.get(&self.node).await.map_err(AgentError::Kube)?;
+        let node = match api.get(&self.node).await {
+            Ok(n) => n,
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                // The node left every Fabric: nothing to run.
+                if let Some(s) = &self.supervisor {
+                    s.set(None);
+                }
+                return Err(AgentError::Kube(kube::Error::Api(e)));
+            }
+            Err(e) => return Err(AgentError::Kube(e)),
+        };
         let previous = node.status.clone().unwrap_or_default();
+        if let Some(s) = &self.supervisor {
+            s.set(Some(crate::supervise::Wanted::from_crd(
+                &node.spec.dataplane,
+            )));
+        }
         if !self.restored {
             // After a restart, what was handled is what the status says.
             self.restored = true;
@@ -627,11 +662,28 @@ impl KubeAgent {
     /// Runs until interrupted: a round every `interval` (the heartbeat); errors are logged and
     /// retried on the next round.
     pub async fn run(mut self, interval: Duration) {
+        self.run_until(interval, std::future::pending()).await;
+    }
+
+    /// [`KubeAgent::run`] until `stop` completes (between rounds or while waiting); the agent
+    /// stays usable, e.g. to [`KubeAgent::stop_dataplane`].
+    pub async fn run_until(
+        &mut self,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
         loop {
-            if let Err(e) = self.step(Utc::now()).await {
-                tracing::warn!(error = %e, node = %self.node, "kube round failed");
+            tokio::select! {
+                r = self.step(Utc::now()) => if let Err(e) = r {
+                    tracing::warn!(error = %e, node = %self.node, "kube round failed");
+                },
+                () = &mut stop => return,
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = &mut stop => return,
+            }
         }
     }
 }

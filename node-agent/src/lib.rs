@@ -8,6 +8,8 @@
 //! - [`status`]: the JSON status file; [`serve`]: the optional `/status` + `/healthz` endpoint.
 //! - [`fleet`]: `--controller` mode, the fleet push protocol over the simulated NICs.
 //! - [`kube_mode`]: `nexus-agent kube`, the agent's half of its `NexusNode` (status by SSA).
+//! - [`supervise`]: the node's `nexus-dataplane` process, started, restarted with backoff and
+//!   stopped with the Fabric's dataplane configuration.
 //! - [`cli`]: clap argument structs and `run` functions shared with `nexctl`.
 
 pub mod cli;
@@ -22,6 +24,7 @@ pub mod routing;
 pub mod serve;
 pub mod sim;
 pub mod status;
+pub mod supervise;
 
 use std::path::Path;
 

@@ -1,10 +1,15 @@
 //! The end-to-end suite with faults: the real binaries over loopback, no fakes between them —
-//! `nexus-ca` and `nexus-cloud` on PostgreSQL, `nexus-controller local`, three `nexus-agent`
-//! processes flashing simulated NICs with a signed bundle, and `nexus-usage-report` spooling
-//! usage. Each flow runs to completion while a process is SIGKILLed and restarted in the middle
-//! of it: the controller and an agent mid-rollout, the CA between issuances, the cloud API
-//! mid-ingest. Afterwards: every node runs the target and stays bootable, every MIC request was
-//! answered, the issuance log is consistent, and the usage was billed exactly once.
+//! `nexus-ca` and `nexus-cloud` on a PostgreSQL cluster of the test's own, `nexus-controller
+//! local`, three `nexus-agent` processes flashing simulated NICs with a signed bundle,
+//! `nexus-usage-report` spooling usage, and two `nexus-dataplane` nodes serving a model whose
+//! MIC the CA issued, programmed over P4Runtime by their agents with the routing tables the
+//! controller compiles from a RoutingDomain. Each flow runs to completion while a process is
+//! SIGKILLed and restarted in the middle of it: the controller and an agent mid-rollout, the CA
+//! between issuances, the cloud API mid-ingest, a dataplane with unsent usage, and PostgreSQL
+//! itself mid-ingest. Afterwards: every node runs the target and stays bootable, every MIC
+//! request was answered, the issuance log is consistent, a call routed by capability was
+//! answered and its bytes are on the tenant's usage and draft invoice, and all usage was billed
+//! exactly once.
 //!
 //! The binaries are the ones `cargo test --workspace` builds next to this test (it builds every
 //! package's binaries before running any test); the test says which one is missing otherwise.
@@ -176,8 +181,11 @@ struct Stack {
     cloud_addr: SocketAddr,
     controller: Proc,
     controller_http: SocketAddr,
+    fleet: SocketAddr,
+    trust_path: PathBuf,
+    manifests: PathBuf,
     agents: Vec<Proc>,
-    dbs: Vec<String>,
+    dataplanes: Vec<Dataplane>,
 }
 
 async fn create_db(admin: &sqlx::PgPool, name: &str) {
@@ -308,6 +316,12 @@ spec:
             &"2s",
             &"--rescan",
             &"1s",
+            &"--identities",
+            &dir.join("identities"),
+            &"--trust-anchors",
+            &dir.join("identities").join("anchors.pem"),
+            &"--ca-url",
+            &format!("http://{ca_http}"),
         ],
         &[],
     );
@@ -360,12 +374,166 @@ spec:
         cloud_addr,
         controller,
         controller_http,
+        fleet,
+        trust_path,
+        manifests,
         agents,
-        dbs: vec![ca_db, cloud_db],
+        dataplanes: Vec::new(),
     }
 }
 
+/// One dataplane node: the process and its agent.
+struct Dataplane {
+    proc: Proc,
+    _agent: Proc,
+    udp: SocketAddr,
+    http: SocketAddr,
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `nexus_dataplane_traffic_bytes` a dataplane's /metrics shows for `tenant` in `domain`.
+async fn metered(
+    http: &reqwest::Client,
+    dp: SocketAddr,
+    tenant: &str,
+    domain: &str,
+) -> Option<u64> {
+    let text = http
+        .get(format!("http://{dp}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let (t, d) = (
+        format!("tenant=\"{tenant}\""),
+        format!("domain=\"{domain}\""),
+    );
+    Some(
+        text.lines()
+            .filter(|l| l.starts_with("nexus_dataplane_traffic_bytes_total{"))
+            .filter(|l| l.contains(&t) && l.contains(&d))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
+}
+
 impl Stack {
+    /// Starts dataplane node `i` serving the demo model with the MIC in `identities/coder`,
+    /// billing to the cloud API, with an agent in Fabric `edge` that programs its tables.
+    fn start_dataplane(&mut self, i: usize) {
+        let (udp, http, p4) = (free_udp(), free_addr(), free_addr());
+        let name = format!("dp-{i}");
+        let proc = Proc::start(
+            &self.dir,
+            &name,
+            "nexus-dataplane",
+            &[
+                &format!("--listen={udp}"),
+                &format!("--http-listen={http}"),
+                &format!("--p4runtime-listen={p4}"),
+                &format!("--mic-dir={}", self.dir.join("identities/coder").display()),
+                &"--demo-model",
+                &format!("--crl=http://{}/v1/crl", self.ca_http),
+                &"--crl-refresh=2",
+                &format!("--node-name={name}"),
+                &format!("--usage-url=http://{}", self.cloud_addr),
+                &format!(
+                    "--usage-spool={}",
+                    self.dir.join(format!("{name}-spool")).display()
+                ),
+                &"--usage-interval=1",
+            ],
+            &[("NEXUS_DATAPLANE_USAGE_TOKEN", USAGE_TOKEN)],
+        );
+        let node_dir = self.dir.join(format!("{name}-node"));
+        let out = Command::new(bin("nexus-agent"))
+            .arg("--sim-dir")
+            .arg(node_dir.join("nic0"))
+            .args(["sim-create", "--serial", &format!("DP{i:08}")])
+            .args(["--version", "2.0.0", "--image-size", "8192"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let agent = Proc::start(
+            &self.dir,
+            &format!("{name}-agent"),
+            "nexus-agent",
+            &[
+                &"--sim-dir",
+                &node_dir,
+                &"--controller",
+                &format!("http://{}", self.fleet),
+                &"--node-name",
+                &name,
+                &"--label",
+                &"pool=edge",
+                &"--controller-trust-store",
+                &self.trust_path,
+                &"--heartbeat-secs",
+                &"1",
+                &"--p4runtime",
+                &format!("http://{p4}"),
+            ],
+            &[],
+        );
+        self.dataplanes.push(Dataplane {
+            proc,
+            _agent: agent,
+            udp,
+            http,
+        });
+    }
+
+    /// Which endpoint dataplane `via`'s tables pick for `code-generation` in `default/code`.
+    async fn resolve(&self, via: usize) -> Option<SocketAddr> {
+        let r = self
+            .http
+            .post(format!("http://{}/v1/resolve", self.dataplanes[via].http))
+            .json(&json!({"tenant": "acme", "capability": "code-generation", "domain": "default/code"}))
+            .send()
+            .await
+            .ok()?;
+        let v: Value = r.json().await.ok()?;
+        v["next_hop"].as_str()?.parse().ok()
+    }
+
+    /// The tenant's `traffic_bytes` in `domain`: in its usage, and on its draft invoice (all
+    /// domains).
+    async fn billed_traffic(&self, key: &str, domain: &str) -> Option<(i64, i64)> {
+        let u = get_json(
+            &self.http,
+            self.url("/v1/usage?meter=traffic_bytes&group_by=domain"),
+            Some(key),
+        )
+        .await?;
+        let in_domain = u["buckets"]
+            .as_array()?
+            .iter()
+            .filter(|b| b["domain"] == domain)
+            .map(|b| b["quantity"].as_i64().unwrap_or(0))
+            .sum();
+        let p = get_json(&self.http, self.url("/v1/invoices/preview"), Some(key)).await?;
+        let invoiced = p["lines"]
+            .as_array()?
+            .iter()
+            .filter(|l| l["meter"] == "traffic_bytes")
+            .map(|l| l["quantity"].as_i64().unwrap_or(0))
+            .sum();
+        Some((in_domain, invoiced))
+    }
+
     async fn fabric(&self) -> Option<Value> {
         let v = get_json(
             &self.http,
@@ -422,12 +590,13 @@ impl Stack {
     }
 }
 
-fn csr_for(model: &str) -> (String, Vec<u8>) {
+/// A CSR (base64 DER, as the API takes it) and the PEM private key it was made with.
+fn csr_for(model: &str) -> (String, String) {
     let uri = nexus_mic::ModelUri::new("acme", model, "1.0.0").unwrap();
     let key = nexus_mic::generate_model_key(&uri).unwrap();
     (
         base64::engine::general_purpose::STANDARD.encode(&key.csr_der),
-        key.csr_der,
+        key.private_key_pem,
     )
 }
 
@@ -447,13 +616,32 @@ fn issue_body(csr_b64: &str, request_id: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_flow_completes_with_each_process_killed_mid_flow() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let base_url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    // A PostgreSQL cluster of this test's own, so it can be restarted mid-ingest without
+    // touching the server other tests share. Its directory must be reachable by the `postgres`
+    // user when the test runs as root (PostgreSQL refuses to run as root).
+    let pg_root = tempfile::Builder::new()
+        .prefix("nexus-e2e-pg")
+        .tempdir()
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(pg_root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let pg_dir = nexus_private_pg::cluster_dir(pg_root.path());
+    let pg_port = free_addr().port();
+    let mut pg = tokio::task::spawn_blocking(move || {
+        nexus_private_pg::PrivatePostgres::start(&pg_dir, pg_port)
+    })
+    .await
+    .unwrap()
+    .expect("a private PostgreSQL cluster from the installed server binaries (initdb, pg_ctl)");
+    let base_url = pg.url("postgres");
+    nexus_private_pg::wait_ready(&base_url).await.unwrap();
     let admin = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&base_url)
         .await
-        .expect("PostgreSQL at DATABASE_URL (scripts/test and .ci/run start it)");
+        .unwrap();
     let mut s = start_stack(&admin, &base_url).await;
 
     // 1. The rollout, with the controller and then an agent SIGKILLed while nodes flash.
@@ -525,7 +713,7 @@ async fn every_flow_completes_with_each_process_killed_mid_flow() {
         .await;
     let model_id = model["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/model-identities/{model_id}/certificates");
-    let (csr1, _) = csr_for("coder");
+    let (csr1, key1) = csr_for("coder");
     let first = s
         .call(
             &key,
@@ -649,17 +837,199 @@ async fn every_flow_completes_with_each_process_killed_mid_flow() {
         .sum();
     assert_eq!(total, 500 * 1000, "billed exactly once: {usage}");
 
+    // 4. A call routed by capability through the dataplanes, billed from what they carried;
+    //    a dataplane SIGKILLed with usage it could not deliver sends it after restart, once.
+    let ids = s.dir.join("identities");
+    let coder = ids.join("coder");
+    std::fs::create_dir_all(&coder).unwrap();
+    std::fs::write(coder.join("tls.crt"), first["chain_pem"].as_str().unwrap()).unwrap();
+    std::fs::write(coder.join("tls.key"), &key1).unwrap();
+    std::fs::write(coder.join("ca.crt"), first["root_pem"].as_str().unwrap()).unwrap();
+    std::fs::write(ids.join("anchors.pem"), first["root_pem"].as_str().unwrap()).unwrap();
+    s.start_dataplane(0);
+    s.start_dataplane(1);
+    let bundle_sha = hex::encode(Sha256::digest(
+        std::fs::read(s.dir.join("fw-2.0.0.bundle")).unwrap(),
+    ));
+    let mut endpoints = String::new();
+    for (i, d) in s.dataplanes.iter().enumerate() {
+        endpoints.push_str(&format!(
+            "    - name: coder-{i}\n      address: \"{}\"\n      capability:\n        capabilities: [code-generation]\n        modelFamily: llm\n        contextWindow: 131072\n        modalities: [text]\n        latencySlaMs: 200\n      modelIdentityRef: {{name: coder}}\n",
+            d.udp
+        ));
+    }
+    std::fs::write(
+        s.manifests.join("edge.yaml"),
+        format!(
+            r#"apiVersion: nexus.dev/v1alpha1
+kind: Fabric
+metadata: {{name: edge}}
+spec:
+  nodeSelector: {{matchLabels: {{pool: edge}}}}
+  nic: {{vendor: nvidia, pciVendorId: "15b3", pciDeviceIds: ["101d"]}}
+  firmware: {{version: "2.0.0", bundle: {{url: "file://{}"}}, sha256: "{bundle_sha}"}}
+---
+apiVersion: nexus.dev/v1alpha1
+kind: RoutingDomain
+metadata: {{name: code, namespace: default}}
+spec:
+  tenant: acme
+  fabricRef: {{name: edge}}
+  endpoints:
+{endpoints}  policy:
+    trust:
+      requiredClaims: ["capability:code-generation"]
+"#,
+            s.dir.join("fw-2.0.0.bundle").display()
+        ),
+    )
+    .unwrap();
+    let hop = {
+        let s = &s;
+        wait_for("the routing tables on the dataplanes", 90, || s.resolve(0)).await
+    };
+    assert!(
+        s.dataplanes.iter().any(|d| d.udp == hop),
+        "{hop} is one of the endpoints"
+    );
+    let call = |addr: SocketAddr| {
+        let coder = coder.clone();
+        async move {
+            let client = nexus_api::Client::connect_dir_in(&coder, addr, "default/code")
+                .await
+                .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+            let r = client
+                .infer(&nexus_api::InferRequest {
+                    model: String::new(),
+                    prompt: "write a function that adds two numbers".into(),
+                    max_tokens: 16,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("calling {addr}: {e}"));
+            assert!(!r.text.is_empty());
+        }
+    };
+    call(hop).await;
+    let serving = s.dataplanes.iter().position(|d| d.udp == hop).unwrap();
+    let first_bytes = metered(&s.http, s.dataplanes[serving].http, "acme", "default/code")
+        .await
+        .unwrap();
+    assert!(first_bytes > 0);
+    let billed = {
+        let s = &s;
+        let key = key.clone();
+        wait_for("the routed call billed", 60, || {
+            let key = key.clone();
+            async move {
+                let (used, invoiced) = s.billed_traffic(&key, "default/code").await?;
+                (used == first_bytes as i64).then_some((used, invoiced))
+            }
+        })
+        .await
+    };
+    assert!(
+        billed.1 >= billed.0,
+        "the draft invoice rates it: {billed:?}"
+    );
+
+    // The cloud API goes down; the call's usage is harvested into the spool (a /metrics scrape
+    // harvests) and the dataplane is SIGKILLed before it could deliver it.
+    s.cloud.kill();
+    call(hop).await;
+    let spooled = metered(&s.http, s.dataplanes[serving].http, "acme", "default/code")
+        .await
+        .unwrap();
+    assert!(spooled > first_bytes);
+    s.dataplanes[serving].proc.kill();
+    s.cloud.spawn();
+    s.dataplanes[serving].proc.spawn();
+    {
+        let s = &s;
+        let key = key.clone();
+        wait_for("the killed dataplane's usage billed once", 60, || {
+            let key = key.clone();
+            async move {
+                let (used, _) = s.billed_traffic(&key, "default/code").await?;
+                (used == spooled as i64).then_some(())
+            }
+        })
+        .await;
+    }
+
+    // 5. PostgreSQL restarted mid-ingest: the reporters ride it out, nothing lost or doubled,
+    //    and the CA issues again afterwards.
+    let pg_events: String = (0..300)
+        .map(|i| {
+            json!({
+                "tenant": "acme", "meter": "traffic_bytes", "quantity": 1000, "timestamp": now,
+                "dimensions": {"domain": "pg"}, "idempotency_key": format!("e2e-pg-{i}"),
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    let mut reporter = report(Some(&pg_events));
+    pg = tokio::task::spawn_blocking(move || {
+        pg.restart().unwrap();
+        pg
+    })
+    .await
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || reporter.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the reporter drains its spool across the restart"
+    );
+    {
+        let s = &s;
+        let key = key.clone();
+        wait_for("usage after the PostgreSQL restart", 60, || {
+            let key = key.clone();
+            async move {
+                let (used, _) = s.billed_traffic(&key, "pg").await?;
+                (used == 300 * 1000).then_some(())
+            }
+        })
+        .await;
+    }
+    let (csr3, _) = csr_for("coder");
+    wait_for("an issuance after the PostgreSQL restart", 60, || async {
+        let r = s
+            .http
+            .post(s.url(&path))
+            .bearer_auth(&key)
+            .json(&issue_body(&csr3, "e2e-3"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    // Nothing billed twice anywhere: the routed traffic is still exactly what was carried.
+    assert_eq!(
+        s.billed_traffic(&key, "default/code").await.unwrap().0,
+        spooled as i64
+    );
+
+    for d in s.dataplanes.iter_mut() {
+        d.proc.kill();
+    }
+    s.dataplanes.clear();
     for a in s.agents.iter_mut() {
         a.kill();
     }
     s.controller.kill();
     s.cloud.kill();
     s.ca.kill();
-    for db in &s.dbs {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await;
-    }
+    admin.close().await;
+    tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.stop()
+    })
+    .await
+    .unwrap()
+    .unwrap();
 }

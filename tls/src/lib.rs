@@ -16,11 +16,13 @@
 //!   (`axum::serve`, as a `Listener`) both take; each connection carries a [`TlsConnInfo`]
 //!   with the peer identity for authorisation.
 //! * [`GrpcConnector`]: the client side for tonic channels
-//!   (`Endpoint::connect_with_connector`).
+//!   (`Endpoint::connect_with_connector`); [`grpc_channel`] builds the whole channel from a
+//!   URL and [`ClientTlsFiles`], the one way callers dial the CA.
 //!
 //! Decisions (which role may call what) stay with each service; this crate only says who the
 //! peer is, and only after rustls verified the chain, validity and revocation.
 
+mod channel;
 mod conn;
 mod identity;
 mod pem;
@@ -28,6 +30,7 @@ mod reload;
 
 use std::sync::Arc;
 
+pub use channel::{CLIENT_CERT_RELOAD, ClientTlsFiles, client_files, grpc_channel};
 pub use conn::{GrpcConnector, TlsConn, TlsConnInfo, TlsListener};
 pub use identity::{PeerIdentity, ROLE_URI_PREFIX, role_uri};
 pub use pem::{read_certs, read_crls, read_key};

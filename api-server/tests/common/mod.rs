@@ -222,6 +222,25 @@ impl RealCa {
         }
     }
 
+    /// The CA over TLS (`nexus_ca::start_tls`): its root and server certificate are written to
+    /// `dir` (`ca.crt`), callers authenticate with client certificates it issues.
+    pub async fn start_tls(tenants: &[&str], dir: &std::path::Path) -> RealCa {
+        let plain = RealCa::start(tenants).await;
+        // Same database and settings, now behind TLS: stop the plaintext server first.
+        let _ = plain.server.stop_handle().send(true);
+        let _ = plain.server.wait().await;
+        let kek = std::sync::Arc::new(nexus_ca::kek::Kek::generate().unwrap());
+        let settings = nexus_ca::Settings::for_tests(kek, &plain.token, tenants);
+        let server = nexus_ca::start_tls(
+            plain.pool.clone(),
+            settings,
+            nexus_ca::tls::TlsOptions::for_tests(dir),
+        )
+        .await
+        .unwrap();
+        RealCa { server, ..plain }
+    }
+
     /// `--ca-endpoint` and `--ca-token` for a cloud API talking to this CA.
     pub fn config(&self) -> Config {
         Config {

@@ -22,8 +22,12 @@ pub async fn start(pool: &PgPool) -> (nexus_ca::RunningServer, Arc<GrpcIssuer>) 
     )
     .await
     .unwrap();
-    let issuer =
-        GrpcIssuer::new(&format!("http://{}", server.grpc_addr), Some(TOKEN.into())).unwrap();
+    let issuer = GrpcIssuer::new(
+        &format!("http://{}", server.grpc_addr),
+        Some(TOKEN.into()),
+        None,
+    )
+    .unwrap();
     (server, Arc::new(issuer))
 }
 

@@ -42,6 +42,7 @@ pub struct Client {
     _endpoint: Option<Endpoint>,
     peer: Capabilities,
     next_tensor: AtomicU64,
+    domain: Option<String>,
 }
 
 fn my_capabilities() -> Capabilities {
@@ -77,11 +78,20 @@ fn map_stream_error(e: nexus_stream::StreamError) -> ApiError {
     }
 }
 
+/// The wildcard address of `addr`'s family, port 0: where a dial-only endpoint binds.
+fn unspecified_for(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    }
+}
+
 impl Client {
     /// Connects with an existing endpoint and exchanges capabilities.
     pub async fn connect(endpoint: &Endpoint, addr: SocketAddr) -> Result<Self, ApiError> {
         let session = endpoint.connect(addr).await?;
-        Self::over(session, None).await
+        Self::over(session, None, None).await
     }
 
     /// Connects sending before the handshake completes when a resumption ticket allows
@@ -95,24 +105,43 @@ impl Client {
     /// default limits and no requirement on the peer beyond a valid MIC chain.
     pub async fn connect_dir(mic_dir: &Path, addr: SocketAddr) -> Result<Self, ApiError> {
         let identity = Identity::from_dir(mic_dir).map_err(nexus_stream::StreamError::from)?;
-        let bind: SocketAddr = if addr.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
-        };
         let endpoint = Endpoint::client(
-            bind,
+            unspecified_for(addr),
             &identity,
             &Config::default(),
             Arc::new(Metrics::new()),
         )?;
         let session = endpoint.connect(addr).await?;
-        Self::over(session, Some(endpoint)).await
+        Self::over(session, Some(endpoint), None).await
     }
 
-    async fn over(session: Session, endpoint: Option<Endpoint>) -> Result<Self, ApiError> {
+    /// Like [`Client::connect_dir`] for a call routed in a routing domain (`namespace/name`):
+    /// every stream names the domain (`domain` metadata), and the serving node bills this
+    /// session's traffic to the caller's tenant under it.
+    pub async fn connect_dir_in(
+        mic_dir: &Path,
+        addr: SocketAddr,
+        domain: &str,
+    ) -> Result<Self, ApiError> {
+        let identity = Identity::from_dir(mic_dir).map_err(nexus_stream::StreamError::from)?;
+        let endpoint = Endpoint::client(
+            unspecified_for(addr),
+            &identity,
+            &Config::default(),
+            Arc::new(Metrics::new()),
+        )?;
+        let session = endpoint.connect(addr).await?;
+        Self::over(session, Some(endpoint), Some(domain.to_owned())).await
+    }
+
+    async fn over(
+        session: Session,
+        endpoint: Option<Endpoint>,
+        domain: Option<String>,
+    ) -> Result<Self, ApiError> {
         let mut c = Self::without_hello(session);
         c._endpoint = endpoint;
+        c.domain = domain;
         let mut s = c.open("hello", Meta::op("hello"), false).await?;
         s.send_msg(&serde_json::to_vec(&my_capabilities())?)
             .await
@@ -134,6 +163,7 @@ impl Client {
             _endpoint: None,
             peer: Capabilities::default(),
             next_tensor: AtomicU64::new(1),
+            domain: None,
         }
     }
 
@@ -158,6 +188,10 @@ impl Client {
         meta: Meta,
         idempotent: bool,
     ) -> Result<OrderedStream, ApiError> {
+        let meta = match &self.domain {
+            Some(d) => meta.with("domain", d),
+            None => meta,
+        };
         Ok(self.session.open_ordered(meta.encode(), idempotent).await?)
     }
 

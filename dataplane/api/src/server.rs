@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use nexus_firmware::header::Header;
-use nexus_stream::{Endpoint, Incoming, OrderedStream, Session, codes};
+use nexus_stream::{Direction, Endpoint, Incoming, Mode, OrderedStream, Session, Tally, codes};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -134,13 +134,33 @@ impl ApiMetrics {
 
 /// Accepts connections on `endpoint` until it drains, serving `model` on each.
 pub async fn serve<M: Model>(endpoint: Endpoint, model: Arc<M>, metrics: Arc<ApiMetrics>) {
+    serve_observed(endpoint, model, metrics, |_: &Session| {}).await;
+}
+
+/// Like [`serve`], showing each established session to `observe` before serving it: the
+/// dataplane's usage meter tracks sessions this way to bill their traffic
+/// ([`Session::tally`]) to the peer's tenant.
+pub async fn serve_observed<M, F>(
+    endpoint: Endpoint,
+    model: Arc<M>,
+    metrics: Arc<ApiMetrics>,
+    observe: F,
+) where
+    M: Model,
+    F: Fn(&Session) + Send + Sync + 'static,
+{
+    let observe = Arc::new(observe);
     while let Some(accepting) = endpoint.accept().await {
         let model = Arc::clone(&model);
         let metrics = Arc::clone(&metrics);
+        let observe = Arc::clone(&observe);
         tokio::spawn(async move {
             let remote = accepting.remote_address();
             match accepting.establish().await {
-                Ok(session) => serve_session(session, model, metrics).await,
+                Ok(session) => {
+                    observe(&session);
+                    serve_session(session, model, metrics).await;
+                }
                 Err(e) => tracing::info!(%remote, error = %e, "connection refused or failed"),
             }
         });
@@ -181,17 +201,22 @@ struct TensorSlotHandle {
 }
 
 /// Serves one established session until it closes.
+///
+/// The session's traffic is accounted to the routing domain named by the `domain` metadata
+/// of its first stream that has one ([`Tally::set_account`]): a client routed in one domain
+/// declares it on every stream, and a client that calls in two domains uses two sessions.
 pub async fn serve_session<M: Model>(session: Session, model: Arc<M>, metrics: Arc<ApiMetrics>) {
     let tensors: Tensors = Arc::default();
     while let Some(incoming) = session.accept().await {
         match incoming {
             Incoming::Ordered(stream) => {
-                let (model, metrics, tensors) = (
+                let (model, metrics, tensors, tally) = (
                     Arc::clone(&model),
                     Arc::clone(&metrics),
                     Arc::clone(&tensors),
+                    Arc::clone(session.tally()),
                 );
-                tokio::spawn(async move { handle(stream, model, metrics, tensors).await });
+                tokio::spawn(async move { handle(stream, model, metrics, tensors, tally).await });
             }
             Incoming::Bulk { preamble, mut recv } => {
                 let routed = Meta::parse(&preamble.meta).ok().and_then(|m| {
@@ -240,6 +265,7 @@ async fn handle<M: Model>(
     model: Arc<M>,
     metrics: Arc<ApiMetrics>,
     tensors: Tensors,
+    tally: Arc<Tally>,
 ) {
     let meta = match Meta::parse(&stream.preamble.meta) {
         Ok(m) => m,
@@ -251,12 +277,15 @@ async fn handle<M: Model>(
             return;
         }
     };
+    if let Some(domain) = meta.get("domain") {
+        tally.set_account(domain);
+    }
     let op = op_label(meta.get("op").unwrap_or(""));
     let result = match op {
         "hello" => hello(&mut stream, &*model).await,
         "infer" => infer(&mut stream, &*model).await,
         "tokens" => tokens(&mut stream, &*model, &metrics).await,
-        "tensor" => receive_tensor(&mut stream, &*model, &meta, &tensors, &metrics).await,
+        "tensor" => receive_tensor(&mut stream, &*model, &meta, &tensors, &metrics, &tally).await,
         "jsonrpc" => jsonrpc(&mut stream, &*model, &meta).await,
         _ => Err(ApiError::Refused("unknown operation".into())),
     };
@@ -325,6 +354,7 @@ async fn receive_tensor<M: Model>(
     meta: &Meta,
     tensors: &Tensors,
     metrics: &ApiMetrics,
+    tally: &Tally,
 ) -> Result<(), ApiError> {
     let id: u64 = meta
         .get("id")
@@ -356,6 +386,8 @@ async fn receive_tensor<M: Model>(
     }
     let (plan, data) = result?;
     metrics.tensor_bytes.inc_by(data.len() as u64);
+    // Shards travel on bulk streams (reliable-unordered), which NexStream hands over raw.
+    tally.record(Direction::Received, Mode::ReliableUnordered, data.len());
     let ack = TensorAck {
         bytes: data.len() as u64,
         shards: plan.shards,

@@ -13,6 +13,7 @@
 
 pub mod gateway;
 pub mod upstream;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -124,6 +125,24 @@ pub struct Args {
     /// tables pick for a capability.
     #[arg(long, env = "NEXUS_DATAPLANE_P4RUNTIME_LISTEN")]
     pub p4runtime_listen: Option<SocketAddr>,
+    /// This node's name: usage events name it in their idempotency keys, so it must be unique
+    /// among the dataplanes reporting to one cloud API (default: $HOSTNAME).
+    #[arg(long, env = "NEXUS_DATAPLANE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The cloud API (base URL) to bill served traffic to, per tenant, as `traffic_bytes`.
+    #[arg(long, env = "NEXUS_DATAPLANE_USAGE_URL", requires_all = ["usage_token", "usage_spool"])]
+    pub usage_url: Option<String>,
+    /// The cloud API's usage token (`--usage-token` of nexus-cloud); prefer the environment.
+    #[arg(long, env = "NEXUS_DATAPLANE_USAGE_TOKEN", hide_env_values = true)]
+    pub usage_token: Option<String>,
+    /// Durable directory for usage not yet acknowledged by the cloud API (survives restarts:
+    /// put it on the node's disk, not in the container).
+    #[arg(long, env = "NEXUS_DATAPLANE_USAGE_SPOOL")]
+    pub usage_spool: Option<PathBuf>,
+    /// Seconds between harvests of per-tenant traffic into the spool; a killed process loses
+    /// at most this much unharvested traffic.
+    #[arg(long, env = "NEXUS_DATAPLANE_USAGE_INTERVAL", default_value_t = 10)]
+    pub usage_interval: u64,
 }
 
 /// Serves nothing: every operation but `hello` is refused (a relay-only node).
@@ -159,6 +178,7 @@ struct HttpState {
     health: Arc<Health>,
     registry: Arc<Registry>,
     p4: Option<Arc<nexus_p4::Target>>,
+    usage: Arc<usage::UsageMeter>,
 }
 
 /// `POST /v1/resolve`: a capability-addressed call, resolved by this node's NexRoute tables.
@@ -240,6 +260,8 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    // Per-tenant traffic is harvested from the sessions on demand, so a scrape sees it now.
+    s.usage.flush_async().await;
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &s.registry) {
         Ok(()) => (
@@ -304,15 +326,59 @@ pub struct Running {
     pub p4runtime: Option<SocketAddr>,
     /// The endpoint.
     pub endpoint: Endpoint,
+    /// Per-tenant traffic meter.
+    pub usage: Arc<usage::UsageMeter>,
     health: Arc<Health>,
+    reporter: Option<nexus_usage_client::Reporter>,
+    stop_reporter: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Running {
-    /// Drains and stops.
+    /// Drains and stops: lets connections finish, spools their traffic and tries to deliver
+    /// the spool within the same grace (what is left is sent by the next start).
     pub async fn drain(&self, grace: Duration) {
         self.health.draining.store(true, Ordering::Relaxed);
         self.endpoint.drain(grace).await;
+        self.usage.flush_async().await;
+        self.stop_reporter.send_replace(true);
+        if let Some(r) = &self.reporter {
+            match tokio::time::timeout(grace, r.send_pending()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "usage left in the spool for the next start")
+                }
+                Err(_) => tracing::warn!("usage delivery timed out; left in the spool"),
+            }
+        }
     }
+}
+
+/// The usage meter and, with `--usage-url`, its spool and reporter.
+fn usage_meter(
+    args: &Args,
+) -> anyhow::Result<(Arc<usage::UsageMeter>, Option<nexus_usage_client::Reporter>)> {
+    let node = args
+        .node_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "dataplane".to_owned());
+    let (Some(url), Some(token), Some(dir)) =
+        (&args.usage_url, &args.usage_token, &args.usage_spool)
+    else {
+        return Ok((Arc::new(usage::UsageMeter::new(node, None)), None));
+    };
+    let spool = Arc::new(
+        nexus_usage_client::Spool::open(dir)
+            .with_context(|| format!("opening the usage spool {}", dir.display()))?,
+    );
+    let reporter = nexus_usage_client::Reporter::new(
+        Arc::clone(&spool),
+        nexus_usage_client::Config::new(url.clone(), token.clone()),
+    )?;
+    Ok((
+        Arc::new(usage::UsageMeter::new(node, Some(spool))),
+        Some(reporter),
+    ))
 }
 
 /// Starts everything and returns once it serves.
@@ -325,6 +391,8 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     stream_metrics.register(&mut registry);
     let api_metrics = Arc::new(ApiMetrics::default());
     api_metrics.register(&mut registry);
+    let (usage, reporter) = usage_meter(args)?;
+    usage.register(&mut registry);
     let endpoint = Endpoint::server(args.listen, &identity, &config, Arc::clone(&stream_metrics))
         .with_context(|| format!("binding {}", args.listen))?;
     let health = Arc::new(Health::default());
@@ -351,18 +419,65 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     }
 
     let ep = endpoint.clone();
+    let meter = Arc::clone(&usage);
+    let observe = move |s: &nexus_stream::Session| meter.track(s);
     if args.demo_model {
         let model = nexus_api::demo::DemoModel {
             token_interval: Duration::from_millis(args.demo_token_ms),
             max_tensor: args.max_tensor,
             ..Default::default()
         };
-        tokio::spawn(nexus_api::serve(ep, Arc::new(model), api_metrics));
+        tokio::spawn(nexus_api::server::serve_observed(
+            ep,
+            Arc::new(model),
+            api_metrics,
+            observe,
+        ));
     } else if let Some(url) = &args.upstream_openai {
         let model = upstream::OpenAiUpstream::new(url, &args.upstream_model)?;
-        tokio::spawn(nexus_api::serve(ep, Arc::new(model), api_metrics));
+        tokio::spawn(nexus_api::server::serve_observed(
+            ep,
+            Arc::new(model),
+            api_metrics,
+            observe,
+        ));
     } else {
-        tokio::spawn(nexus_api::serve(ep, Arc::new(NoModel), api_metrics));
+        tokio::spawn(nexus_api::server::serve_observed(
+            ep,
+            Arc::new(NoModel),
+            api_metrics,
+            observe,
+        ));
+    }
+    let (stop_reporter, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        let meter = Arc::clone(&usage);
+        let every = Duration::from_secs(args.usage_interval.max(1));
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let stopped = tokio::select! {
+                    _ = tick.tick() => false,
+                    r = stop.wait_for(|s| *s) => { drop(r); true }
+                };
+                if stopped {
+                    return;
+                }
+                meter.flush_async().await;
+            }
+        });
+    }
+    if let Some(r) = &reporter {
+        let r = r.clone();
+        let mut stop = stop_rx;
+        tokio::spawn(async move {
+            r.run(Duration::from_secs(5), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        });
     }
 
     let mut p4runtime = None;
@@ -392,6 +507,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         health: Arc::clone(&health),
         registry: Arc::new(registry),
         p4: p4.clone(),
+        usage: Arc::clone(&usage),
     };
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -426,7 +542,10 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         http,
         p4runtime,
         endpoint,
+        usage,
         health,
+        reporter,
+        stop_reporter: Arc::new(stop_reporter),
     })
 }
 

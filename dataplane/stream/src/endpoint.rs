@@ -14,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::sync::{Mutex, mpsc, watch};
 
 use crate::frame::{self, FrameError, Mode, Preamble};
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics, Tally};
 use crate::partial::Expiry;
 use crate::trust::{Identity, MicRefusal, SERVER_NAME, Trust, TrustError, refusal_label};
 use crate::{ALPN, codes};
@@ -582,6 +582,7 @@ struct SessionInner {
     shared: Arc<Shared>,
     peer: watch::Sender<Option<Result<Arc<VerifiedMic>, String>>>,
     incoming: Mutex<mpsc::Receiver<Incoming>>,
+    tally: Arc<Tally>,
 }
 
 impl Drop for SessionInner {
@@ -615,17 +616,19 @@ impl Session {
         let (peer_tx, _) = watch::channel(peer.map(|p| Ok(Arc::new(p))));
         shared.live.fetch_add(1, Ordering::Relaxed);
         shared.metrics.connection_opened();
+        let tally = Arc::new(Tally::default());
         let session = Session {
             inner: Arc::new(SessionInner {
                 conn: conn.clone(),
                 shared: Arc::clone(&shared),
                 peer: peer_tx,
                 incoming: Mutex::new(rx),
+                tally: Arc::clone(&tally),
             }),
         };
         tokio::spawn(dispatch(
             conn,
-            shared,
+            Counting { shared, tally },
             tx,
             shutdown,
             session.inner.peer.subscribe(),
@@ -661,6 +664,11 @@ impl Session {
         }
     }
 
+    /// This session's traffic by direction and mode, for per-tenant accounting.
+    pub fn tally(&self) -> &Arc<Tally> {
+        &self.inner.tally
+    }
+
     /// Whether the peer is verified already (false while in 0-RTT).
     pub fn is_verified(&self) -> bool {
         matches!(*self.inner.peer.borrow(), Some(Ok(_)))
@@ -678,6 +686,18 @@ impl Session {
 
     fn limits(&self) -> &Limits {
         &self.inner.shared.limits
+    }
+
+    fn counting(&self) -> Counting {
+        Counting {
+            shared: Arc::clone(&self.inner.shared),
+            tally: Arc::clone(&self.inner.tally),
+        }
+    }
+
+    fn count_sent(&self, mode: Mode, bytes: usize) {
+        self.inner.shared.metrics.sent(mode, bytes);
+        self.inner.tally.record(Direction::Sent, mode, bytes);
     }
 
     async fn gate(&self, idempotent: bool) -> Result<(), StreamError> {
@@ -707,7 +727,7 @@ impl Session {
             send,
             recv,
             preamble,
-            Arc::clone(&self.inner.shared),
+            self.counting(),
             false,
         ))
     }
@@ -724,10 +744,7 @@ impl Session {
         let mut send = self.inner.conn.open_uni().await?;
         self.write_uni(&mut send, &preamble, payload).await?;
         send.finish()?;
-        self.inner
-            .shared
-            .metrics
-            .sent(Mode::ReliableUnordered, payload.len());
+        self.count_sent(Mode::ReliableUnordered, payload.len());
         Ok(())
     }
 
@@ -777,7 +794,7 @@ impl Session {
         let metrics = &self.inner.shared.metrics;
         match outcome {
             Ok(Ok(Ok(None))) => {
-                metrics.sent(Mode::PartiallyReliable, payload.len());
+                self.count_sent(Mode::PartiallyReliable, payload.len());
                 Ok(Delivery::Delivered)
             }
             Ok(Ok(Ok(Some(code)))) => Ok(Delivery::Stopped(code.into_inner())),
@@ -800,10 +817,7 @@ impl Session {
         self.inner
             .conn
             .send_datagram(frame::encode_datagram(channel, payload))?;
-        self.inner
-            .shared
-            .metrics
-            .sent(Mode::BestEffort, payload.len());
+        self.count_sent(Mode::BestEffort, payload.len());
         Ok(())
     }
 
@@ -852,22 +866,23 @@ impl Session {
 /// is read in its own task: one slow or lossy stream never delays another.
 async fn dispatch(
     conn: quinn::Connection,
-    shared: Arc<Shared>,
+    counting: Counting,
     tx: mpsc::Sender<Incoming>,
     mut shutdown: watch::Receiver<bool>,
     peer: PeerWatch,
 ) {
+    let shared = Arc::clone(&counting.shared);
     loop {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    tokio::spawn(read_bi(send, recv, Arc::clone(&shared), tx.clone(), peer.clone()));
+                    tokio::spawn(read_bi(send, recv, counting.clone(), tx.clone(), peer.clone()));
                 }
                 Err(_) => break,
             },
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    tokio::spawn(read_uni(recv, Arc::clone(&shared), tx.clone(), peer.clone()));
+                    tokio::spawn(read_uni(recv, counting.clone(), tx.clone(), peer.clone()));
                 }
                 Err(_) => break,
             },
@@ -877,7 +892,7 @@ async fn dispatch(
                         shared.metrics.refused_stream("unverified_datagram");
                     }
                     Ok((channel, payload)) => {
-                        shared.metrics.received(Mode::BestEffort, payload.len());
+                        counting.received(Mode::BestEffort, payload.len());
                         // Best effort end to end: a full queue drops, it never blocks.
                         if tx.try_send(Incoming::Datagram { channel, payload }).is_err() {
                             shared.metrics.refused_stream("datagram_queue_full");
@@ -949,10 +964,11 @@ fn refuse(recv: &mut RecvStream, shared: &Shared, code: VarInt, label: &'static 
 async fn read_bi(
     mut send: SendStream,
     mut recv: RecvStream,
-    shared: Arc<Shared>,
+    counting: Counting,
     tx: mpsc::Sender<Incoming>,
     mut peer: PeerWatch,
 ) {
+    let shared = Arc::clone(&counting.shared);
     let p = match read_preamble(&mut recv, &shared).await {
         Ok(p) => p,
         Err((code, label)) => {
@@ -989,17 +1005,18 @@ async fn read_bi(
     }
     let _ = tx
         .send(Incoming::Ordered(OrderedStream::new(
-            send, recv, p, shared, zero_rtt,
+            send, recv, p, counting, zero_rtt,
         )))
         .await;
 }
 
 async fn read_uni(
     mut recv: RecvStream,
-    shared: Arc<Shared>,
+    counting: Counting,
     tx: mpsc::Sender<Incoming>,
     mut peer: PeerWatch,
 ) {
+    let shared = Arc::clone(&counting.shared);
     let started = tokio::time::Instant::now();
     let p = match read_preamble(&mut recv, &shared).await {
         Ok(p) => p,
@@ -1065,7 +1082,7 @@ async fn read_uni(
     };
     match body {
         Ok(body) => {
-            shared.metrics.received(p.mode, body.len());
+            counting.received(p.mode, body.len());
             let _ = tx
                 .send(Incoming::Message(Message {
                     mode: p.mode,
@@ -1083,6 +1100,26 @@ async fn read_uni(
                 refuse(&mut recv, &shared, code, label);
             }
         }
+    }
+}
+
+/// Where a session's streams count what they carry: the endpoint's metrics and the session's
+/// [`Tally`].
+#[derive(Debug, Clone)]
+struct Counting {
+    shared: Arc<Shared>,
+    tally: Arc<Tally>,
+}
+
+impl Counting {
+    fn sent(&self, mode: Mode, bytes: usize) {
+        self.shared.metrics.sent(mode, bytes);
+        self.tally.record(Direction::Sent, mode, bytes);
+    }
+
+    fn received(&self, mode: Mode, bytes: usize) {
+        self.shared.metrics.received(mode, bytes);
+        self.tally.record(Direction::Received, mode, bytes);
     }
 }
 
@@ -1104,17 +1141,17 @@ impl OrderedStream {
         send: SendStream,
         recv: RecvStream,
         preamble: Preamble,
-        shared: Arc<Shared>,
+        counting: Counting,
         zero_rtt: bool,
     ) -> Self {
         Self {
             send: OrderedSend {
                 inner: send,
-                shared: Arc::clone(&shared),
+                counting: counting.clone(),
             },
             recv: OrderedRecv {
                 inner: recv,
-                shared,
+                counting,
             },
             preamble,
             zero_rtt,
@@ -1136,13 +1173,13 @@ impl OrderedStream {
 #[derive(Debug)]
 pub struct OrderedSend {
     inner: SendStream,
-    shared: Arc<Shared>,
+    counting: Counting,
 }
 
 impl OrderedSend {
     /// Sends one message.
     pub async fn send_msg(&mut self, msg: &[u8]) -> Result<(), StreamError> {
-        let max = self.shared.limits.max_message;
+        let max = self.counting.shared.limits.max_message;
         if msg.len() as u64 > max {
             return Err(FrameError::MessageTooLarge {
                 len: msg.len() as u64,
@@ -1161,7 +1198,7 @@ impl OrderedSend {
                 .await?;
             self.inner.write_all(msg).await?;
         }
-        self.shared.metrics.sent(Mode::ReliableOrdered, msg.len());
+        self.counting.sent(Mode::ReliableOrdered, msg.len());
         Ok(())
     }
 
@@ -1195,7 +1232,7 @@ impl OrderedSend {
 #[derive(Debug)]
 pub struct OrderedRecv {
     inner: RecvStream,
-    shared: Arc<Shared>,
+    counting: Counting,
 }
 
 impl OrderedRecv {
@@ -1210,10 +1247,13 @@ impl OrderedRecv {
                 None => return Err(StreamError::Truncated),
             }
         }
-        let len = match frame::check_message_len(prefix, self.shared.limits.max_message) {
+        let len = match frame::check_message_len(prefix, self.counting.shared.limits.max_message) {
             Ok(len) => len,
             Err(e) => {
-                self.shared.metrics.refused_stream(e.metric_label());
+                self.counting
+                    .shared
+                    .metrics
+                    .refused_stream(e.metric_label());
                 let _ = self.inner.stop(codes::TOO_LARGE);
                 return Err(e.into());
             }
@@ -1226,7 +1266,7 @@ impl OrderedRecv {
                 quinn::ReadExactError::FinishedEarly(_) => StreamError::Truncated,
                 quinn::ReadExactError::ReadError(e) => StreamError::Read(e),
             })?;
-        self.shared.metrics.received(Mode::ReliableOrdered, len);
+        self.counting.received(Mode::ReliableOrdered, len);
         Ok(Some(body.into()))
     }
 

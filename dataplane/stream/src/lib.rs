@@ -37,7 +37,7 @@ pub use endpoint::{
     OrderedStream, Session, StreamError,
 };
 pub use frame::{Mode, Preamble};
-pub use metrics::Metrics;
+pub use metrics::{Direction, Metrics, Tally, TallyDelta};
 pub use partial::Expiry;
 pub use trust::{Identity, MicRefusal, Trust, TrustError};
 

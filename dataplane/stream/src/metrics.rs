@@ -2,6 +2,9 @@
 //! counters are resolved once per label set at construction, so counting a message is one
 //! atomic add.
 
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -166,5 +169,93 @@ impl Metrics {
     /// Open connections.
     pub fn open_connections(&self) -> i64 {
         self.connections.get()
+    }
+}
+
+/// Which way a byte went, seen from this endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Sent = 0,
+    Received = 1,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::Sent, Direction::Received];
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::Sent => "sent",
+            Direction::Received => "received",
+        }
+    }
+}
+
+/// The traffic of one session, by direction and delivery mode: what a serving node bills the
+/// peer's tenant for. Counted beside the endpoint-wide [`Metrics`] at the same points (payload
+/// bytes of complete messages; tensor shards are added by the API layer that assembles them).
+///
+/// [`Tally::take`] hands over what was counted since the previous take and starts again from
+/// zero, so a meter that harvests sessions periodically never counts a byte twice, and what a
+/// session counted after its last harvest is still there for a final one after it closed.
+#[derive(Debug, Default)]
+pub struct Tally {
+    bytes: [[AtomicU64; 4]; 2],
+    messages: [[AtomicU64; 4]; 2],
+    account: OnceLock<String>,
+}
+
+/// What a [`Tally`] counted between two takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TallyDelta {
+    bytes: [[u64; 4]; 2],
+    messages: [[u64; 4]; 2],
+}
+
+impl TallyDelta {
+    pub fn bytes(&self, direction: Direction, mode: Mode) -> u64 {
+        self.bytes[direction as usize][mode as usize]
+    }
+
+    pub fn messages(&self, direction: Direction, mode: Mode) -> u64 {
+        self.messages[direction as usize][mode as usize]
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.iter().flatten().all(|&b| b == 0)
+            && self.messages.iter().flatten().all(|&m| m == 0)
+    }
+}
+
+impl Tally {
+    /// Counts one message of `bytes` payload bytes.
+    pub fn record(&self, direction: Direction, mode: Mode, bytes: usize) {
+        self.bytes[direction as usize][mode as usize].fetch_add(bytes as u64, Ordering::Relaxed);
+        self.messages[direction as usize][mode as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// What was counted since the last take; the tally starts again from zero.
+    pub fn take(&self) -> TallyDelta {
+        let mut d = TallyDelta::default();
+        for dir in 0..2 {
+            for mode in 0..4 {
+                d.bytes[dir][mode] = self.bytes[dir][mode].swap(0, Ordering::Relaxed);
+                d.messages[dir][mode] = self.messages[dir][mode].swap(0, Ordering::Relaxed);
+            }
+        }
+        d
+    }
+
+    /// Names what the session's traffic is accounted to beyond the peer's tenant (NexAPI: the
+    /// routing domain the caller declares). Set once: the first name wins, so a peer cannot
+    /// move traffic already counted to another account; returns whether this call set it.
+    pub fn set_account(&self, account: &str) -> bool {
+        self.account.set(account.to_owned()).is_ok()
+    }
+
+    /// The account, if one was named.
+    pub fn account(&self) -> Option<&str> {
+        self.account.get().map(String::as_str)
     }
 }

@@ -4,19 +4,36 @@
 //! that advertises both as `code-generation` endpoints of the demo model's MIC.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-/// Starts `n` dataplanes serving the demo model with `mic_dir`'s MIC, enforcing the CA's CRL.
-/// Ports: UDP `base + i`, HTTP `base + 10 + i`, P4Runtime `base + 20 + i` (all 0: any).
+/// The routing domain of the demo endpoints (written by [`write_domain`]).
+pub const DEMO_DOMAIN: &str = "default/demo";
+
+/// Where the dataplanes bill the traffic they serve.
+#[derive(Debug, Clone)]
+pub struct Billing {
+    /// The cloud API's base URL.
+    pub cloud_url: String,
+    /// Its usage token.
+    pub usage_token: String,
+    /// Parent of each node's usage spool (`<spools>/dp-node-<i>`), kept across starts so
+    /// usage a stopped run could not deliver is sent by the next.
+    pub spools: PathBuf,
+}
+
+/// Starts `n` dataplanes serving the demo model with `mic_dir`'s MIC, enforcing the CA's CRL
+/// and billing served traffic per tenant. Ports: UDP `base + i`, HTTP `base + 10 + i`,
+/// P4Runtime `base + 20 + i` (all 0: any).
 pub async fn start(
     n: usize,
     base: u16,
     mic_dir: &Path,
     crl_url: &str,
+    billing: &Billing,
 ) -> anyhow::Result<Vec<nexus_dataplane::Running>> {
     let port = |off: u16, i: usize| {
         if base == 0 {
@@ -37,6 +54,14 @@ pub async fn start(
             "--demo-model".to_owned(),
             format!("--http-listen=127.0.0.1:{}", port(10, i)),
             format!("--p4runtime-listen=127.0.0.1:{}", port(20, i)),
+            format!("--node-name=dp-node-{i}"),
+            format!("--usage-url={}", billing.cloud_url),
+            format!("--usage-token={}", billing.usage_token),
+            format!(
+                "--usage-spool={}",
+                billing.spools.join(format!("dp-node-{i}")).display()
+            ),
+            "--usage-interval=1".to_owned(),
         ])?;
         let running = nexus_dataplane::start(&args)
             .await
@@ -126,8 +151,14 @@ pub async fn routed_call(
     tenant: &str,
     mic_dir: &Path,
 ) -> anyhow::Result<(SocketAddr, String)> {
-    let hop = crate::call::resolve(&via.to_string(), tenant, "code-generation", None).await?;
-    let client = nexus_api::Client::connect_dir(mic_dir, hop)
+    let hop = crate::call::resolve(
+        &via.to_string(),
+        tenant,
+        "code-generation",
+        Some(DEMO_DOMAIN),
+    )
+    .await?;
+    let client = nexus_api::Client::connect_dir_in(mic_dir, hop, DEMO_DOMAIN)
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {hop}: {e}"))?;
     let r = client
@@ -139,4 +170,44 @@ pub async fn routed_call(
         .await
         .map_err(|e| anyhow::anyhow!("calling {hop}: {e}"))?;
     Ok((hop, r.text))
+}
+
+/// `traffic_bytes` the cloud API shows a tenant: in its usage and on its draft invoice.
+#[derive(Debug, Clone, Copy)]
+pub struct BilledTraffic {
+    pub usage: i64,
+    pub invoiced: i64,
+}
+
+/// Reads the tenant's `traffic_bytes` through the public API with its key.
+pub async fn billed_traffic(api: SocketAddr, key: &str) -> anyhow::Result<BilledTraffic> {
+    let http = reqwest::Client::new();
+    let get = |path: &str| {
+        http.get(format!("http://{api}{path}"))
+            .bearer_auth(key)
+            .timeout(Duration::from_secs(5))
+            .send()
+    };
+    let usage: serde_json::Value = get("/v1/usage?meter=traffic_bytes")
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let preview: serde_json::Value = get("/v1/invoices/preview")
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let sum = |items: Option<&Vec<serde_json::Value>>, meter: bool| -> i64 {
+        items
+            .into_iter()
+            .flatten()
+            .filter(|i| !meter || i["meter"] == "traffic_bytes")
+            .filter_map(|i| i["quantity"].as_i64())
+            .sum()
+    };
+    Ok(BilledTraffic {
+        usage: sum(usage["buckets"].as_array(), false),
+        invoiced: sum(preview["lines"].as_array(), true),
+    })
 }

@@ -15,7 +15,7 @@
 
 mod dataplanes;
 mod demo;
-mod pg;
+use nexus_private_pg as pg;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -195,9 +195,13 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     nexus_cloud::migrate(&pool)
         .await
         .map_err(|e| anyhow::anyhow!("migrating: {e}"))?;
+    // The token the dataplanes bill served traffic with (they run in this process; a fresh
+    // one per start).
+    let usage_token = format!("usage-{}", uuid::Uuid::new_v4().simple());
     let config = nexus_cloud::Config {
         ca_endpoint: Some(format!("http://{}", ca.grpc_addr)),
         ca_token: Some(ca_token.clone()),
+        usage_token: Some(usage_token.clone()),
         ..nexus_cloud::Config::default()
     };
     let state = nexus_cloud::AppState::new(pool.clone(), config);
@@ -293,6 +297,11 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         args.dataplane_port,
         &mic_dir,
         &format!("http://{}/v1/crl", ca.http_addr),
+        &dataplanes::Billing {
+            cloud_url: format!("http://{api_addr}"),
+            usage_token: usage_token.clone(),
+            spools: data.join("dataplanes"),
+        },
     )
     .await?;
     dataplanes::write_domain(&fabrics, &identity.tenant, &dps)?;
@@ -404,10 +413,35 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
                 None => println!("✘ no call routed by capability: {last}"),
             }
         }
+        let mut billed = None;
+        if routed.is_some() {
+            // The serving dataplane harvests its per-tenant traffic every second and its
+            // reporter delivers it: well inside the minute the product promises.
+            for _ in 0..300 {
+                if let Ok(b) = dataplanes::billed_traffic(api_addr, &demo.api_key).await
+                    && b.usage > 0
+                    && b.invoiced > 0
+                {
+                    billed = Some(b);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            match &billed {
+                Some(b) => println!(
+                    "✔ its traffic is billed to the demo tenant: {} bytes in usage, {} bytes on the draft invoice",
+                    b.usage, b.invoiced
+                ),
+                None => {
+                    println!("✘ the routed call's traffic did not reach the demo tenant's usage")
+                }
+            }
+        }
         let ok = api_ok
             && (fleet_ok || args.sim_nodes == 0)
             && (reported || args.sim_nodes == 0)
-            && (routed.is_some() || dps.is_empty());
+            && (routed.is_some() || dps.is_empty())
+            && (billed.is_some() || dps.is_empty());
         for a in &dp_agents {
             a.abort();
         }

@@ -1,5 +1,7 @@
-//! A private PostgreSQL cluster in `nexctl up`'s data directory, started from the installed
-//! server binaries (`initdb`, `pg_ctl`): the embedded default when no `DATABASE_URL` is given.
+//! A private PostgreSQL cluster in a directory of its own, started from the installed server
+//! binaries (`initdb`, `pg_ctl`): `nexctl up`'s embedded default when no `DATABASE_URL` is
+//! given, and the database the end-to-end suite restarts in the middle of a flow (which it
+//! could not do to a server other tests share).
 //!
 //! PostgreSQL refuses to run as root, so when `nexctl` runs as root the cluster is created and
 //! run as the `postgres` system user (via `runuser`), which owns the cluster directory.
@@ -121,10 +123,7 @@ impl PrivatePostgres {
             )
             .context("initdb")?;
         }
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
-            pg.data.display()
-        );
+        let opts = pg.server_options();
         pg.run(
             "pg_ctl",
             &[
@@ -184,6 +183,37 @@ impl PrivatePostgres {
                 "postgres",
                 db,
             ],
+        )
+    }
+
+    /// Restarts the cluster (fast shutdown, then start): every session is cut, as in a
+    /// database failover or a crash of the server process; committed data is kept.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let opts = self.server_options();
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data.display().to_string(),
+                "-l",
+                &self.data.join("server.log").display().to_string(),
+                "-o",
+                &opts,
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "restart",
+            ],
+        )
+    }
+
+    fn server_options(&self) -> String {
+        format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            self.port,
+            self.data.display()
         )
     }
 

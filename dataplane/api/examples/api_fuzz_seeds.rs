@@ -1,6 +1,6 @@
 //! Writes the seeds of the `tensor_control` fuzz target (a control message needs a valid
 //! NexLink checksum, which a fuzzer rarely finds alone):
-//! `cargo run -p nexus-api --example fuzz_seeds -- dataplane/fuzz/seeds`.
+//! `cargo run -p nexus-api --example api_fuzz_seeds -- dataplane/fuzz/seeds`.
 
 use nexus_firmware::header::{DType, DeliveryMode, Flags, Header};
 
