@@ -195,6 +195,10 @@ pub struct RealCa {
 
 impl RealCa {
     pub async fn start(tenants: &[&str]) -> RealCa {
+        RealCa::start_with(tenants, None).await
+    }
+
+    async fn start_with(tenants: &[&str], tls: Option<&std::path::Path>) -> RealCa {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -212,7 +216,16 @@ impl RealCa {
         let token = "ca-test-token-0123456789".to_owned();
         let kek = std::sync::Arc::new(nexus_ca::kek::Kek::generate().unwrap());
         let settings = nexus_ca::Settings::for_tests(kek, &token, tenants);
-        let server = nexus_ca::start(pool.clone(), settings).await.unwrap();
+        let server = match tls {
+            Some(dir) => nexus_ca::start_tls(
+                pool.clone(),
+                settings,
+                nexus_ca::tls::TlsOptions::for_tests(dir),
+            )
+            .await
+            .unwrap(),
+            None => nexus_ca::start(pool.clone(), settings).await.unwrap(),
+        };
         RealCa {
             server,
             token,
@@ -225,20 +238,7 @@ impl RealCa {
     /// The CA over TLS (`nexus_ca::start_tls`): its root and server certificate are written to
     /// `dir` (`ca.crt`), callers authenticate with client certificates it issues.
     pub async fn start_tls(tenants: &[&str], dir: &std::path::Path) -> RealCa {
-        let plain = RealCa::start(tenants).await;
-        // Same database and settings, now behind TLS: stop the plaintext server first.
-        let _ = plain.server.stop_handle().send(true);
-        let _ = plain.server.wait().await;
-        let kek = std::sync::Arc::new(nexus_ca::kek::Kek::generate().unwrap());
-        let settings = nexus_ca::Settings::for_tests(kek, &plain.token, tenants);
-        let server = nexus_ca::start_tls(
-            plain.pool.clone(),
-            settings,
-            nexus_ca::tls::TlsOptions::for_tests(dir),
-        )
-        .await
-        .unwrap();
-        RealCa { server, ..plain }
+        RealCa::start_with(tenants, Some(dir)).await
     }
 
     /// `--ca-endpoint` and `--ca-token` for a cloud API talking to this CA.
