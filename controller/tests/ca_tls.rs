@@ -47,7 +47,10 @@ async fn client_cert(
         })
         .await
         .unwrap();
-    let (c, k) = (dir.join(format!("{role}.crt")), dir.join(format!("{role}.key")));
+    let (c, k) = (
+        dir.join(format!("{role}.crt")),
+        dir.join(format!("{role}.key")),
+    );
     std::fs::write(&c, &cert.chain_pem).unwrap();
     std::fs::write(&k, &cert.key_pem).unwrap();
     (c, k, cert.serial)
@@ -115,7 +118,8 @@ async fn the_controller_issues_over_mutual_tls_and_each_impostor_is_refused(pool
             .unwrap()
     };
     let other = start(&other_pool, other_dir.path()).await;
-    let (stranger_cert, stranger_key, _) = client_cert(&other, other_dir.path(), "controller").await;
+    let (stranger_cert, stranger_key, _) =
+        client_cert(&other, other_dir.path(), "controller").await;
 
     let refused = |e: Error| match e {
         Error::IssuerUnavailable(m) | Error::IssuerRefused { message: m, .. } => m,
@@ -123,8 +127,16 @@ async fn the_controller_issues_over_mutual_tls_and_each_impostor_is_refused(pool
     };
     for (n, cert, why) in [
         (2, None, "no client certificate"),
-        (3, Some((stranger_cert.as_path(), stranger_key.as_path())), "another CA's certificate"),
-        (4, Some((agent_cert.as_path(), agent_key.as_path())), "a role the CA does not admit"),
+        (
+            3,
+            Some((stranger_cert.as_path(), stranger_key.as_path())),
+            "another CA's certificate",
+        ),
+        (
+            4,
+            Some((agent_cert.as_path(), agent_key.as_path())),
+            "a role the CA does not admit",
+        ),
     ] {
         let e = issuer(&ca, &root, cert).issue(request(n)).await;
         assert!(e.is_err(), "{why}: issued anyway");

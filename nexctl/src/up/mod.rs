@@ -344,7 +344,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     );
     if let Some(d) = dps.first() {
         println!(
-            "  target/debug/nexctl call --capability code-generation --tenant {} --via http://{} --mic-dir {} 'hello'",
+            "  target/debug/nexctl call --capability code-generation --tenant {} --domain default/demo --via http://{} --mic-dir {} 'hello'",
             identity.tenant,
             d.http,
             mic_dir.display()
