@@ -220,7 +220,7 @@ async fn start_stack(admin: &sqlx::PgPool, base_url: &str) -> Stack {
         .build()
         .unwrap();
 
-    let (ca_grpc, ca_http) = (free_addr(), free_addr());
+    let (ca_grpc, ca_http, cloud_addr) = (free_addr(), free_addr(), free_addr());
     let ca = Proc::start(
         &dir,
         "ca",
@@ -235,14 +235,20 @@ async fn start_stack(admin: &sqlx::PgPool, base_url: &str) -> Stack {
             &"--tenant",
             &"acme",
         ],
-        &[("NEXUS_CA_KEK", KEK_HEX), ("NEXUS_CA_TOKEN", CA_TOKEN)],
+        &[
+            ("NEXUS_CA_KEK", KEK_HEX),
+            ("NEXUS_CA_TOKEN", CA_TOKEN),
+            // Every MIC it issues is reported as usage with the cloud API's usage token (the
+            // cloud API meters the MICs it requests itself, under the same key: billed once).
+            ("NEXUS_CA_USAGE_URL", &format!("http://{cloud_addr}")),
+            ("NEXUS_CA_USAGE_TOKEN", USAGE_TOKEN),
+        ],
     );
     wait_for("the CA", 60, || {
         get_json(&http, format!("http://{ca_http}/v1/log/sth"), None)
     })
     .await;
 
-    let cloud_addr = free_addr();
     let cloud = Proc::start(
         &dir,
         "cloud",
@@ -1008,11 +1014,40 @@ spec:
         r.status().is_success().then_some(())
     })
     .await;
-    // Nothing billed twice anywhere: the routed traffic is still exactly what was carried.
+    // Nothing billed twice anywhere: the routed traffic is still exactly what was carried, and
+    // the three MICs — each metered by the cloud API and reported by the CA — are billed once.
     assert_eq!(
         s.billed_traffic(&key, "default/code").await.unwrap().0,
         spooled as i64
     );
+    {
+        let s = &s;
+        wait_for("the CA's usage outbox delivered", 60, || async move {
+            let text = s
+                .http
+                .get(format!("http://{}/metrics", s.ca_http))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.lines()
+                .any(|l| l == "nexus_ca_usage_pending 0")
+                .then_some(())
+        })
+        .await;
+    }
+    let mics = get_json(&s.http, s.url("/v1/usage?meter=mics_issued"), Some(&key))
+        .await
+        .unwrap();
+    let mics: i64 = mics["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["quantity"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(mics, 3, "each MIC billed once");
 
     for d in s.dataplanes.iter_mut() {
         d.proc.kill();

@@ -182,10 +182,20 @@ pub struct Args {
     /// a client certificate).
     #[arg(long)]
     pub tls_allow_token: bool,
-    /// Report each issued MIC as usage `mics_issued` to this cloud API (base URL).
-    #[arg(long, env = "NEXUS_CA_USAGE_URL", requires = "usage_keys_dir")]
+    /// Report each issued MIC as usage `mics_issued` to this cloud API (base URL), with
+    /// `--usage-token` (or, the fallback, `--usage-keys-dir`).
+    #[arg(long, env = "NEXUS_CA_USAGE_URL")]
     pub usage_url: Option<String>,
-    /// Directory of per-tenant cloud API keys for usage reports (a file per tenant name).
+    /// The cloud API's usage token: one batch reports every tenant's MICs.
+    #[arg(
+        long,
+        env = "NEXUS_CA_USAGE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "usage_keys_dir"
+    )]
+    pub usage_token: Option<String>,
+    /// Directory of per-tenant cloud API keys for usage reports (a file per tenant name): the
+    /// fallback without a usage token.
     #[arg(long, env = "NEXUS_CA_USAGE_KEYS_DIR")]
     pub usage_keys_dir: Option<PathBuf>,
     /// Administrative commands (run against the database, then exit).

@@ -27,15 +27,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(command) = &args.command {
         return admin(command, pool, &settings).await;
     }
+    let usage_cfg = match (&args.usage_url, &args.usage_token, &args.usage_keys_dir) {
+        (Some(url), Some(token), _) => Some(nexus_ca::usage::UsageConfig::with_token(url, token)),
+        (Some(url), None, Some(dir)) => {
+            Some(nexus_ca::usage::UsageConfig::from_dir(url, dir).context("usage keys directory")?)
+        }
+        (Some(_), None, None) => {
+            anyhow::bail!("--usage-url needs --usage-token (or --usage-keys-dir)")
+        }
+        (None, _, _) => None,
+    };
     let server = match args.tls_options() {
         Some(tls) => nexus_ca::start_tls(pool, settings, tls).await,
         None => nexus_ca::start(pool, settings).await,
     }
     .context("starting the CA")?;
-    let _usage = match (&args.usage_url, &args.usage_keys_dir) {
-        (Some(url), Some(dir)) => {
-            let cfg =
-                nexus_ca::usage::UsageConfig::from_dir(url, dir).context("usage keys directory")?;
+    let _usage = match usage_cfg {
+        Some(cfg) => {
             tracing::info!(?cfg, "reporting issued MICs as usage");
             Some(nexus_ca::usage::spawn(
                 std::sync::Arc::clone(server.ca()),

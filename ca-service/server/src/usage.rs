@@ -1,5 +1,5 @@
 //! Usage reporting: every MIC the CA issues is a `mics_issued` event for its tenant in the
-//! cloud API (`POST /v1/usage/events`, idempotency key `mic:<serial>`).
+//! cloud API (idempotency key `mic:<serial>`).
 //!
 //! Durable by construction: the log writer puts a row in `usage_outbox` in the same
 //! transaction as the certificate, so no issued MIC can be missing from the spool; this
@@ -12,9 +12,11 @@
 //! older than that comes back `rejected`; it is marked done with the reason and counted in
 //! `nexus_ca_failures_total{op="usage",reason="rejected"}`, not retried for ever.
 //!
-//! Authentication: one API key per tenant (a member key with the `write` scope), read from
-//! files named after the tenant in a directory. A tenant without a key stays pending (and is
-//! sent once a key appears).
+//! Authentication, preferred first: the cloud API's usage token (`--usage-token`), with which
+//! one batch carries every tenant's events to `POST /v1/system/usage-events` (each event names
+//! its tenant; the token can do nothing else); or, as a fallback, one API key per tenant (a
+//! member key with the `write` scope, `POST /v1/usage/events`), read from files named after the
+//! tenant in a directory — a tenant without a key stays pending, sent once a key appears.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -36,7 +38,10 @@ const ROUND: i64 = 500;
 pub struct UsageConfig {
     /// Base URL of the cloud API, e.g. `http://nexus-cloud:8080`.
     pub url: String,
-    /// API key per tenant name.
+    /// The cloud API's usage token: when set, every tenant's events go in one batch to the
+    /// system endpoint and `keys` is not used.
+    pub token: Option<String>,
+    /// API key per tenant name (the fallback without a usage token).
     pub keys: HashMap<String, String>,
     /// Pause between rounds when nothing is pending.
     pub every: Duration,
@@ -46,12 +51,23 @@ impl std::fmt::Debug for UsageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UsageConfig")
             .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "…"))
             .field("tenants", &self.keys.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 impl UsageConfig {
+    /// Reports with the cloud API's usage token.
+    pub fn with_token(url: &str, token: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            token: Some(token.to_owned()),
+            keys: HashMap::new(),
+            every: Duration::from_secs(5),
+        }
+    }
+
     /// Keys from `dir`: one file per tenant, named after it, holding its API key.
     pub fn from_dir(url: &str, dir: &Path) -> Result<Self, Error> {
         let mut keys = HashMap::new();
@@ -68,6 +84,7 @@ impl UsageConfig {
         }
         Ok(Self {
             url: url.trim_end_matches('/').to_owned(),
+            token: None,
             keys,
             every: Duration::from_secs(5),
         })
@@ -92,6 +109,9 @@ pub fn backoff(attempts: u32) -> Duration {
 
 #[derive(Debug, Serialize)]
 struct Event<'a> {
+    /// Named only on the system endpoint (a tenant's own endpoint knows its tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
     meter: &'static str,
     quantity: u64,
     timestamp: DateTime<Utc>,
@@ -152,16 +172,46 @@ pub async fn report_once(
             row.try_get("attempts")?,
         ));
     }
+    // One request per batch: every tenant at once with the usage token, else one per tenant
+    // with its own key.
+    type Pending = (String, String, DateTime<Utc>, i32);
+    let mut batches: Vec<(String, &'static str, Vec<Pending>, &str)> = Vec::new();
     let mut report = RoundReport::default();
-    for (tenant, events) in &by_tenant {
-        let Some(key) = cfg.keys.get(tenant) else {
-            tracing::warn!(%tenant, pending = events.len(), "no usage API key for tenant");
-            defer(&mut tx, events, "no API key for the tenant", now).await?;
-            report.deferred += events.len();
-            continue;
-        };
+    match &cfg.token {
+        Some(token) => batches.push((
+            token.clone(),
+            "/v1/system/usage-events",
+            by_tenant
+                .iter()
+                .flat_map(|(t, evs)| {
+                    evs.iter()
+                        .map(|(serial, at, n)| (t.clone(), serial.clone(), *at, *n))
+                })
+                .collect(),
+            "every tenant",
+        )),
+        None => {
+            for (tenant, events) in &by_tenant {
+                let pending: Vec<Pending> = events
+                    .iter()
+                    .map(|(serial, at, n)| (tenant.clone(), serial.clone(), *at, *n))
+                    .collect();
+                match cfg.keys.get(tenant) {
+                    Some(key) => batches.push((key.clone(), "/v1/usage/events", pending, tenant)),
+                    None => {
+                        tracing::warn!(%tenant, pending = events.len(), "no usage API key for tenant");
+                        defer(&mut tx, &pending, "no API key for the tenant", now).await?;
+                        report.deferred += events.len();
+                    }
+                }
+            }
+        }
+    }
+    for (key, path, events, who) in &batches {
+        let system = *path == "/v1/system/usage-events";
         let body = serde_json::json!({
-            "events": events.iter().map(|(serial, at, _)| Event {
+            "events": events.iter().map(|(tenant, serial, at, _)| Event {
+                tenant: system.then_some(tenant.as_str()),
                 meter: "mics_issued",
                 quantity: 1,
                 timestamp: *at,
@@ -170,7 +220,7 @@ pub async fn report_once(
             }).collect::<Vec<_>>()
         });
         let sent = http
-            .post(format!("{}/v1/usage/events", cfg.url))
+            .post(format!("{}{path}", cfg.url))
             .bearer_auth(key)
             .json(&body)
             .send()
@@ -187,7 +237,7 @@ pub async fn report_once(
                     .iter()
                     .map(|r| (r.idempotency_key.as_str(), r))
                     .collect();
-                for (serial, _, _) in events {
+                for (tenant, serial, _, _) in events {
                     let key = format!("mic:{serial}");
                     // accepted / duplicate: billed once. conflict: the key exists with other
                     // content — the cloud API metered this MIC itself (it issued it through us).
@@ -223,7 +273,7 @@ pub async fn report_once(
                 }
             }
             Err(e) => {
-                tracing::warn!(%tenant, error = %e, events = events.len(), "usage report deferred");
+                tracing::warn!(tenants = %who, error = %e, events = events.len(), "usage report deferred");
                 defer(&mut tx, events, &e, now).await?;
                 report.deferred += events.len();
             }
@@ -240,11 +290,11 @@ pub async fn report_once(
 
 async fn defer(
     tx: &mut sqlx::PgConnection,
-    events: &[(String, DateTime<Utc>, i32)],
+    events: &[(String, String, DateTime<Utc>, i32)],
     error: &str,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    for (serial, _, attempts) in events {
+    for (_, serial, _, attempts) in events {
         let attempts = u32::try_from(*attempts).unwrap_or(0).saturating_add(1);
         let next =
             now + chrono::Duration::from_std(backoff(attempts)).unwrap_or(chrono::Duration::MAX);

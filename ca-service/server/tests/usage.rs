@@ -124,6 +124,7 @@ async fn issued_mics_reach_the_cloud_api_exactly_once_across_an_outage(pool: PgP
     drop(listener);
     let cfg = UsageConfig {
         url: format!("http://{cloud_addr}"),
+        token: None,
         keys: HashMap::from([("acme".to_owned(), tenant.api_key.clone())]),
         every: Duration::from_secs(1),
     };
@@ -205,6 +206,79 @@ async fn issued_mics_reach_the_cloud_api_exactly_once_across_an_outage(pool: PgP
             .encode()
             .lines()
             .any(|l| l == "nexus_ca_usage_pending 1")
+    );
+
+    served.abort();
+    ca_server.shutdown().await?;
+    cloud.drop_db().await?;
+    Ok(())
+}
+
+/// With the cloud API's usage token, one batch reports every tenant's MICs through the system
+/// endpoint — no per-tenant keys to distribute — and a resend is billed once.
+#[sqlx::test(migrations = "./migrations")]
+async fn the_usage_token_reports_every_tenant_in_one_batch(pool: PgPool) -> TestResult {
+    let kek = Arc::new(Kek::parse(KEK_HEX)?);
+    let ca_server = nexus_ca::start(
+        pool.clone(),
+        Settings::for_tests(kek, TOKEN, &["acme", "globex"]),
+    )
+    .await?;
+    let ch = Channel::from_shared(format!("http://{}", ca_server.grpc_addr))?
+        .connect()
+        .await?;
+    let mut c = CertificateAuthorityClient::with_interceptor(ch, add_token as AuthFn);
+    let ca = Arc::clone(ca_server.ca());
+    let cloud = CloudDb::create().await?;
+    nexus_cloud::create_tenant(&cloud.pool, "Acme", "acme", "owner@acme.example").await?;
+    nexus_cloud::create_tenant(&cloud.pool, "Globex", "globex", "owner@globex.example").await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let cloud_addr = listener.local_addr()?;
+    let app = nexus_cloud::app(nexus_cloud::AppState::new(
+        cloud.pool.clone(),
+        nexus_cloud::Config {
+            rate_per_sec: 0,
+            console_dir: None,
+            usage_token: Some("system-usage-token-0123456789".into()),
+            ..nexus_cloud::Config::default()
+        },
+    ));
+    let served = tokio::spawn(async move { axum::serve(listener, app).await });
+    let cfg = UsageConfig::with_token(
+        &format!("http://{cloud_addr}"),
+        "system-usage-token-0123456789",
+    );
+    let http = nexus_ca::usage::http_client()?;
+
+    let a = issue(&mut c, "acme", "t-1").await?;
+    let g = issue(&mut c, "globex", "t-2").await?;
+    let r = report_once(&ca, &http, &cfg, Utc::now()).await?;
+    assert_eq!(
+        r,
+        RoundReport {
+            delivered: 2,
+            rejected: 0,
+            deferred: 0
+        }
+    );
+    // Resent after a crash between sending and marking: billed once.
+    sqlx::query("UPDATE usage_outbox SET sent_at = NULL")
+        .execute(&pool)
+        .await?;
+    let r = report_once(&ca, &http, &cfg, Utc::now()).await?;
+    assert_eq!(r.delivered, 2);
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT t.slug, e.idempotency_key FROM usage_events e JOIN tenants t ON t.id = e.tenant_id
+          WHERE e.meter = 'mics_issued' ORDER BY t.slug",
+    )
+    .fetch_all(&cloud.pool)
+    .await?;
+    assert_eq!(
+        stored,
+        vec![
+            ("acme".to_owned(), format!("mic:{}", a.serial)),
+            ("globex".to_owned(), format!("mic:{}", g.serial)),
+        ]
     );
 
     served.abort();
