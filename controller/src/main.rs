@@ -73,7 +73,7 @@ struct Args {
 enum Command {
     /// Fabric rollouts without Kubernetes: Fabric manifests from a directory, node agents over
     /// the fleet gRPC endpoint, state as JSON over HTTP.
-    Local(LocalArgs),
+    Local(Box<LocalArgs>),
     /// Fabric rollouts against the cluster: NexusNode specs, cordon and drain, Fabric status;
     /// acts only while holding the coordination Lease.
     Rollout(RolloutArgs),
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
     if let Some(Command::Local(local)) = args.command {
-        LocalController::start(local)
+        LocalController::start(*local)
             .await?
             .run_until_signal()
             .await;

@@ -74,6 +74,7 @@ spec:
         start_grace: Duration::from_millis(300),
         rescan: Duration::from_secs(1),
         routing: Default::default(),
+        tls: Default::default(),
     })
     .await
     .unwrap();

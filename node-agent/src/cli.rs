@@ -494,6 +494,19 @@ pub struct FleetArgs {
     /// The dataplane's P4Runtime device id.
     #[arg(long, default_value_t = 1)]
     pub p4_device_id: u64,
+    /// PEM roots the controller's certificate must chain to (an `https://` --controller).
+    #[arg(long = "controller-tls-ca", env = "NEXUS_CONTROLLER_TLS_CA")]
+    pub controller_tls_ca: Option<PathBuf>,
+    /// This node's certificate (role `node`, its name as common name), re-read when it
+    /// changes; the controller refuses it under any other node name.
+    #[arg(long = "tls-cert", env = "NEXUS_NODE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of `--tls-cert`.
+    #[arg(long = "tls-key", env = "NEXUS_NODE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Name the controller's certificate must carry (default: the --controller host).
+    #[arg(long = "controller-tls-server-name")]
+    pub controller_tls_server_name: Option<String>,
 }
 
 fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Result<()> {
@@ -511,6 +524,13 @@ fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Resu
             .unwrap_or_else(|_| "localhost".into()),
     };
     let mut cfg = AgentConfig::new(controller, node);
+    cfg.tls = nexus_tls::client_files(
+        f.controller_tls_ca.clone(),
+        f.tls_cert.clone(),
+        f.tls_key.clone(),
+        f.controller_tls_server_name.clone(),
+    )
+    .context("controller TLS flags")?;
     cfg.agent_version = agent_version().to_string();
     cfg.heartbeat = Duration::from_secs(f.heartbeat_secs.max(1));
     for l in &f.labels {

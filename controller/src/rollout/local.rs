@@ -64,6 +64,108 @@ pub struct LocalArgs {
     /// RoutingDomains: where their endpoints' MICs and the CA are.
     #[command(flatten)]
     pub routing: crate::routing::local::RoutingArgs,
+    /// Mutual TLS on the fleet endpoint (absent: plaintext, development only).
+    #[command(flatten)]
+    pub tls: FleetTlsArgs,
+}
+
+/// Mutual TLS of the fleet endpoint: the controller's server certificate, and the CA whose
+/// node certificates (role `node`, the node's name as common name — `nexus-ca client-cert
+/// --role node --name <node>`) agents must present. A node may register only under the name
+/// its certificate carries.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FleetTlsArgs {
+    /// PEM certificate chain of the fleet endpoint (re-read when it changes).
+    #[arg(long = "tls-cert", requires_all = ["tls_key", "tls_client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of `--tls-cert`.
+    #[arg(long = "tls-key")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM roots node certificates must chain to.
+    #[arg(long = "tls-client-ca")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CRL of that CA (PEM or DER file, re-read every 10 s): a revoked node certificate is
+    /// refused at the next handshake.
+    #[arg(long = "tls-crl")]
+    pub tls_crl: Option<PathBuf>,
+}
+
+/// The role node certificates carry.
+pub const NODE_ROLE: &str = "node";
+
+/// Whether the verified client certificate of a fleet connection may act as node `name`:
+/// only a certificate of role [`NODE_ROLE`] whose common name is `name`. `None` (no TLS on
+/// this endpoint) admits anyone: plaintext development mode.
+pub fn admit_node(peer: Option<&nexus_tls::TlsConnInfo>, name: &str) -> Result<(), String> {
+    let Some(info) = peer else {
+        return Ok(());
+    };
+    let Some(id) = info.peer.as_deref() else {
+        return Err("no client certificate".into());
+    };
+    match (id.role(), id.common_name.as_deref()) {
+        (Some(NODE_ROLE), Some(cn)) if cn == name => Ok(()),
+        (Some(NODE_ROLE), Some(cn)) => Err(format!(
+            "the certificate is node {cn}'s: it may not register as {name}"
+        )),
+        (role, _) => Err(format!(
+            "the certificate's role is {}, not {NODE_ROLE}",
+            role.unwrap_or("none")
+        )),
+    }
+}
+
+type Crls = Vec<nexus_tls::pki_types::CertificateRevocationListDer<'static>>;
+
+fn read_crl_file(path: &std::path::Path) -> Result<Crls, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        nexus_tls::read_crls(path).map_err(|e| e.to_string())
+    } else {
+        Ok(vec![bytes.into()])
+    }
+}
+
+/// The fleet endpoint's rustls config, when TLS is configured; the CRL file is re-read every
+/// 10 s into the client verifier.
+fn fleet_tls(t: &FleetTlsArgs) -> Result<Option<Arc<nexus_tls::rustls::ServerConfig>>, LocalError> {
+    let (Some(cert), Some(key), Some(ca)) = (&t.tls_cert, &t.tls_key, &t.tls_client_ca) else {
+        return Ok(None);
+    };
+    let err = |message: String| LocalError::Tls { message };
+    let certificate =
+        nexus_tls::ReloadingCertificate::from_files(cert, key).map_err(|e| err(e.to_string()))?;
+    certificate.spawn_watch(Duration::from_secs(30));
+    let roots = nexus_tls::read_certs(ca).map_err(|e| err(e.to_string()))?;
+    let crls = match &t.tls_crl {
+        Some(p) => read_crl_file(p).map_err(err)?,
+        None => Vec::new(),
+    };
+    let verifier =
+        nexus_tls::ClientVerifier::new(&roots, crls, true).map_err(|e| err(e.to_string()))?;
+    let config = nexus_tls::ServerTls {
+        certificate,
+        client_verifier: Some(Arc::clone(&verifier)),
+    }
+    .server_config()
+    .map_err(|e| err(e.to_string()))?;
+    if let Some(p) = t.tls_crl.clone() {
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&p).ok();
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let now = std::fs::read(&p).ok();
+                if now.is_some() && now != last {
+                    match read_crl_file(&p).map(|c| verifier.set_crls(c)) {
+                        Ok(Ok(())) => last = now,
+                        Ok(Err(e)) => warn!(error = %e, "fleet CRL refused; keeping the last one"),
+                        Err(e) => warn!(error = %e, "fleet CRL unreadable; keeping the last one"),
+                    }
+                }
+            }
+        });
+    }
+    Ok(Some(config))
 }
 
 use nexus_crds::common::parse_duration_arg as parse_duration;
@@ -84,6 +186,12 @@ pub enum LocalError {
     Manifests {
         /// Directory.
         path: PathBuf,
+        /// Cause.
+        message: String,
+    },
+    /// The fleet endpoint's TLS files are unusable.
+    #[error("fleet TLS: {message}")]
+    Tls {
         /// Cause.
         message: String,
     },
@@ -418,15 +526,30 @@ impl LocalController {
         }));
         let svc = FleetServer::new(shared.clone()).into_service();
         let mut sd = shutdown_rx;
+        let tls = fleet_tls(&args.tls)?;
         tasks.push(tokio::spawn(async move {
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-            let r = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = sd.changed().await;
-                })
-                .await;
+            let stop = async move {
+                let _ = sd.changed().await;
+            };
+            let server = tonic::transport::Server::builder().add_service(svc);
+            let r = match tls {
+                Some(config) => match nexus_tls::TlsListener::new(grpc, config) {
+                    Ok(l) => {
+                        server
+                            .serve_with_incoming_shutdown(l.into_stream(), stop)
+                            .await
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "fleet TLS listener");
+                        return;
+                    }
+                },
+                None => {
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                    server.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            };
             if let Err(e) = r {
                 warn!(error = %e, "fleet gRPC endpoint stopped");
             }

@@ -36,6 +36,8 @@ pub struct RolloutMetrics {
     pub agents_connected: Gauge,
     /// Nacks received.
     pub nacks: Counter,
+    /// Registrations refused (a node certificate presented for another node's name).
+    pub refused_registrations: Counter,
     /// Node counts per fabric and state.
     pub fabric_nodes: Family<FabricStateLabels, Gauge>,
 }
@@ -48,6 +50,7 @@ impl RolloutMetrics {
             actions: Family::default(),
             agents_connected: Gauge::default(),
             nacks: Counter::default(),
+            refused_registrations: Counter::default(),
             fabric_nodes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("nexus_rollout");
@@ -70,6 +73,11 @@ impl RolloutMetrics {
             "nacks",
             "Desired states refused or failed by agents",
             m.nacks.clone(),
+        );
+        r.register(
+            "refused_registrations",
+            "Agent registrations refused: the node certificate names another node or has no node role",
+            m.refused_registrations.clone(),
         );
         r.register(
             "fabric_nodes",

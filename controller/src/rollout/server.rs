@@ -10,7 +10,7 @@ use pb::agent_message::Msg;
 use pb::fleet_server::Fleet as FleetService;
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::fleet::{Fleet, Timing};
 use super::metrics::RolloutMetrics;
@@ -90,6 +90,10 @@ impl FleetService for FleetServer {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let tls = request
+            .extensions()
+            .get::<nexus_tls::TlsConnInfo>()
+            .cloned();
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -105,6 +109,11 @@ impl FleetService for FleetServer {
             return Err(Status::invalid_argument(
                 "Register.node_name must be 1–253 characters",
             ));
+        }
+        if let Err(why) = super::local::admit_node(tls.as_ref(), &name) {
+            warn!(node = %name, reason = %why, "registration refused");
+            self.shared.metrics.refused_registrations.inc();
+            return Err(Status::permission_denied(why));
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let id = self.shared.fleet.lock().await.register(reg, tx, Utc::now());

@@ -233,6 +233,7 @@ impl Sim {
             start_grace: self.opts.start_grace,
             rescan: Duration::from_millis(500),
             routing: self.opts.routing.clone(),
+            tls: Default::default(),
         })
         .await
         .unwrap();

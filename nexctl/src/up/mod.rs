@@ -236,6 +236,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
                 trust_anchors: Some(data.join("mics").join(demo::DEMO_MODEL).join("ca.crt")),
                 ca_url: Some(format!("http://{}", ca.http_addr)),
             },
+            tls: Default::default(),
         },
     )
     .await

@@ -32,6 +32,9 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// Reconnect backoff.
     pub backoff: Backoff,
+    /// Mutual TLS towards an `https://` controller: the controller's CA and this node's
+    /// certificate (role `node`, common name = `node_name`), re-read when the files change.
+    pub tls: Option<nexus_tls::ClientTlsFiles>,
 }
 
 impl AgentConfig {
@@ -44,6 +47,7 @@ impl AgentConfig {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             heartbeat: Duration::from_secs(5),
             backoff: Backoff::default(),
+            tls: None,
         }
     }
 }
@@ -199,12 +203,24 @@ impl<T: FlashTarget> Agent<T> {
     }
 
     async fn session(&mut self, registered: &mut bool) -> Result<(), SessionError> {
-        let channel = Endpoint::from_shared(self.cfg.endpoint.clone())
-            .map_err(|e| SessionError::Endpoint(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
+        let channel = match &self.cfg.tls {
+            // TLS (and the client certificate) through the workspace's one dialer.
+            Some(tls) => nexus_tls::grpc_channel(
+                &self.cfg.endpoint,
+                Some(tls),
+                Duration::from_secs(5),
+                Duration::from_secs(3600),
+            )
+            .map_err(|e| SessionError::Endpoint(e.to_string()))?,
+            None => {
+                Endpoint::from_shared(self.cfg.endpoint.clone())
+                    .map_err(|e| SessionError::Endpoint(e.to_string()))?
+                    .connect_timeout(Duration::from_secs(5))
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await?
+            }
+        };
         let mut client = FleetClient::new(channel);
         self.client = Some(client.clone());
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
