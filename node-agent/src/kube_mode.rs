@@ -261,7 +261,8 @@ fn crd_outcome(o: pb::FlashOutcome) -> CrdOutcome {
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+/// `s` cut to at most `max` bytes on a character boundary (the CRD's `maxLength`).
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

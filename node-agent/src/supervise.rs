@@ -174,16 +174,10 @@ impl State {
                 .map(|(w, _)| w.udp_port)
                 .or_else(|| wanted.map(|w| w.udp_port)),
             restarts: self.restarts,
-            last_exit: self.last_exit.clone().map(|mut s| {
-                if s.len() > 512 {
-                    let mut cut = 512;
-                    while !s.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    s.truncate(cut);
-                }
-                s
-            }),
+            last_exit: self
+                .last_exit
+                .clone()
+                .map(|s| crate::kube_mode::truncate(s, 512)),
             started_at: self
                 .running
                 .as_ref()

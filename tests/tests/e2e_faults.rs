@@ -540,6 +540,16 @@ impl Stack {
         Some((in_domain, invoiced))
     }
 
+    /// Waits (60 s at most) until the tenant's `traffic_bytes` in `domain` are exactly `bytes`;
+    /// returns (usage, draft invoice) then.
+    async fn wait_billed(&self, what: &str, key: &str, domain: &str, bytes: i64) -> (i64, i64) {
+        wait_for(what, 60, || async move {
+            let (used, invoiced) = self.billed_traffic(key, domain).await?;
+            (used == bytes).then_some((used, invoiced))
+        })
+        .await
+    }
+
     async fn fabric(&self) -> Option<Value> {
         let v = get_json(
             &self.http,
@@ -921,18 +931,14 @@ spec:
         .await
         .unwrap();
     assert!(first_bytes > 0);
-    let billed = {
-        let s = &s;
-        let key = key.clone();
-        wait_for("the routed call billed", 60, || {
-            let key = key.clone();
-            async move {
-                let (used, invoiced) = s.billed_traffic(&key, "default/code").await?;
-                (used == first_bytes as i64).then_some((used, invoiced))
-            }
-        })
-        .await
-    };
+    let billed = s
+        .wait_billed(
+            "the routed call billed",
+            &key,
+            "default/code",
+            first_bytes as i64,
+        )
+        .await;
     assert!(
         billed.1 >= billed.0,
         "the draft invoice rates it: {billed:?}"
@@ -949,18 +955,13 @@ spec:
     s.dataplanes[serving].proc.kill();
     s.cloud.spawn();
     s.dataplanes[serving].proc.spawn();
-    {
-        let s = &s;
-        let key = key.clone();
-        wait_for("the killed dataplane's usage billed once", 60, || {
-            let key = key.clone();
-            async move {
-                let (used, _) = s.billed_traffic(&key, "default/code").await?;
-                (used == spooled as i64).then_some(())
-            }
-        })
-        .await;
-    }
+    s.wait_billed(
+        "the killed dataplane's usage billed once",
+        &key,
+        "default/code",
+        spooled as i64,
+    )
+    .await;
 
     // 5. PostgreSQL restarted mid-ingest: the reporters ride it out, nothing lost or doubled,
     //    and the CA issues again afterwards.
@@ -989,18 +990,8 @@ spec:
         status.success(),
         "the reporter drains its spool across the restart"
     );
-    {
-        let s = &s;
-        let key = key.clone();
-        wait_for("usage after the PostgreSQL restart", 60, || {
-            let key = key.clone();
-            async move {
-                let (used, _) = s.billed_traffic(&key, "pg").await?;
-                (used == 300 * 1000).then_some(())
-            }
-        })
+    s.wait_billed("usage after the PostgreSQL restart", &key, "pg", 300 * 1000)
         .await;
-    }
     let (csr3, _) = csr_for("coder");
     wait_for("an issuance after the PostgreSQL restart", 60, || async {
         let r = s

@@ -39,9 +39,13 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, Error> {
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| pem_err(path, e))
 }
 
-/// Every `X509 CRL` block of a PEM file (possibly none).
+/// The CRLs of a file: every `X509 CRL` block of a PEM file (possibly none), or the one CRL of
+/// a DER file (what a CA's `/v1/crl` serves), so a DER file is never read as "no CRLs".
 pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
     let bytes = read(path)?;
+    if !bytes.trim_ascii_start().starts_with(b"-----BEGIN") {
+        return Ok(vec![bytes.into()]);
+    }
     CertificateRevocationListDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_err(path, e))

@@ -115,17 +115,6 @@ pub fn admit_node(peer: Option<&nexus_tls::TlsConnInfo>, name: &str) -> Result<(
     }
 }
 
-type Crls = Vec<nexus_tls::pki_types::CertificateRevocationListDer<'static>>;
-
-fn read_crl_file(path: &std::path::Path) -> Result<Crls, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.starts_with(b"-----BEGIN") {
-        nexus_tls::read_crls(path).map_err(|e| e.to_string())
-    } else {
-        Ok(vec![bytes.into()])
-    }
-}
-
 /// The fleet endpoint's rustls config, when TLS is configured; the CRL file is re-read every
 /// 10 s into the client verifier.
 fn fleet_tls(t: &FleetTlsArgs) -> Result<Option<Arc<nexus_tls::rustls::ServerConfig>>, LocalError> {
@@ -138,7 +127,7 @@ fn fleet_tls(t: &FleetTlsArgs) -> Result<Option<Arc<nexus_tls::rustls::ServerCon
     certificate.spawn_watch(Duration::from_secs(30));
     let roots = nexus_tls::read_certs(ca).map_err(|e| err(e.to_string()))?;
     let crls = match &t.tls_crl {
-        Some(p) => read_crl_file(p).map_err(err)?,
+        Some(p) => nexus_tls::read_crls(p).map_err(|e| err(e.to_string()))?,
         None => Vec::new(),
     };
     let verifier =
@@ -156,7 +145,7 @@ fn fleet_tls(t: &FleetTlsArgs) -> Result<Option<Arc<nexus_tls::rustls::ServerCon
                 tokio::time::sleep(Duration::from_secs(10)).await;
                 let now = std::fs::read(&p).ok();
                 if now.is_some() && now != last {
-                    match read_crl_file(&p).map(|c| verifier.set_crls(c)) {
+                    match nexus_tls::read_crls(&p).map(|c| verifier.set_crls(c)) {
                         Ok(Ok(())) => last = now,
                         Ok(Err(e)) => warn!(error = %e, "fleet CRL refused; keeping the last one"),
                         Err(e) => warn!(error = %e, "fleet CRL unreadable; keeping the last one"),
