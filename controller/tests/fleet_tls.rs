@@ -344,3 +344,152 @@ async fn nodes_register_over_mutual_tls_under_their_own_name_only(pool: PgPool) 
     .execute(&pool)
     .await;
 }
+
+/// The node's certificate serial in its file.
+fn serial_of(path: &Path) -> String {
+    let certs = nexus_tls::read_certs(path).unwrap();
+    nexus_tls::PeerIdentity::from_der(certs[0].as_ref())
+        .unwrap()
+        .serial
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_node_joins_with_a_one_time_token_and_rotates_its_certificate_without_a_restart(
+    pool: PgPool,
+) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let kek = Arc::new(nexus_ca::kek::Kek::parse(KEK_HEX).unwrap());
+    let mut settings =
+        nexus_ca::Settings::for_tests(kek, "fleet-tls-token-0123456789abcdef", &["acme"]);
+    // Short-lived node certificates: valid from a minute back (the CA's allowance for clock
+    // skew) to 36 s ahead, so renewal (after two thirds: 64 s of 96) comes ~4 s after each
+    // issue and the loop is seen rotating within the test.
+    settings.node_cert_validity = Duration::from_secs(96);
+    let ca_dir = dir.path().join("ca-tls");
+    let ca = nexus_ca::start_tls(
+        pool.clone(),
+        settings,
+        nexus_ca::tls::TlsOptions::for_tests(&ca_dir),
+    )
+    .await
+    .unwrap();
+    let ca_root = ca_dir.join("ca.crt");
+    let server = cert(
+        &ca,
+        dir.path(),
+        "fleet",
+        "controller",
+        true,
+        now(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let crl = dir.path().join("fleet.crl");
+    std::fs::write(&crl, ca.ca().crl().await.unwrap().der).unwrap();
+    std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
+    let ctl = LocalController::start(LocalArgs {
+        manifests: dir.path().join("manifests"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        status_listen: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_timeout: Duration::from_secs(5),
+        start_grace: Duration::from_millis(100),
+        rescan: Duration::from_secs(1),
+        routing: Default::default(),
+        tls: FleetTlsArgs {
+            tls_cert: Some(server.cert.clone()),
+            tls_key: Some(server.key.clone()),
+            tls_client_ca: Some(server.root.clone()),
+            tls_crl: Some(crl.clone()),
+        },
+    })
+    .await
+    .unwrap();
+
+    let token = ca
+        .ca()
+        .create_join_token(Some("node-j"), Duration::from_secs(600), "fleet test")
+        .await
+        .unwrap()
+        .token;
+    let enroll = |node: &str, token: Option<&str>| nexus_agent::enroll::Enrollment {
+        ca_url: format!("https://127.0.0.1:{}", ca.grpc_addr.port()),
+        ca_root: ca_root.clone(),
+        ca_server_name: Some("localhost".into()),
+        node_name: node.into(),
+        cert: dir.path().join(node).join("tls.crt"),
+        key: dir.path().join(node).join("tls.key"),
+        join_token: token.map(str::to_owned),
+    };
+
+    // Without a token and without a certificate the agent cannot start, and says how to fix it.
+    let e = enroll("node-j", None).ensure().await.unwrap_err();
+    assert!(e.to_string().contains("join-token"), "{e}");
+    // The token is bound to node-j: another node cannot use it.
+    let e = enroll("node-k", Some(&token)).ensure().await.unwrap_err();
+    assert!(e.to_string().contains("join token refused"), "{e}");
+    // A plaintext CA endpoint is refused by the agent itself.
+    let mut clear = enroll("node-j", Some(&token));
+    clear.ca_url = format!("http://127.0.0.1:{}", ca.grpc_addr.port());
+    assert!(clear.ensure().await.is_err());
+
+    // node-j joins: its key stays on the node (0600), and it registers over mutual TLS.
+    let joined = enroll("node-j", Some(&token));
+    let valid = joined.ensure().await.unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&joined.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let files = Files {
+        cert: joined.cert.clone(),
+        key: joined.key.clone(),
+        root: server.root.clone(),
+        serial: serial_of(&joined.cert),
+    };
+    register(ctl.grpc_addr, &server.root, Some(&files), "node-j")
+        .await
+        .unwrap();
+    // Starting again with the files present does not need (or spend) the token again.
+    assert_eq!(joined.ensure().await.unwrap(), valid);
+    // The token is spent: a second machine claiming node-j with it gets nothing.
+    let thief = nexus_agent::enroll::Enrollment {
+        cert: dir.path().join("thief.crt"),
+        key: dir.path().join("thief.key"),
+        ..enroll("node-j", Some(&token))
+    };
+    let e = thief.ensure().await.unwrap_err();
+    assert!(e.to_string().contains("join token refused"), "{e}");
+
+    // The renewal loop rotates the files before expiry; the controller admits each new one.
+    let first = files.serial.clone();
+    let renewals = tokio::spawn(joined.clone().run_renewals(valid));
+    let mut rotated = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = serial_of(&joined.cert);
+        if now != first {
+            rotated = Some(now);
+            break;
+        }
+    }
+    let rotated = rotated.expect("the node certificate was renewed within 15 s");
+    // The old certificate can be revoked: the node no longer needs it.
+    ca.ca()
+        .revoke_service_cert(&first, nexus_mic::RevocationReason::Superseded)
+        .await
+        .unwrap();
+    std::fs::write(&crl, ca.ca().crl().await.unwrap().der).unwrap();
+    let files = Files {
+        serial: rotated,
+        ..files
+    };
+    register(ctl.grpc_addr, &server.root, Some(&files), "node-j")
+        .await
+        .unwrap();
+    renewals.abort();
+
+    ctl.stop().await;
+    ca.shutdown().await.unwrap();
+}

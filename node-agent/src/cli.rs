@@ -507,6 +507,26 @@ pub struct FleetArgs {
     /// Name the controller's certificate must carry (default: the --controller host).
     #[arg(long = "controller-tls-server-name")]
     pub controller_tls_server_name: Option<String>,
+    /// The Nexus CA's gRPC endpoint (`https://…`): the agent obtains its node certificate
+    /// there with `--join-token` when `--tls-cert` does not exist yet, and renews it there
+    /// (with the certificate it holds) after two thirds of its life.
+    #[arg(long = "ca-url", env = "NEXUS_CA_URL", requires = "tls_cert")]
+    pub ca_url: Option<String>,
+    /// The CA's root (PEM) to trust at `--ca-url` (default: `--controller-tls-ca`).
+    #[arg(long = "ca-tls-ca", env = "NEXUS_CA_TLS_CA")]
+    pub ca_tls_ca: Option<PathBuf>,
+    /// Name the CA's certificate must carry (default: the --ca-url host).
+    #[arg(long = "ca-tls-server-name")]
+    pub ca_tls_server_name: Option<String>,
+    /// One-time join token (`nexus-ca join-token --node <name>`), used only while the node
+    /// has no certificate yet.
+    #[arg(
+        long = "join-token",
+        env = "NEXUS_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "ca_url"
+    )]
+    pub join_token: Option<String>,
 }
 
 fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Result<()> {
@@ -522,6 +542,34 @@ fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Resu
         None => std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "localhost".into()),
+    };
+    let enrollment = match &f.ca_url {
+        None => None,
+        Some(url) => Some(crate::enroll::Enrollment {
+            ca_url: url.clone(),
+            ca_root: f
+                .ca_tls_ca
+                .clone()
+                .or_else(|| f.controller_tls_ca.clone())
+                .context("--ca-url needs the CA's root: --ca-tls-ca or --controller-tls-ca")?,
+            ca_server_name: f.ca_tls_server_name.clone(),
+            node_name: node.clone(),
+            cert: f.tls_cert.clone().context("--ca-url needs --tls-cert")?,
+            key: f.tls_key.clone().context("--ca-url needs --tls-key")?,
+            join_token: f.join_token.clone(),
+        }),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // The certificate must exist before the controller channel reads it.
+    let renewals = match enrollment {
+        None => None,
+        Some(e) => {
+            let valid = rt.block_on(e.ensure())?;
+            Some(rt.spawn(e.run_renewals(valid)))
+        }
     };
     let mut cfg = AgentConfig::new(controller, node);
     cfg.tls = nexus_tls::client_files(
@@ -539,10 +587,6 @@ fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Resu
             .with_context(|| format!("--label {l:?}: expected key=value"))?;
         cfg.labels.insert(k.to_owned(), v.to_owned());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let mut agent = Agent::new(cfg.clone(), std::sync::Arc::new(target));
     if let Some(ep) = f.p4runtime {
         agent = agent.with_routing(std::sync::Arc::new(crate::routing::P4RuntimeTables::new(
@@ -555,6 +599,9 @@ fn run_fleet(sim_dir: PathBuf, f: FleetArgs, controller: String) -> anyhow::Resu
         tokio::select! {
             () = agent.run() => {}
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        }
+        if let Some(r) = renewals {
+            r.abort();
         }
     });
     Ok(())

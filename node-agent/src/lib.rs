@@ -14,6 +14,7 @@
 
 pub mod cli;
 pub mod devlink;
+pub mod enroll;
 mod error;
 pub mod flash;
 pub mod fleet;

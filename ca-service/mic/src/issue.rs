@@ -132,7 +132,7 @@ pub struct RevokedEntry {
     pub reason: RevocationReason,
 }
 
-/// A freshly generated model key pair with its CSR.
+/// A freshly generated key pair with its CSR (a model's, or a service's).
 pub struct ModelKey {
     /// PKCS#8 PEM of the private key; write it only to the model's own Secret.
     pub private_key_pem: String,
@@ -417,6 +417,41 @@ impl CertificateAuthority {
         &self,
         req: &ServiceCertRequest<'_>,
     ) -> Result<IssuedServiceCert, Error> {
+        let params = self.service_cert_params(req)?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedServiceCert {
+            cert: issued(cert.der().to_vec())?,
+            private_key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a service certificate like [`CertificateAuthority::issue_service_cert`], but to
+    /// the key of `csr`: the requester (a node enrolling with a join token, or renewing) keeps
+    /// its private key and the CA never sees it. Only the CSR's key is used; its subject and
+    /// extensions are ignored — the CA decides the names from what authenticated the request.
+    pub fn issue_service_cert_for(
+        &self,
+        req: &ServiceCertRequest<'_>,
+        csr: &Csr,
+    ) -> Result<IssuedMic, Error> {
+        let params = self.service_cert_params(req)?;
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&csr.spki_der)?;
+        let cert = params.signed_by(&public_key, &self.issuer)?;
+        let out = issued(cert.der().to_vec())?;
+        let parsed = parse_cert(&out.der)?;
+        if parsed.public_key().raw != csr.spki_der.as_slice() {
+            return Err(Error::Certificate(
+                "issued certificate does not carry the CSR's public key".into(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn service_cert_params(
+        &self,
+        req: &ServiceCertRequest<'_>,
+    ) -> Result<CertificateParams, Error> {
         if !req.server_auth && !req.client_auth {
             return Err(Error::Certificate(
                 "a service certificate needs serverAuth, clientAuth or both".into(),
@@ -424,7 +459,6 @@ impl CertificateAuthority {
         }
         let (nb, na) = window(req.not_before, req.validity)?;
         self.check_within(nb, na)?;
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, req.common_name);
@@ -454,20 +488,7 @@ impl CertificateAuthority {
         params.not_before = to_offset(nb)?;
         params.not_after = to_offset(na)?;
         params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let der = cert.der().to_vec();
-        let parsed = parse_cert(&der)?;
-        let serial = normalize_serial(parsed.raw_serial()).to_vec();
-        Ok(IssuedServiceCert {
-            cert: IssuedMic {
-                pem: der_to_pem("CERTIFICATE", &der),
-                fingerprint: fingerprint_sha256(&der),
-                serial,
-                not_after: na,
-                der,
-            },
-            private_key_pem: key.serialize_pem(),
-        })
+        Ok(params)
     }
 
     /// Signs a CRL (v2, with AKI and CRL number) listing `revoked`.
@@ -499,6 +520,20 @@ impl CertificateAuthority {
         };
         Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
+}
+
+/// The [`IssuedMic`] view of a freshly signed certificate.
+fn issued(der: Vec<u8>) -> Result<IssuedMic, Error> {
+    let parsed = parse_cert(&der)?;
+    let serial = normalize_serial(parsed.raw_serial()).to_vec();
+    let not_after = parsed.validity().not_after.timestamp();
+    Ok(IssuedMic {
+        pem: der_to_pem("CERTIFICATE", &der),
+        fingerprint: fingerprint_sha256(&der),
+        serial,
+        not_after,
+        der,
+    })
 }
 
 fn leaf_dn(model: &ModelUri) -> DistinguishedName {
@@ -589,6 +624,11 @@ impl Csr {
         &self.der
     }
 
+    /// The requester's SubjectPublicKeyInfo, DER (what a certificate for it will carry).
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
     /// The requester's public key type.
     pub fn key_algorithm(&self) -> KeyAlgorithm {
         self.key_algorithm
@@ -598,6 +638,23 @@ impl Csr {
     pub fn requested_uris(&self) -> &[String] {
         &self.requested_uris
     }
+}
+
+/// Generates an ECDSA P-256 key pair and a CSR with subject `CN=<common_name>`, for a service
+/// that asks for its own certificate (a node agent enrolling or renewing): the key stays with
+/// it, only the CSR goes to the CA.
+pub fn generate_service_key(common_name: &str) -> Result<ModelKey, Error> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok(ModelKey {
+        private_key_pem: key.serialize_pem(),
+        csr_pem: csr.pem()?,
+        csr_der: csr.der().to_vec(),
+    })
 }
 
 /// Generates an ECDSA P-256 key pair for `model` and a CSR naming it (URI SAN, CN, O), for

@@ -89,7 +89,7 @@ pub use attestation::{
 pub use error::Error;
 pub use issue::{
     CertificateAuthority, Csr, IssuedMic, IssuedServiceCert, KeyAlgorithm, MicRequest, ModelKey,
-    RevokedEntry, ServiceCertRequest, der_to_pem, generate_model_key,
+    RevokedEntry, ServiceCertRequest, der_to_pem, generate_model_key, generate_service_key,
 };
 pub use mic::{Mic, fingerprint_sha256, pem_to_der_chain};
 pub use model_uri::ModelUri;

@@ -49,6 +49,13 @@ pub enum Error {
     /// Authenticated, but the certificate's role may not call the CA.
     #[error("role `{0}` may not call the CA")]
     PermissionDenied(String),
+    /// A join token that is unknown, expired, already used by another node or key, or bound
+    /// to another node name. One message for all: the caller learns nothing about tokens.
+    #[error("join token refused: unknown, expired, already used, or not for this node")]
+    JoinRefused,
+    /// The operation needs the CA to serve TLS (a join token must not cross in clear).
+    #[error("{0} needs the CA to serve TLS")]
+    TlsRequired(&'static str),
     /// TLS material could not be built or written.
     #[error("TLS: {0}")]
     Tls(String),
@@ -117,6 +124,8 @@ impl Error {
             Error::Zk(_) => "invalid_claim_proof",
             Error::Unauthenticated => "unauthenticated",
             Error::PermissionDenied(_) => "permission_denied",
+            Error::JoinRefused => "join_refused",
+            Error::TlsRequired(_) => "tls_required",
             Error::Unavailable => "unavailable",
             Error::Kek(_)
             | Error::State(_)
@@ -151,7 +160,8 @@ impl Error {
             "unknown_tenant" | "not_found" => Code::NotFound,
             "tenant_inactive" | "revoked" => Code::FailedPrecondition,
             "request_id_reused" => Code::AlreadyExists,
-            "unauthenticated" => Code::Unauthenticated,
+            "unauthenticated" | "join_refused" => Code::Unauthenticated,
+            "tls_required" => Code::FailedPrecondition,
             "permission_denied" => Code::PermissionDenied,
             "unavailable" => Code::Unavailable,
             "internal" => Code::Internal,

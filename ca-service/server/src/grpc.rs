@@ -301,3 +301,76 @@ impl CertificateAuthority for GrpcCa {
         }))
     }
 }
+
+/// `nexus.ca.v1.NodeEnrollment`: its own admission (no [`AuthInterceptor`]): `Join` takes
+/// the join token as its credential, `Renew` a node certificate. Both only over TLS.
+pub fn enrollment_service(
+    ca: Arc<Ca>,
+) -> nexus_ca_api::v1::node_enrollment_server::NodeEnrollmentServer<GrpcEnrollment> {
+    nexus_ca_api::v1::node_enrollment_server::NodeEnrollmentServer::new(GrpcEnrollment { ca })
+        .max_decoding_message_size(64 * 1024)
+}
+
+/// Implements `NodeEnrollment`.
+#[derive(Debug, Clone)]
+pub struct GrpcEnrollment {
+    ca: Arc<Ca>,
+}
+
+fn node_cert_to_proto(c: ca::NodeCert) -> pb::NodeCertificate {
+    pb::NodeCertificate {
+        serial: c.serial,
+        node_name: c.node_name,
+        leaf_der: c.leaf_der,
+        chain_der: c.chain_der,
+        root_der: c.root_der,
+        not_after: c.not_after,
+    }
+}
+
+/// The connection's TLS info, or the refusal for a plaintext connection.
+fn tls_info<T>(request: &Request<T>, what: &'static str) -> Result<nexus_tls::TlsConnInfo, Error> {
+    request
+        .extensions()
+        .get::<nexus_tls::TlsConnInfo>()
+        .cloned()
+        .ok_or(Error::TlsRequired(what))
+}
+
+#[tonic::async_trait]
+impl nexus_ca_api::v1::node_enrollment_server::NodeEnrollment for GrpcEnrollment {
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::NodeCertificate>, Status> {
+        tls_info(&request, "joining with a token")?;
+        let r = request.into_inner();
+        let cert = self
+            .ca
+            .join(&r.token, &r.node_name, &r.csr_der)
+            .await
+            .inspect_err(|e| self.ca.metrics().fail("node_join", e))?;
+        Ok(Response::new(node_cert_to_proto(cert)))
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewNodeRequest>,
+    ) -> Result<Response<pb::NodeCertificate>, Status> {
+        let info = tls_info(&request, "renewing a node certificate")?;
+        let peer = info.peer.ok_or(Error::Unauthenticated)?;
+        let node = match (peer.role(), peer.common_name.as_deref()) {
+            (Some(ca::NODE_ROLE), Some(cn)) => cn.to_owned(),
+            (role, _) => {
+                return Err(Error::PermissionDenied(role.unwrap_or("<none>").to_owned()).into());
+            }
+        };
+        let r = request.into_inner();
+        let cert = self
+            .ca
+            .renew_node_cert(&node, &peer.serial, &r.csr_der)
+            .await
+            .inspect_err(|e| self.ca.metrics().fail("node_renew", e))?;
+        Ok(Response::new(node_cert_to_proto(cert)))
+    }
+}

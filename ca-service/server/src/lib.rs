@@ -67,6 +67,8 @@ pub struct Settings {
     pub crl_validity: Duration,
     /// How often the CRL is re-signed without revocations.
     pub crl_refresh: Duration,
+    /// Lifetime of node certificates (joins and renewals); nodes renew after two thirds.
+    pub node_cert_validity: Duration,
 }
 
 impl Settings {
@@ -81,6 +83,7 @@ impl Settings {
             limits: policy::Limits::default(),
             crl_validity: Duration::from_secs(3600),
             crl_refresh: Duration::from_secs(900),
+            node_cert_validity: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -158,6 +161,9 @@ pub struct Args {
     /// Re-sign the CRL this often even without revocations.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     pub crl_refresh: Duration,
+    /// Lifetime of node certificates (joins and renewals); node agents renew after two thirds.
+    #[arg(long, default_value = "168h", value_parser = parse_duration)]
+    pub node_cert_validity: Duration,
     /// Database connections.
     #[arg(long, default_value_t = 16)]
     pub db_max_connections: u32,
@@ -222,6 +228,19 @@ pub enum Command {
         #[arg(long, default_value = "720h", value_parser = parse_duration)]
         validity: Duration,
     },
+    /// Creates a one-time join token with which a node agent obtains its first node
+    /// certificate (`nexus-agent --join-token`); prints the token.
+    JoinToken {
+        /// Only this node may join with it (recommended).
+        #[arg(long)]
+        node: Option<String>,
+        /// How long the token is valid (at most 7 days).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// A note for the audit log (who asked, which machine).
+        #[arg(long, default_value = "")]
+        description: String,
+    },
     /// Revokes a service (client or server) certificate by serial.
     RevokeCert {
         /// Serial, hex.
@@ -285,6 +304,7 @@ impl Args {
             },
             crl_validity: self.crl_validity,
             crl_refresh: self.crl_refresh,
+            node_cert_validity: self.node_cert_validity,
         })
     }
 }

@@ -98,6 +98,24 @@ async fn admin(
                 out.display()
             );
         }
+        nexus_ca::Command::JoinToken {
+            node,
+            ttl,
+            description,
+        } => {
+            let t = ca
+                .create_join_token(node.as_deref(), *ttl, description)
+                .await
+                .context("creating the join token")?;
+            // The token alone on stdout (scriptable); what it is for on stderr.
+            eprintln!(
+                "join token {} for {}, valid until {} (Unix seconds); use once: nexus-agent --join-token …",
+                t.id,
+                node.as_deref().unwrap_or("any node"),
+                t.expires_at
+            );
+            println!("{}", t.token);
+        }
         nexus_ca::Command::RevokeCert { serial } => {
             ca.revoke_service_cert(serial, nexus_mic::RevocationReason::CessationOfOperation)
                 .await

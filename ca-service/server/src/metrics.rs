@@ -16,6 +16,13 @@ pub struct FailureLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the node-certificate counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeCertLabels {
+    /// `join` (a one-time token) or `renew` (the node's current certificate).
+    pub how: &'static str,
+}
+
 /// The CA's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -39,6 +46,10 @@ pub struct Metrics {
     pub log_synced: Counter,
     /// Usage events waiting in the spool (as of the reporter's last round).
     pub usage_pending: Gauge,
+    /// Node certificates issued, by how the node authenticated.
+    pub node_certs: Family<NodeCertLabels, Counter>,
+    /// Joins refused (unknown, expired, used or misbound tokens).
+    pub joins_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -60,6 +71,18 @@ impl Metrics {
         let batch_seconds = Histogram::new(exponential_buckets(0.000_5, 2.0, 14));
         let log_synced = Counter::default();
         let usage_pending = Gauge::default();
+        let node_certs = Family::<NodeCertLabels, Counter>::default();
+        let joins_refused = Counter::default();
+        registry.register(
+            "node_certificates_issued",
+            "Node certificates issued, by join token or renewal",
+            node_certs.clone(),
+        );
+        registry.register(
+            "joins_refused",
+            "Node joins refused (unknown, expired, used or misbound join tokens)",
+            joins_refused.clone(),
+        );
         registry.register("issued", "MICs issued", issued.clone());
         registry.register("revoked", "MICs revoked", revoked.clone());
         registry.register(
@@ -104,7 +127,19 @@ impl Metrics {
             batch_seconds,
             log_synced,
             usage_pending,
+            node_certs,
+            joins_refused,
         }
+    }
+
+    /// Counts a node certificate issued by `how` (`join` or `renew`).
+    pub fn node_cert_issued(&self, how: &'static str) {
+        self.node_certs.get_or_create(&NodeCertLabels { how }).inc();
+    }
+
+    /// Counts a refused join.
+    pub fn join_refused(&self) {
+        self.joins_refused.inc();
     }
 
     /// Counts a failure.

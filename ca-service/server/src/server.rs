@@ -120,10 +120,13 @@ async fn start_inner(
 
     let grpc_task = {
         let svc = grpc::service(Arc::clone(&ca), Arc::clone(&access));
+        let enrollment = grpc::enrollment_service(Arc::clone(&ca));
         let rx = stop_rx.clone();
         let config = tls.as_ref().map(|t| Arc::clone(&t.config));
         tokio::spawn(async move {
-            let server = tonic::transport::Server::builder().add_service(svc);
+            let server = tonic::transport::Server::builder()
+                .add_service(svc)
+                .add_service(enrollment);
             let served = match config {
                 None => {
                     server

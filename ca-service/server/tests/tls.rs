@@ -2,7 +2,7 @@
 //! client-certificate authentication with roles, and each refusal — no certificate, a wrong
 //! CA, an expired certificate, a revoked one, a role that may not call — plus the bearer token
 //! as an opt-in fallback over TLS. Clients are real rustls clients (nexus-tls), servers listen
-//! on 127.0.0.1:0.
+//! on 127.0.0.1:0. Node enrollment: one-time join tokens, renewal with the node certificate.
 
 use std::path::Path;
 use std::process::Command;
@@ -15,6 +15,7 @@ use nexus_ca::tls::TlsOptions;
 use nexus_ca::{RunningServer, Settings};
 use nexus_ca_api::v1 as pb;
 use nexus_ca_api::v1::certificate_authority_client::CertificateAuthorityClient;
+use nexus_ca_api::v1::node_enrollment_client::NodeEnrollmentClient;
 use nexus_mic::{Attestation, ModelUri};
 use nexus_tls::pki_types::{CertificateDer, ServerName};
 use nexus_tls::{GrpcConnector, ReloadingCertificate};
@@ -391,6 +392,249 @@ async fn the_token_is_an_opt_in_fallback_over_tls(pool: PgPool) -> TestResult {
     let mut buf = Vec::new();
     let _ = tcp.read_to_end(&mut buf).await;
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+    server.shutdown().await?;
+    Ok(())
+}
+
+type Enrollment = NodeEnrollmentClient<tonic::transport::Channel>;
+
+async fn enrollment(
+    server: &RunningServer,
+    dir: &Path,
+    id: Option<Arc<ReloadingCertificate>>,
+) -> Result<Enrollment, Box<dyn std::error::Error>> {
+    let connector = GrpcConnector::new(config(dir, id, b"h2")?, "localhost")?;
+    let channel = Endpoint::from_shared(format!("http://{}", server.grpc_addr))?
+        .connect_with_connector(connector)
+        .await?;
+    Ok(NodeEnrollmentClient::new(channel))
+}
+
+fn join_req(token: &str, node: &str, csr_der: &[u8]) -> pb::JoinRequest {
+    pb::JoinRequest {
+        token: token.into(),
+        node_name: node.into(),
+        csr_der: csr_der.to_vec(),
+    }
+}
+
+/// The node's identity from what the CA answered and the key it kept.
+fn node_identity(
+    cert: &pb::NodeCertificate,
+    key_pem: &str,
+) -> Result<Arc<ReloadingCertificate>, Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let (c, k) = (dir.path().join("n.crt"), dir.path().join("n.key"));
+    std::fs::write(
+        &c,
+        format!(
+            "{}{}",
+            nexus_mic::der_to_pem("CERTIFICATE", &cert.leaf_der),
+            nexus_mic::der_to_pem("CERTIFICATE", &cert.chain_der)
+        ),
+    )?;
+    std::fs::write(&k, key_pem)?;
+    Ok(ReloadingCertificate::from_files(&c, &k)?)
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn a_node_joins_once_with_its_token_and_renews_with_its_certificate(
+    pool: PgPool,
+) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = start(&pool, dir.path(), false).await?;
+    let ca = server.ca();
+    let token = ca
+        .create_join_token(Some("node-1"), Duration::from_secs(3600), "test")
+        .await?
+        .token;
+    let mut anon = enrollment(&server, dir.path(), None).await?;
+    let key_a = nexus_mic::generate_service_key("node-1")?;
+    let key_b = nexus_mic::generate_service_key("node-1")?;
+
+    // Refused, each with the same answer: a garbage token, a wrong secret, another node.
+    let (id, _) = token.split_once('.').ok_or("token shape")?;
+    for (t, node) in [
+        ("not-a-token", "node-1"),
+        (&*format!("{id}.0000000000000000"), "node-1"),
+        (&*token, "node-2"),
+    ] {
+        let e = anon
+            .join(join_req(t, node, &key_a.csr_der))
+            .await
+            .err()
+            .ok_or("refused join accepted")?;
+        assert_eq!(e.code(), Code::Unauthenticated, "{t} {node}: {e:?}");
+        assert!(e.message().contains("join token refused"), "{e:?}");
+    }
+    // A malformed CSR or node name is an argument error and spends nothing.
+    let e = anon
+        .join(join_req(&token, "node-1", b"not a csr"))
+        .await
+        .err()
+        .ok_or("bad CSR accepted")?;
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = anon
+        .join(join_req(&token, "Node_1", &key_a.csr_der))
+        .await
+        .err()
+        .ok_or("bad name accepted")?;
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // The join: a client certificate for node-1 with the node role, for the node's own key.
+    let first = anon
+        .join(join_req(&token, "node-1", &key_a.csr_der))
+        .await?
+        .into_inner();
+    assert_eq!(first.node_name, "node-1");
+    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&first.leaf_der)?;
+    assert_eq!(
+        leaf.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok()),
+        Some("node-1")
+    );
+    let csr = nexus_mic::Csr::from_der(&key_a.csr_der)?;
+    assert_eq!(leaf.public_key().raw, csr.spki_der());
+    let peer = nexus_tls::PeerIdentity::from_der(&first.leaf_der).ok_or("peer identity")?;
+    assert_eq!(peer.role(), Some("node"));
+
+    // The same join again (its answer was lost): the same certificate. Any other use: refused.
+    let again = anon
+        .join(join_req(&token, "node-1", &key_a.csr_der))
+        .await?
+        .into_inner();
+    assert_eq!(again.serial, first.serial);
+    let e = anon
+        .join(join_req(&token, "node-1", &key_b.csr_der))
+        .await
+        .err()
+        .ok_or("a spent token issued again")?;
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let used: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM service_certs WHERE role = 'node' AND name = 'node-1'",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(used, 1, "one token, one certificate");
+
+    // An expired token.
+    let short = ca
+        .create_join_token(None, Duration::from_secs(1), "")
+        .await?
+        .token;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let e = anon
+        .join(join_req(&short, "node-9", &key_b.csr_der))
+        .await
+        .err()
+        .ok_or("an expired token was accepted")?;
+    assert_eq!(e.code(), Code::Unauthenticated);
+
+    // Renewal: only with a node certificate, for the node it names.
+    let e = anon
+        .renew(pb::RenewNodeRequest {
+            csr_der: key_b.csr_der.clone(),
+        })
+        .await
+        .err()
+        .ok_or("renewed without a certificate")?;
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let ctl = ca
+        .issue_service_cert(&client_params(
+            "controller",
+            now(),
+            Duration::from_secs(3600),
+        ))
+        .await?;
+    let e = enrollment(&server, dir.path(), Some(identity(&ctl)?))
+        .await?
+        .renew(pb::RenewNodeRequest {
+            csr_der: key_b.csr_der.clone(),
+        })
+        .await
+        .err()
+        .ok_or("a controller certificate renewed a node")?;
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let node = node_identity(&first, &key_a.private_key_pem)?;
+    let renewed = enrollment(&server, dir.path(), Some(Arc::clone(&node)))
+        .await?
+        .renew(pb::RenewNodeRequest {
+            csr_der: key_b.csr_der.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(renewed.node_name, "node-1");
+    assert_ne!(renewed.serial, first.serial);
+    let (_, leaf) = x509_parser::certificate::X509Certificate::from_der(&renewed.leaf_der)?;
+    assert_eq!(
+        leaf.public_key().raw,
+        nexus_mic::Csr::from_der(&key_b.csr_der)?.spki_der()
+    );
+
+    // A revoked node certificate cannot renew: the handshake fails on the CA's CRL.
+    ca.revoke_service_cert(&first.serial, nexus_mic::RevocationReason::KeyCompromise)
+        .await?;
+    let refused = match enrollment(&server, dir.path(), Some(node)).await {
+        Err(_) => true,
+        Ok(mut c) => c
+            .renew(pb::RenewNodeRequest {
+                csr_der: key_b.csr_der.clone(),
+            })
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a revoked node certificate renewed");
+
+    let metrics = ca.metrics().encode();
+    assert!(
+        metrics.contains("nexus_ca_joins_refused_total 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"nexus_ca_node_certificates_issued_total{how="join"} 1"#),
+        "{metrics}"
+    );
+    let audit: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_log WHERE action IN ('join_token_create', 'node_join', 'node_renew') ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(
+        audit,
+        [
+            "join_token_create",
+            "node_join",
+            "join_token_create",
+            "node_renew"
+        ]
+    );
+    server.shutdown().await?;
+    Ok(())
+}
+
+#[sqlx::test(migrations = "./migrations")]
+async fn join_tokens_do_not_cross_in_clear(pool: PgPool) -> TestResult {
+    let mut settings = settings();
+    settings.auth_token = TOKEN.into();
+    let server = nexus_ca::start(pool.clone(), settings).await?;
+    let token = server
+        .ca()
+        .create_join_token(None, Duration::from_secs(60), "")
+        .await?
+        .token;
+    let key = nexus_mic::generate_service_key("node-1")?;
+    let channel = Endpoint::from_shared(format!("http://{}", server.grpc_addr))?
+        .connect()
+        .await?;
+    let e = NodeEnrollmentClient::new(channel)
+        .join(join_req(&token, "node-1", &key.csr_der))
+        .await
+        .err()
+        .ok_or("joined over plaintext")?;
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("TLS"), "{e:?}");
     server.shutdown().await?;
     Ok(())
 }

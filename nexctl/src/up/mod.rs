@@ -175,6 +175,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         limits: nexus_ca::policy::Limits::default(),
         crl_validity: Duration::from_secs(3600),
         crl_refresh: Duration::from_secs(900),
+        node_cert_validity: Duration::from_secs(7 * 86_400),
     };
     let ca = nexus_ca::start(ca_pool, settings)
         .await

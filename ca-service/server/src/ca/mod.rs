@@ -10,6 +10,7 @@
 //! write a database (see the README).
 
 mod crl;
+mod enroll;
 mod issue;
 mod log;
 mod revoke;
@@ -33,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::policy::{Limits, Tenant, check_tenant_name};
 use crate::{Error, Settings};
 
+pub use enroll::{JoinToken, NODE_ROLE, NodeCert, check_node_name, parse_token};
 pub use service_certs::{ServiceCert, ServiceCertParams};
 pub use types::*;
 use writer::{MAX_BATCH, Pending, spawn_writer};
@@ -48,6 +50,7 @@ pub struct Ca {
     keys: CaKeys,
     limits: Limits,
     crl_validity: Duration,
+    node_cert_validity: Duration,
     log: RwLock<LogState>,
     crl: RwLock<Option<CrlInfo>>,
     crl_lock: Mutex<()>,
@@ -191,6 +194,7 @@ impl Ca {
             keys,
             limits: settings.limits,
             crl_validity: settings.crl_validity,
+            node_cert_validity: settings.node_cert_validity,
             log: RwLock::new(LogState { tree, sth: None }),
             crl: RwLock::new(None),
             crl_lock: Mutex::new(()),
