@@ -4,10 +4,12 @@
 //! two replicas and a PDB for each Deployment, Lease-based leader election for the controllers,
 //! probes, requests and limits, non-root read-only containers, the agent's host access limited to
 //! its justified items, NetworkPolicies allowing exactly the drawn flows, ServiceMonitors that
-//! select real Service ports, Secrets either rendered or documented as the operator's, the CRDs
-//! equal to `crds/*.yaml`, and RBAC equal to the kube API calls found in the controller's and the
-//! agent's sources (no wildcards). On a real cluster (KUBECONFIG set) the dev overlay also passes
-//! server-side dry-run.
+//! select real Service ports, Secrets either rendered, documented as the operator's or published
+//! by the CA, the CRDs equal to `crds/*.yaml`, RBAC equal to the kube API calls found in the
+//! controller's and the agent's sources and the CA's publishing calls (no wildcards), and mutual
+//! TLS to the CA: the CA serves TLS without a token, and every caller dials `https://` with the
+//! client-certificate Secret the CA publishes for its role, mounted as a directory. On a real
+//! cluster (KUBECONFIG set) the dev overlay also passes server-side dry-run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/kustomize.rs"]
@@ -49,6 +51,7 @@ struct Rendered {
     bindings: Vec<RoleBinding>,
     crds: Vec<CustomResourceDefinition>,
     monitors: Vec<Value>,
+    service_accounts: Vec<ServiceAccount>,
 }
 
 /// Whether every field of `original` is in `round` (k8s-openapi drops unknown fields silently:
@@ -104,7 +107,7 @@ fn overlay(name: &str) -> Rendered {
         }
         match o["kind"].as_str().unwrap_or_default() {
             "Namespace" => drop(typed::<Namespace>(o)),
-            "ServiceAccount" => drop(typed::<ServiceAccount>(o)),
+            "ServiceAccount" => r.service_accounts.push(typed(o)),
             "Deployment" => r.deployments.push(typed(o)),
             "StatefulSet" => r.statefulsets.push(typed(o)),
             "DaemonSet" => r.daemonsets.push(typed(o)),
@@ -504,7 +507,8 @@ fn check_services_monitors(name: &str, r: &Rendered) {
     }
 }
 
-/// Secrets and ConfigMaps the pods read: rendered, or the operator's (documented).
+/// Secrets and ConfigMaps the pods read: rendered, published by the CA, or the operator's
+/// (documented).
 fn check_references(name: &str, r: &Rendered, external: &[&str]) {
     let mut wanted = BTreeSet::new();
     for (_, _, t) in workloads(r) {
@@ -529,15 +533,18 @@ fn check_references(name: &str, r: &Rendered, external: &[&str]) {
             }
         }
     }
+    let published = ca_publishes(r);
     let have: BTreeSet<(&str, String)> = r
         .secrets
         .iter()
         .map(|s| ("Secret", name_of(&s.metadata).to_owned()))
+        .chain(published.client_certs.keys().map(|n| ("Secret", n.clone())))
         .chain(
             r.configmaps
                 .iter()
                 .map(|c| ("ConfigMap", name_of(&c.metadata).to_owned())),
         )
+        .chain(std::iter::once(("ConfigMap", published.root.clone())))
         .collect();
     let missing: BTreeSet<String> = wanted.difference(&have).map(|(_, n)| n.clone()).collect();
     let external: BTreeSet<String> = external.iter().map(|s| s.to_string()).collect();
@@ -575,6 +582,394 @@ fn check_crds(r: &Rendered) {
         names.insert(f);
     }
     assert_eq!(r.crds.len(), names.len(), "every CRD is installed");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mutual TLS to the CA: what it serves and publishes, who mounts it, what scrapes it.
+
+/// The workloads that call the CA, and the role their client certificate must carry.
+const CA_CALLERS: [(&str, &str); 2] = [
+    ("nexus-identity-controller", "controller"),
+    ("nexus-cloud", "cloud-api"),
+];
+
+/// How a caller names its CA files (environment variable, file of the mounted Secret).
+const CA_CALLER_FILES: [(&str, &str); 3] = [
+    ("NEXUS_CA_TLS_CA", "ca.crt"),
+    ("NEXUS_CA_TLS_CERT", "tls.crt"),
+    ("NEXUS_CA_TLS_KEY", "tls.key"),
+];
+
+/// The values of `flag` in `args` (`--flag value` or `--flag=value`).
+fn flag_values(args: &[String], flag: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == flag {
+            let v = it
+                .next()
+                .unwrap_or_else(|| panic!("{flag} without a value"));
+            out.push(v.clone());
+        } else if let Some(v) = a.strip_prefix(flag).and_then(|v| v.strip_prefix('=')) {
+            out.push(v.to_owned());
+        }
+    }
+    out
+}
+
+fn has_flag(args: &[String], flag: &str) -> bool {
+    args.iter()
+        .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+}
+
+/// The pod spec of workload `w`.
+fn workload<'a>(r: &'a Rendered, w: &str) -> &'a PodSpec {
+    let (_, _, t) = workloads(r)
+        .into_iter()
+        .find(|(_, n, _)| n == w)
+        .unwrap_or_else(|| panic!("{w} is deployed"));
+    spec(t)
+}
+
+fn ca_container(r: &Rendered) -> &Container {
+    let cs = &workload(r, "nexus-ca").containers;
+    assert_eq!(cs.len(), 1, "the CA runs one container");
+    &cs[0]
+}
+
+fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
+}
+
+/// What the CA's args tell it to serve and publish.
+struct CaTls {
+    /// Secret → the role of the client certificate the CA keeps in it (`--publish-client-cert`).
+    client_certs: BTreeMap<String, String>,
+    /// The ConfigMap holding its root (`--publish-root`).
+    root: String,
+    /// The names of its server certificate (`--tls-server-name`).
+    server_names: BTreeSet<String>,
+    /// The roles a client certificate may carry (`--tls-client-role`).
+    client_roles: BTreeSet<String>,
+}
+
+fn ca_publishes(r: &Rendered) -> CaTls {
+    let args = ca_container(r).args.clone().unwrap_or_default();
+    let in_ns = |target: &str, flag: &str| -> String {
+        let (ns, n) = target
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{flag} {target}: NAMESPACE/NAME"));
+        assert_eq!(ns, NS, "{flag} {target}: published in {NS}");
+        n.to_owned()
+    };
+    let mut client_certs = BTreeMap::new();
+    for v in flag_values(&args, "--publish-client-cert") {
+        let (target, role) = v
+            .split_once('=')
+            .unwrap_or_else(|| panic!("--publish-client-cert {v}: NAMESPACE/SECRET=ROLE"));
+        let secret = in_ns(target, "--publish-client-cert");
+        assert!(
+            client_certs.insert(secret, role.to_owned()).is_none(),
+            "--publish-client-cert {v}: one role per Secret"
+        );
+    }
+    let roots = flag_values(&args, "--publish-root");
+    assert_eq!(roots.len(), 1, "the CA publishes its root once: {roots:?}");
+    CaTls {
+        client_certs,
+        root: in_ns(&roots[0], "--publish-root"),
+        server_names: flag_values(&args, "--tls-server-name")
+            .into_iter()
+            .collect(),
+        client_roles: flag_values(&args, "--tls-client-role")
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn check_ca_tls(name: &str, r: &Rendered) {
+    let tls = ca_publishes(r);
+    let pod = workload(r, "nexus-ca");
+    let ca = ca_container(r);
+    let args = ca.args.clone().unwrap_or_default();
+    let ctx = format!("{name}: the CA");
+
+    // TLS, with a server certificate it writes into a writable per-replica volume.
+    let dirs = flag_values(&args, "--tls-dir");
+    assert_eq!(dirs.len(), 1, "{ctx} serves TLS (--tls-dir)");
+    let m = ca
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == dirs[0])
+        .unwrap_or_else(|| {
+            panic!(
+                "{ctx}: --tls-dir {} is a volume (read-only root FS)",
+                dirs[0]
+            )
+        });
+    assert_ne!(m.read_only, Some(true), "{ctx}: --tls-dir is writable");
+    let v = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == m.name)
+        .unwrap();
+    assert!(
+        v.empty_dir.is_some(),
+        "{ctx}: --tls-dir is an emptyDir (each replica's own key, gone with the pod)"
+    );
+    for n in [
+        "nexus-ca",
+        "nexus-ca.nexus-system.svc",
+        "nexus-ca.nexus-system.svc.cluster.local",
+    ] {
+        assert!(
+            tls.server_names.contains(n),
+            "{ctx}: its certificate names {n}"
+        );
+    }
+    for (p, what) in [
+        (&ca.readiness_probe, "readiness"),
+        (&ca.liveness_probe, "liveness"),
+    ] {
+        let h = p
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .unwrap_or_else(|| panic!("{ctx}: an HTTP {what} probe"));
+        assert_eq!(
+            h.scheme.as_deref(),
+            Some("HTTPS"),
+            "{ctx}: {what} probe over HTTPS"
+        );
+    }
+
+    // No bearer token anywhere: callers authenticate with client certificates only.
+    for flag in ["--tls-allow-token", "--token", "--token-file"] {
+        assert!(!has_flag(&args, flag), "{ctx}: no {flag}");
+    }
+    for (_, w, t) in workloads(r) {
+        for (c, _) in all_containers(spec(t)) {
+            for e in c.env.iter().flatten() {
+                assert!(
+                    !["NEXUS_CA_TOKEN", "NEXUS_CA_TOKEN_FILE"].contains(&e.name.as_str()),
+                    "{name}: {w} has no CA token ({})",
+                    e.name
+                );
+            }
+            for flag in ["--ca-token", "--ca-token-file"] {
+                let args = c.args.clone().unwrap_or_default();
+                assert!(!has_flag(&args, flag), "{name}: {w} has no {flag}");
+            }
+        }
+    }
+    if let Some(s) = r
+        .secrets
+        .iter()
+        .find(|s| name_of(&s.metadata) == "nexus-ca")
+    {
+        let keys: BTreeSet<&str> = s
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .chain(s.string_data.iter().flatten().map(|(k, _)| k.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["kek"]),
+            "{name}: Secret nexus-ca holds only the KEK"
+        );
+    }
+
+    // What it publishes: certificates for roles it accepts, objects no overlay renders.
+    for (secret, role) in &tls.client_certs {
+        assert!(
+            tls.client_roles.contains(role),
+            "{ctx}: publishes {secret} with role {role}, which --tls-client-role does not accept"
+        );
+    }
+    for s in &r.secrets {
+        assert!(
+            !tls.client_certs.contains_key(name_of(&s.metadata)),
+            "{name}: Secret {} is the CA's to write, not the overlay's",
+            name_of(&s.metadata)
+        );
+    }
+    for c in &r.configmaps {
+        assert_ne!(
+            name_of(&c.metadata),
+            tls.root,
+            "{name}: the root ConfigMap is the CA's to write"
+        );
+    }
+
+    // Its callers: https:// to a name of its certificate, the files of the Secret the CA
+    // publishes for their role, mounted whole as a directory.
+    let grpc = ca
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .map(|p| p.container_port)
+        .expect("the CA's grpc port");
+    let mut callers: BTreeSet<(String, String)> = BTreeSet::new();
+    for (_, w, t) in workloads(r) {
+        let p = spec(t);
+        for (c, _) in all_containers(p) {
+            let args = c.args.clone().unwrap_or_default();
+            let Some(endpoint) = env_value(c, "NEXUS_CA_ENDPOINT")
+                .map(str::to_owned)
+                .or_else(|| flag_values(&args, "--ca-endpoint").pop())
+            else {
+                continue;
+            };
+            let ctx = format!("{name}: {w} container {}", c.name);
+            let rest = endpoint
+                .strip_prefix("https://")
+                .unwrap_or_else(|| panic!("{ctx}: dials the CA over https://, not {endpoint}"));
+            let (host, port) = rest
+                .trim_end_matches('/')
+                .rsplit_once(':')
+                .unwrap_or_else(|| panic!("{ctx}: {endpoint} names its port"));
+            let expected = env_value(c, "NEXUS_CA_TLS_SERVER_NAME").unwrap_or(host);
+            assert!(
+                tls.server_names.contains(expected),
+                "{ctx}: expects {expected}, not a name of the CA's certificate {:?}",
+                tls.server_names
+            );
+            assert_eq!(
+                port.parse::<i32>().ok(),
+                Some(grpc),
+                "{ctx}: the CA's gRPC port"
+            );
+            let mut dirs = BTreeSet::new();
+            for (env, file) in CA_CALLER_FILES {
+                let path = env_value(c, env).unwrap_or_else(|| panic!("{ctx}: sets {env}"));
+                let dir = path
+                    .strip_suffix(&format!("/{file}"))
+                    .unwrap_or_else(|| panic!("{ctx}: {env}={path} is the Secret's {file}"));
+                dirs.insert(dir.to_owned());
+            }
+            assert_eq!(
+                dirs.len(),
+                1,
+                "{ctx}: the CA files are in one directory: {dirs:?}"
+            );
+            let dir = dirs.pop_first().unwrap();
+            let m = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path == dir)
+                .unwrap_or_else(|| panic!("{ctx}: {dir} is a mounted volume"));
+            assert_eq!(m.read_only, Some(true), "{ctx}: {dir} is read-only");
+            let role = CA_CALLERS
+                .iter()
+                .find(|(n, _)| *n == w)
+                .map(|(_, r)| *r)
+                .unwrap_or_else(|| panic!("{ctx}: calls the CA but is not in CA_CALLERS"));
+            let v = p
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == m.name)
+                .unwrap();
+            let secret = v
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.clone())
+                .unwrap_or_else(|| panic!("{ctx}: {dir} is a Secret volume"));
+            assert_eq!(
+                tls.client_certs.get(&secret).map(String::as_str),
+                Some(role),
+                "{ctx}: mounts {secret}, which the CA must publish with role {role}"
+            );
+            callers.insert((w.clone(), secret));
+        }
+    }
+    // Every mount of a published Secret: a caller's, whole, never subPath (kubelet does not
+    // refresh subPath mounts, so a renewed certificate would never arrive).
+    let mut mounted: BTreeSet<(String, String)> = BTreeSet::new();
+    for (_, w, t) in workloads(r) {
+        let p = spec(t);
+        for v in p.volumes.iter().flatten() {
+            let Some(s) = &v.secret else { continue };
+            let secret = s.secret_name.clone().unwrap_or_default();
+            if !tls.client_certs.contains_key(&secret) {
+                continue;
+            }
+            let ctx = format!("{name}: {w} volume {}", v.name);
+            assert!(s.items.is_none(), "{ctx}: the whole Secret, no items");
+            assert_ne!(
+                s.optional,
+                Some(true),
+                "{ctx}: the pod waits for its certificate"
+            );
+            for (c, _) in all_containers(p) {
+                for m in c
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .filter(|m| m.name == v.name)
+                {
+                    assert!(
+                        m.sub_path.is_none() && m.sub_path_expr.is_none(),
+                        "{ctx}: mounted as a directory in {}, no subPath",
+                        c.name
+                    );
+                }
+            }
+            mounted.insert((w.clone(), secret));
+        }
+    }
+    assert_eq!(
+        mounted, callers,
+        "{name}: only the CA's callers mount its client certificates"
+    );
+    assert_eq!(
+        callers
+            .iter()
+            .map(|(w, _)| w.as_str())
+            .collect::<BTreeSet<_>>(),
+        CA_CALLERS.iter().map(|(w, _)| *w).collect(),
+        "{name}: the CA's callers"
+    );
+    assert_eq!(
+        callers.iter().map(|(_, s)| s).collect::<BTreeSet<_>>(),
+        tls.client_certs.keys().collect(),
+        "{name}: the CA publishes exactly the client certificates its callers mount"
+    );
+
+    // Prometheus scrapes it over https, trusting the root it publishes.
+    let monitor = r
+        .monitors
+        .iter()
+        .find(|m| m["metadata"]["name"] == "nexus-ca")
+        .expect("the CA is scraped");
+    for e in monitor["spec"]["endpoints"].as_array().unwrap() {
+        assert_eq!(e["scheme"], "https", "{name}: the CA is scraped over https");
+        let t = &e["tlsConfig"];
+        assert_eq!(
+            t["ca"]["configMap"]["name"].as_str(),
+            Some(tls.root.as_str()),
+            "{name}: Prometheus trusts the root the CA publishes"
+        );
+        assert_eq!(t["ca"]["configMap"]["key"], "ca.crt");
+        let sn = t["serverName"].as_str().unwrap_or_default();
+        assert!(
+            tls.server_names.contains(sn),
+            "{name}: Prometheus verifies {sn:?}, a name of the CA's certificate"
+        );
+        assert!(
+            t.get("insecureSkipVerify").is_none_or(|v| v == false),
+            "{name}: Prometheus verifies the CA"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -770,6 +1165,7 @@ fn expected_flows(overlay: &str) -> BTreeSet<String> {
         "nexus-rollout-controller",
         "nexus-identity-controller",
         "nexus-agent",
+        "nexus-ca",
     ] {
         f.push(format!("{w} -> kube-api:443/TCP"));
         f.push(format!("{w} -> kube-api:6443/TCP"));
@@ -803,6 +1199,28 @@ fn expected_flows(overlay: &str) -> BTreeSet<String> {
 // RBAC: what the code calls, found in its sources, against what is granted.
 
 type Grant = (String, String, String); // (apiGroup, resource, verb)
+/// A grant and the one object it is limited to (`resourceNames`), "" for any object.
+type NamedGrant = (String, String, String, String);
+
+/// The CA's kube calls: it publishes its client-certificate Secrets and its root ConfigMap by
+/// reading each and server-side applying it (a PATCH, which needs `create` when the object is
+/// missing). The scanner below follows kube-rs `Api<K>` bindings, which the CA's publisher may
+/// not use, so its calls are listed here; whatever the scanner does find in the CA's sources
+/// must be among them. `get` and `patch` are granted on the published names only.
+const CA_CALLS: [(&str, &str, &str); 6] = [
+    ("", "secrets", "get"),
+    ("", "secrets", "patch"),
+    ("", "secrets", "create"),
+    ("", "configmaps", "get"),
+    ("", "configmaps", "patch"),
+    ("", "configmaps", "create"),
+];
+
+fn any_object(s: &BTreeSet<Grant>) -> BTreeSet<NamedGrant> {
+    s.iter()
+        .map(|(g, r, v)| (g.clone(), r.clone(), v.clone(), String::new()))
+        .collect()
+}
 
 fn kind_resource(kind: &str) -> Option<(&'static str, &'static str)> {
     Some(match kind {
@@ -927,19 +1345,40 @@ fn used(dirs: &[&str]) -> BTreeSet<Grant> {
     out
 }
 
-fn expand(rules: &[PolicyRule]) -> BTreeSet<Grant> {
+fn expand(rules: &[PolicyRule]) -> BTreeSet<NamedGrant> {
     let mut out = BTreeSet::new();
     for r in rules {
         let groups = r.api_groups.clone().unwrap_or_default();
         let resources = r.resources.clone().unwrap_or_default();
-        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none());
-        for x in groups.iter().chain(&resources).chain(&r.verbs) {
+        let names = r.resource_names.clone().unwrap_or_default();
+        assert!(r.non_resource_urls.is_none());
+        for x in groups
+            .iter()
+            .chain(&resources)
+            .chain(&r.verbs)
+            .chain(&names)
+        {
             assert!(!x.contains('*'), "a wildcard in an RBAC rule: {r:?}");
         }
+        if !names.is_empty() {
+            for v in &r.verbs {
+                assert!(
+                    !["create", "deletecollection"].contains(&v.as_str()),
+                    "resourceNames cannot limit {v} (the rule would grant nothing): {r:?}"
+                );
+            }
+        }
+        let names = if names.is_empty() {
+            vec![String::new()]
+        } else {
+            names
+        };
         for g in &groups {
             for res in &resources {
                 for v in &r.verbs {
-                    out.insert((g.clone(), res.clone(), v.clone()));
+                    for n in &names {
+                        out.insert((g.clone(), res.clone(), v.clone(), n.clone()));
+                    }
                 }
             }
         }
@@ -948,7 +1387,7 @@ fn expand(rules: &[PolicyRule]) -> BTreeSet<Grant> {
 }
 
 /// What the ServiceAccount `sa` is granted, through every binding naming it.
-fn granted(r: &Rendered, sa: &str) -> BTreeSet<Grant> {
+fn granted(r: &Rendered, sa: &str) -> BTreeSet<NamedGrant> {
     let names_sa = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
         subjects.iter().flatten().any(|s| {
             s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(NS)
@@ -994,37 +1433,86 @@ fn check_rbac(name: &str, r: &Rendered) {
     assert_eq!(sa_of("nexus-rollout-controller"), "nexus-controller");
     assert_eq!(sa_of("nexus-identity-controller"), "nexus-controller");
     assert_eq!(sa_of("nexus-agent"), "nexus-agent");
+    assert_eq!(sa_of("nexus-ca"), "nexus-ca");
+    let sas: BTreeSet<&str> = r
+        .service_accounts
+        .iter()
+        .map(|s| name_of(&s.metadata))
+        .collect();
+    for (_, w, t) in workloads(r) {
+        if let Some(sa) = &spec(t).service_account_name {
+            assert!(
+                sas.contains(sa.as_str()),
+                "{name}: {w}'s ServiceAccount {sa} is rendered"
+            );
+        }
+    }
     // The controller reads bundle ConfigMaps through nexus-artifact; the agent does not (it has
     // --bundle-server, checked above), so artifact/ counts for the controller only.
     let controller = used(&["controller/src", "artifact/src"]);
     let agent = used(&["node-agent/src"]);
-    let show = |s: &BTreeSet<Grant>| -> Vec<String> {
-        s.iter().map(|(g, r, v)| format!("{g}/{r}:{v}")).collect()
+    let show = |s: &BTreeSet<NamedGrant>| -> Vec<String> {
+        s.iter()
+            .map(|(g, r, v, n)| match n.as_str() {
+                "" => format!("{g}/{r}:{v}"),
+                n => format!("{g}/{r}/{n}:{v}"),
+            })
+            .collect()
     };
     assert_eq!(
         show(&granted(r, "nexus-controller")),
-        show(&controller),
+        show(&any_object(&controller)),
         "{name}: the controller's RBAC is what its code calls"
     );
     assert_eq!(
         show(&granted(r, "nexus-agent")),
-        show(&agent),
+        show(&any_object(&agent)),
         "{name}: the agent's RBAC is what its code calls"
     );
-    // Every other pod talks to no API server.
+    // The CA: get and patch only what it publishes (its --publish-* args); create, which no
+    // name can limit.
+    let ca_calls: BTreeSet<Grant> = CA_CALLS
+        .iter()
+        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect();
+    let scanned = used(&["ca-service/server/src"]);
+    assert!(
+        scanned.is_subset(&ca_calls),
+        "the CA's sources call {:?}, which CA_CALLS (and its Role) lack",
+        scanned.difference(&ca_calls).collect::<Vec<_>>()
+    );
+    let published = ca_publishes(r);
+    let mut ca = BTreeSet::new();
+    for (g, res, v) in &ca_calls {
+        let names: Vec<String> = match (v.as_str(), res.as_str()) {
+            ("create", _) => vec![String::new()],
+            (_, "secrets") => published.client_certs.keys().cloned().collect(),
+            (_, "configmaps") => vec![published.root.clone()],
+            _ => unreachable!("CA_CALLS: {res}"),
+        };
+        for n in names {
+            ca.insert((g.clone(), res.clone(), v.clone(), n));
+        }
+    }
+    assert_eq!(
+        show(&granted(r, "nexus-ca")),
+        show(&ca),
+        "{name}: the CA's RBAC is what it publishes"
+    );
+    // Only these talk to the API server; every other pod mounts no API token.
     for (_, w, t) in workloads(r) {
-        if ![
+        let token = spec(t).automount_service_account_token;
+        if [
             "nexus-rollout-controller",
             "nexus-identity-controller",
             "nexus-agent",
+            "nexus-ca",
         ]
         .contains(&w.as_str())
         {
-            assert_eq!(
-                spec(t).automount_service_account_token,
-                Some(false),
-                "{name}: {w} mounts no API token"
-            );
+            assert_ne!(token, Some(false), "{name}: {w} needs its API token");
+        } else {
+            assert_eq!(token, Some(false), "{name}: {w} mounts no API token");
         }
     }
 }
@@ -1035,6 +1523,7 @@ fn check(name: &str, external: &[&str]) -> Rendered {
     check_replicas_pdbs(name, &r);
     check_services_monitors(name, &r);
     check_references(name, &r, external);
+    check_ca_tls(name, &r);
     check_crds(&r);
     check_rbac(name, &r);
     let got = flows(&r);

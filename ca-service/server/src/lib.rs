@@ -33,6 +33,7 @@ pub mod kek;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod publish;
 pub mod server;
 pub mod tls;
 pub mod usage;
@@ -204,6 +205,20 @@ pub struct Args {
     /// fallback without a usage token.
     #[arg(long, env = "NEXUS_CA_USAGE_KEYS_DIR")]
     pub usage_keys_dir: Option<PathBuf>,
+    /// On a cluster: keep a `kubernetes.io/tls` Secret with a client certificate of ROLE for a
+    /// caller, `NAMESPACE/SECRET=ROLE` (repeatable); re-issued before it expires or when
+    /// revoked. Needs the in-cluster service account (get, create, patch on that Secret).
+    #[arg(long = "publish-client-cert", value_parser = clap::value_parser!(publish::ClientCertTarget))]
+    pub publish_client_certs: Vec<publish::ClientCertTarget>,
+    /// On a cluster: keep the root certificate in a ConfigMap (`NAMESPACE/NAME`, key `ca.crt`).
+    #[arg(long = "publish-root")]
+    pub publish_root: Option<publish::RootTarget>,
+    /// Lifetime of published client certificates (re-issued after two thirds).
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub published_cert_validity: Duration,
+    /// How often the published Secrets are checked.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub publish_interval: Duration,
     /// Administrative commands (run against the database, then exit).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -258,6 +273,18 @@ impl Args {
             server_validity: self.tls_server_validity,
             client_roles: self.tls_client_roles.clone(),
             allow_token: self.tls_allow_token,
+        })
+    }
+
+    /// What to publish on the cluster, if anything.
+    pub fn publish_config(&self) -> Option<publish::PublishConfig> {
+        (!self.publish_client_certs.is_empty() || self.publish_root.is_some()).then(|| {
+            publish::PublishConfig {
+                client_certs: self.publish_client_certs.clone(),
+                root: self.publish_root.clone(),
+                validity: self.published_cert_validity,
+                interval: self.publish_interval.max(Duration::from_secs(1)),
+            }
         })
     }
 

@@ -52,6 +52,20 @@ async fn main() -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let _publisher = match args.publish_config() {
+        Some(cfg) => {
+            let client = kube::Client::try_default().await.context(
+                "--publish-* needs Kubernetes credentials (the in-cluster service account)",
+            )?;
+            tracing::info!(?cfg, "publishing client certificates to the cluster");
+            Some(nexus_ca::publish::spawn(
+                std::sync::Arc::clone(server.ca()),
+                client,
+                cfg,
+            ))
+        }
+        None => None,
+    };
     let stop = server.stop_handle();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub node_certs: Family<NodeCertLabels, Counter>,
     /// Joins refused (unknown, expired, used or misbound tokens).
     pub joins_refused: Counter,
+    /// Client certificates published as Kubernetes Secrets.
+    pub published: Counter,
+    /// Failed Secret or ConfigMap writes (retried next round).
+    pub publish_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -73,6 +77,18 @@ impl Metrics {
         let usage_pending = Gauge::default();
         let node_certs = Family::<NodeCertLabels, Counter>::default();
         let joins_refused = Counter::default();
+        let published = Counter::default();
+        let publish_errors = Counter::default();
+        registry.register(
+            "published_client_certificates",
+            "Client certificates (re-)issued into Kubernetes Secrets",
+            published.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Failed reads or writes of published Secrets and ConfigMaps",
+            publish_errors.clone(),
+        );
         registry.register(
             "node_certificates_issued",
             "Node certificates issued, by join token or renewal",
@@ -129,6 +145,8 @@ impl Metrics {
             usage_pending,
             node_certs,
             joins_refused,
+            published,
+            publish_errors,
         }
     }
 

@@ -134,6 +134,17 @@ impl Ca {
         })
     }
 
+    /// Whether a service certificate is recorded as revoked (unknown serials are not).
+    pub async fn service_cert_revoked(&self, serial: &str) -> Result<bool, Error> {
+        let revoked: Option<bool> = sqlx::query_scalar(
+            "SELECT revoked_at IS NOT NULL FROM service_certs WHERE serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(revoked.unwrap_or(false))
+    }
+
     /// Revokes a service certificate and re-signs the CRL (which the TLS verifier then uses).
     pub async fn revoke_service_cert(
         &self,
