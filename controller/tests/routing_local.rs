@@ -146,6 +146,7 @@ fn setup(dir: &Path, ca: &nexus_ca::RunningServer, ca_pem: &str, p4_nodes: Vec<u
             identities: Some(dir.join("identities")),
             trust_anchors: Some(anchors),
             ca_url: Some(format!("http://{}", ca.http_addr)),
+            ca_tls_ca: None,
         },
         ..Opts::default()
     }

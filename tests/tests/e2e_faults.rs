@@ -11,6 +11,13 @@
 //! answered and its bytes are on the tenant's usage and draft invoice, and all usage was billed
 //! exactly once.
 //!
+//! Every link to the CA and the fleet protocol run over TLS with identities the CA issued, as
+//! on a production install: the CA serves gRPC and REST with its own server certificate; the
+//! cloud API calls it with a `cloud-api` client certificate; the controller's fleet endpoint
+//! requires node certificates, which every agent obtains at first start with a one-time join
+//! token (`nexus-ca join-token`) and finds on disk after its SIGKILL; the controller and the
+//! dataplanes fetch the CRL over HTTPS trusting only the CA's root.
+//!
 //! The binaries are the ones `cargo test --workspace` builds next to this test (it builds every
 //! package's binaries before running any test); the test says which one is missing otherwise.
 
@@ -27,7 +34,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 const KEK_HEX: &str = "3333333333333333333333333333333333333333333333333333333333333333";
-const CA_TOKEN: &str = "e2e-ca-token-0123456789abcdef";
 const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789abcdef";
 const USAGE_TOKEN: &str = "e2e-usage-token-0123456789abcdef";
 const NODES: usize = 3;
@@ -171,12 +177,55 @@ fn signed_bundle() -> (Vec<u8>, String) {
     (b, trust.to_json())
 }
 
+/// Runs a `nexus-ca` administrative command on the CA's database; its standard output.
+fn ca_admin(db_url: &str, args: &[&str]) -> String {
+    let out = Command::new(bin("nexus-ca"))
+        .args(["--database-url", db_url])
+        .args(args)
+        .env("NEXUS_CA_KEK", KEK_HEX)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "nexus-ca {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A node agent's fleet-over-mTLS arguments: the controller's `https://` endpoint and the
+/// CA's root, and where its node certificate lives — obtained at first start with a one-time
+/// join token bound to this node (`--ca-url --join-token`), found there after a restart.
+fn node_tls_args(
+    ca_db: &str,
+    ca_grpc: SocketAddr,
+    fleet: SocketAddr,
+    ca_root: &Path,
+    node: &str,
+    node_dir: &Path,
+) -> [String; 6] {
+    let token = ca_admin(ca_db, &["join-token", "--node", node, "--ttl", "10m"]);
+    [
+        format!("--controller=https://{fleet}"),
+        format!("--controller-tls-ca={}", ca_root.display()),
+        format!("--tls-cert={}", node_dir.join("tls/tls.crt").display()),
+        format!("--tls-key={}", node_dir.join("tls/tls.key").display()),
+        format!("--ca-url=https://{ca_grpc}"),
+        format!("--join-token={}", token.trim()),
+    ]
+}
+
 struct Stack {
     _dir: tempfile::TempDir,
     dir: PathBuf,
     http: reqwest::Client,
     ca: Proc,
     ca_http: SocketAddr,
+    ca_grpc: SocketAddr,
+    /// The CA's database, for its administrative commands (join tokens, certificates).
+    ca_db: String,
+    /// The CA's root: every TLS link of the stack chains to it.
+    ca_root: PathBuf,
     cloud: Proc,
     cloud_addr: SocketAddr,
     controller: Proc,
@@ -209,46 +258,87 @@ fn with_db(url: &str, db: &str) -> String {
 }
 
 async fn start_stack(admin: &sqlx::PgPool, base_url: &str) -> Stack {
-    let tmp = tempfile::tempdir().unwrap();
+    let mut tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
+    // NEXUS_E2E_KEEP=1 keeps every process's log (`<dir>/<name>.log`) after the test.
+    if std::env::var_os("NEXUS_E2E_KEEP").is_some() {
+        tmp.disable_cleanup(true);
+        eprintln!("e2e: logs kept in {}", dir.display());
+    }
     let id = std::process::id();
     let (ca_db, cloud_db) = (format!("e2e_ca_{id}"), format!("e2e_cloud_{id}"));
     create_db(admin, &ca_db).await;
     create_db(admin, &cloud_db).await;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-
     let (ca_grpc, ca_http, cloud_addr) = (free_addr(), free_addr(), free_addr());
+    let ca_db_url = with_db(base_url, &ca_db);
+    // TLS on every link to the CA: it serves gRPC and REST with a server certificate it
+    // issues itself (for 127.0.0.1 and localhost) and writes its root to `ca-tls/ca.crt`.
+    let ca_tls = dir.join("ca-tls");
     let ca = Proc::start(
         &dir,
         "ca",
         "nexus-ca",
         &[
             &"--database-url",
-            &with_db(base_url, &ca_db),
+            &ca_db_url,
             &"--grpc-listen",
             &ca_grpc.to_string(),
             &"--http-listen",
             &ca_http.to_string(),
             &"--tenant",
             &"acme",
+            &"--tls-dir",
+            &ca_tls,
         ],
         &[
             ("NEXUS_CA_KEK", KEK_HEX),
-            ("NEXUS_CA_TOKEN", CA_TOKEN),
             // Every MIC it issues is reported as usage with the cloud API's usage token (the
             // cloud API meters the MICs it requests itself, under the same key: billed once).
             ("NEXUS_CA_USAGE_URL", &format!("http://{cloud_addr}")),
             ("NEXUS_CA_USAGE_TOKEN", USAGE_TOKEN),
         ],
     );
+    let ca_root = ca_tls.join("ca.crt");
+    let root_pem = wait_for("the CA's root", 60, || async {
+        std::fs::read(&ca_root).ok().filter(|b| !b.is_empty())
+    })
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&root_pem).unwrap())
+        .build()
+        .unwrap();
     wait_for("the CA", 60, || {
-        get_json(&http, format!("http://{ca_http}/v1/log/sth"), None)
+        get_json(&http, format!("https://{ca_http}/v1/log/sth"), None)
     })
     .await;
 
+    // The cloud API calls the CA with a client certificate of role cloud-api; the rollout
+    // controller's fleet endpoint gets a server certificate: both from the CA's admin commands.
+    ca_admin(
+        &ca_db_url,
+        &[
+            "client-cert",
+            "--role",
+            "cloud-api",
+            "--name",
+            "cloud",
+            "--out",
+            &dir.join("cloud-tls").display().to_string(),
+        ],
+    );
+    ca_admin(
+        &ca_db_url,
+        &[
+            "server-cert",
+            "--name",
+            "fleet",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+            &dir.join("fleet-tls").display().to_string(),
+        ],
+    );
     let cloud = Proc::start(
         &dir,
         "cloud",
@@ -258,14 +348,19 @@ async fn start_stack(admin: &sqlx::PgPool, base_url: &str) -> Stack {
             &"--listen",
             &cloud_addr.to_string(),
             &"--ca-endpoint",
-            &format!("http://{ca_grpc}"),
+            &format!("https://{ca_grpc}"),
+            &"--ca-tls-ca",
+            &ca_root,
+            &"--ca-tls-cert",
+            &dir.join("cloud-tls/cloud.crt"),
+            &"--ca-tls-key",
+            &dir.join("cloud-tls/cloud.key"),
             &"--no-console",
         ],
         &[
             ("DATABASE_URL", &with_db(base_url, &cloud_db)),
             ("NEXUS_ADMIN_TOKEN", ADMIN_TOKEN),
             ("NEXUS_USAGE_TOKEN", USAGE_TOKEN),
-            ("NEXUS_CA_TOKEN", CA_TOKEN),
         ],
     );
     wait_for("the cloud API", 60, || async {
@@ -327,7 +422,16 @@ spec:
             &"--trust-anchors",
             &dir.join("identities").join("anchors.pem"),
             &"--ca-url",
-            &format!("http://{ca_http}"),
+            &format!("https://{ca_http}"),
+            &"--ca-tls-ca",
+            &ca_root,
+            // The fleet protocol over mutual TLS: node certificates from the CA (join tokens).
+            &"--tls-cert",
+            &dir.join("fleet-tls/fleet.crt"),
+            &"--tls-key",
+            &dir.join("fleet-tls/fleet.key"),
+            &"--tls-client-ca",
+            &ca_root,
         ],
         &[],
     );
@@ -346,6 +450,8 @@ spec:
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let node = format!("gpu-{i}");
+        let tls = node_tls_args(&ca_db_url, ca_grpc, fleet, &ca_root, &node, &node_dir);
         agents.push(Proc::start(
             &dir,
             &format!("agent-{i}"),
@@ -353,10 +459,14 @@ spec:
             &[
                 &"--sim-dir",
                 &node_dir,
-                &"--controller",
-                &format!("http://{fleet}"),
+                &tls[0],
+                &tls[1],
+                &tls[2],
+                &tls[3],
+                &tls[4],
+                &tls[5],
                 &"--node-name",
-                &format!("gpu-{i}"),
+                &node,
                 &"--label",
                 &"pool=gpu",
                 &"--controller-trust-store",
@@ -376,6 +486,9 @@ spec:
         http,
         ca,
         ca_http,
+        ca_grpc,
+        ca_db: ca_db_url,
+        ca_root,
         cloud,
         cloud_addr,
         controller,
@@ -447,7 +560,8 @@ impl Stack {
                 &format!("--p4runtime-listen={p4}"),
                 &format!("--mic-dir={}", self.dir.join("identities/coder").display()),
                 &"--demo-model",
-                &format!("--crl=http://{}/v1/crl", self.ca_http),
+                &format!("--crl=https://{}/v1/crl", self.ca_http),
+                &format!("--crl-ca={}", self.ca_root.display()),
                 &"--crl-refresh=2",
                 &format!("--node-name={name}"),
                 &format!("--usage-url=http://{}", self.cloud_addr),
@@ -472,6 +586,14 @@ impl Stack {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let tls = node_tls_args(
+            &self.ca_db,
+            self.ca_grpc,
+            self.fleet,
+            &self.ca_root,
+            &name,
+            &node_dir,
+        );
         let agent = Proc::start(
             &self.dir,
             &format!("{name}-agent"),
@@ -479,8 +601,12 @@ impl Stack {
             &[
                 &"--sim-dir",
                 &node_dir,
-                &"--controller",
-                &format!("http://{}", self.fleet),
+                &tls[0],
+                &tls[1],
+                &tls[2],
+                &tls[3],
+                &tls[4],
+                &tls[5],
                 &"--node-name",
                 &name,
                 &"--label",
@@ -770,7 +896,7 @@ async fn every_flow_completes_with_each_process_killed_mid_flow() {
         again["serial"], first["serial"],
         "idempotent across the restart"
     );
-    let sth = get_json(&s.http, format!("http://{}/v1/log/sth", s.ca_http), None)
+    let sth = get_json(&s.http, format!("https://{}/v1/log/sth", s.ca_http), None)
         .await
         .unwrap();
     assert_eq!(
@@ -1016,7 +1142,7 @@ spec:
         wait_for("the CA's usage outbox delivered", 60, || async move {
             let text = s
                 .http
-                .get(format!("http://{}/metrics", s.ca_http))
+                .get(format!("https://{}/metrics", s.ca_http))
                 .send()
                 .await
                 .ok()?

@@ -243,6 +243,26 @@ pub enum Command {
         #[arg(long, default_value = "720h", value_parser = parse_duration)]
         validity: Duration,
     },
+    /// Issues a TLS server certificate for a Nexus service the CA does not run itself (the
+    /// rollout controller's fleet endpoint) and writes `<name>.crt`, `<name>.key` and
+    /// `ca.crt` to `--out`.
+    ServerCert {
+        /// Subject CN and file name stem.
+        #[arg(long)]
+        name: String,
+        /// DNS name of the server (repeatable).
+        #[arg(long = "dns")]
+        dns_names: Vec<String>,
+        /// IP address of the server (repeatable).
+        #[arg(long = "ip")]
+        ip_addresses: Vec<std::net::IpAddr>,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime.
+        #[arg(long, default_value = "720h", value_parser = parse_duration)]
+        validity: Duration,
+    },
     /// Creates a one-time join token with which a node agent obtains its first node
     /// certificate (`nexus-agent --join-token`); prints the token.
     JoinToken {
@@ -307,7 +327,9 @@ impl Args {
             (None, Some(t)) => t.trim().to_owned(),
             (None, None) => String::new(),
         };
-        let token_needed = self.tls_dir.is_none() || self.tls_allow_token;
+        // Administrative commands serve nobody: no token to check.
+        let token_needed =
+            self.command.is_none() && (self.tls_dir.is_none() || self.tls_allow_token);
         if token_needed && token.len() < 16 {
             return Err(Error::State(
                 "a bearer token of at least 16 characters is required in plaintext mode or with --tls-allow-token (--token-file or NEXUS_CA_TOKEN)"

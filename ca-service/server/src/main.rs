@@ -10,13 +10,18 @@ async fn main() -> anyhow::Result<()> {
     let args = nexus_ca::Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Logs go to stderr: stdout carries what an administrative command prints (a join token).
     if args.log_json {
         tracing_subscriber::fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
     }
     let settings = args.settings().context("configuration")?;
     let pool = PgPoolOptions::new()
@@ -108,6 +113,36 @@ async fn admin(
             println!(
                 "issued {} (role {role}), serial {}; wrote {name}.crt, {name}.key, ca.crt to {}",
                 name,
+                cert.serial,
+                out.display()
+            );
+        }
+        nexus_ca::Command::ServerCert {
+            name,
+            dns_names,
+            ip_addresses,
+            out,
+            validity,
+        } => {
+            if dns_names.is_empty() && ip_addresses.is_empty() {
+                anyhow::bail!("a server certificate needs at least one --dns or --ip");
+            }
+            let cert = ca
+                .issue_service_cert(&nexus_ca::ca::ServiceCertParams {
+                    role: "server".into(),
+                    name: name.clone(),
+                    dns_names: dns_names.clone(),
+                    ip_addresses: ip_addresses.clone(),
+                    server: true,
+                    client: false,
+                    not_before: std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+                    validity: *validity,
+                })
+                .await
+                .context("issuing")?;
+            nexus_ca::tls::write_files(out, name, &cert).context("writing the files")?;
+            println!(
+                "issued server certificate {name}, serial {}; wrote {name}.crt, {name}.key, ca.crt to {}",
                 cert.serial,
                 out.display()
             );

@@ -178,6 +178,8 @@ pub async fn report_once(
     let mut batches: Vec<(String, &'static str, Vec<Pending>, &str)> = Vec::new();
     let mut report = RoundReport::default();
     match &cfg.token {
+        // Nothing pending: no request (an empty batch is not a report).
+        Some(_) if by_tenant.is_empty() => {}
         Some(token) => batches.push((
             token.clone(),
             "/v1/system/usage-events",

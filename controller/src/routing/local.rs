@@ -40,6 +40,10 @@ pub struct RoutingArgs {
     /// Groth16 verifying key at `/v1/zk/verifying-key`. Without it revocation is not checked.
     #[arg(long = "ca-url")]
     pub ca_url: Option<String>,
+    /// PEM roots an `https://` --ca-url must chain to (the Nexus CA's `ca.crt`); only these
+    /// are trusted for it.
+    #[arg(long = "ca-tls-ca", requires = "ca_url")]
+    pub ca_tls_ca: Option<PathBuf>,
 }
 
 /// The domains local mode knows, by `namespace/name`, with the status it computed.
@@ -314,10 +318,19 @@ pub async fn run(
             return;
         }
     };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap_or_default();
+    let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    if let Some(root) = &args.ca_tls_ca {
+        match std::fs::read(root)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string()))
+        {
+            Ok(roots) => http = http.tls_certs_only(roots),
+            Err(e) => {
+                warn!(error = %e, root = %root.display(), "the CA's root does not load: revocation checks fail closed");
+            }
+        }
+    }
+    let http = http.build().unwrap_or_default();
     let mut feed = CaFeed::default();
     loop {
         if let Some(ca) = &args.ca_url {

@@ -52,6 +52,10 @@ pub struct Args {
     /// keeps the last good one and makes /readyz report it.
     #[arg(long, env = "NEXUS_DATAPLANE_CRL")]
     pub crl: Option<String>,
+    /// PEM roots an `https://` --crl URL must chain to (the Nexus CA's `ca.crt`); only these
+    /// are trusted for it.
+    #[arg(long, env = "NEXUS_DATAPLANE_CRL_CA", requires = "crl")]
+    pub crl_ca: Option<PathBuf>,
     /// Seconds between CRL reloads.
     #[arg(long, env = "NEXUS_DATAPLANE_CRL_REFRESH", default_value_t = 60)]
     pub crl_refresh: u64,
@@ -297,11 +301,14 @@ impl Args {
     }
 }
 
-async fn load_crl(endpoint: &Endpoint, source: &str) -> anyhow::Result<usize> {
+async fn load_crl(
+    endpoint: &Endpoint,
+    http: &reqwest::Client,
+    source: &str,
+) -> anyhow::Result<usize> {
     if source.starts_with("http://") || source.starts_with("https://") {
-        let bytes = reqwest::Client::new()
+        let bytes = http
             .get(source)
-            .timeout(Duration::from_secs(10))
             .send()
             .await?
             .error_for_status()?
@@ -398,16 +405,25 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     let health = Arc::new(Health::default());
 
     if let Some(source) = &args.crl {
-        let n = load_crl(&endpoint, source)
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(root) = &args.crl_ca {
+            let pem = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not PEM certificates", root.display()))?;
+            http = http.tls_certs_only(roots);
+        }
+        let http = http.build().context("the CRL client")?;
+        let n = load_crl(&endpoint, &http, source)
             .await
             .with_context(|| format!("loading the CRL from {source}"))?;
         tracing::info!(revoked = n, source, "CRL loaded");
         let (endpoint, source, health) = (endpoint.clone(), source.clone(), Arc::clone(&health));
+        let http = http.clone();
         let every = Duration::from_secs(args.crl_refresh.max(1));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match load_crl(&endpoint, &source).await {
+                match load_crl(&endpoint, &http, &source).await {
                     Ok(_) => health.crl_failed.store(false, Ordering::Relaxed),
                     Err(e) => {
                         tracing::warn!(error = %e, "CRL reload failed; keeping the last one");

@@ -236,6 +236,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
                 identities: Some(data.join("mics")),
                 trust_anchors: Some(data.join("mics").join(demo::DEMO_MODEL).join("ca.crt")),
                 ca_url: Some(format!("http://{}", ca.http_addr)),
+                ca_tls_ca: None,
             },
             tls: Default::default(),
         },

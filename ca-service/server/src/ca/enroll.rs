@@ -248,6 +248,7 @@ impl Ca {
         check_node_name(node_name)?;
         let csr = Csr::from_der(csr_der)?;
         let Some((id, secret)) = parse_token(token) else {
+            tracing::warn!(node = %node_name, why = "malformed token", "join refused");
             self.metrics.join_refused();
             return Err(Error::JoinRefused);
         };
