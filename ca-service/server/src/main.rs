@@ -96,26 +96,17 @@ async fn admin(
             out,
             validity,
         } => {
-            let cert = ca
-                .issue_service_cert(&nexus_ca::ca::ServiceCertParams {
-                    role: role.clone(),
-                    name: name.clone(),
-                    dns_names: Vec::new(),
-                    ip_addresses: Vec::new(),
-                    server: false,
-                    client: true,
-                    not_before: std::time::SystemTime::now() - std::time::Duration::from_secs(60),
-                    validity: *validity,
-                })
-                .await
-                .context("issuing")?;
-            nexus_ca::tls::write_files(out, name, &cert).context("writing the files")?;
-            println!(
-                "issued {} (role {role}), serial {}; wrote {name}.crt, {name}.key, ca.crt to {}",
-                name,
-                cert.serial,
-                out.display()
-            );
+            let params = nexus_ca::ca::ServiceCertParams {
+                role: role.clone(),
+                name: name.clone(),
+                dns_names: Vec::new(),
+                ip_addresses: Vec::new(),
+                server: false,
+                client: true,
+                not_before: std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+                validity: *validity,
+            };
+            issue_files(&ca, &params, out).await?;
         }
         nexus_ca::Command::ServerCert {
             name,
@@ -127,25 +118,17 @@ async fn admin(
             if dns_names.is_empty() && ip_addresses.is_empty() {
                 anyhow::bail!("a server certificate needs at least one --dns or --ip");
             }
-            let cert = ca
-                .issue_service_cert(&nexus_ca::ca::ServiceCertParams {
-                    role: "server".into(),
-                    name: name.clone(),
-                    dns_names: dns_names.clone(),
-                    ip_addresses: ip_addresses.clone(),
-                    server: true,
-                    client: false,
-                    not_before: std::time::SystemTime::now() - std::time::Duration::from_secs(60),
-                    validity: *validity,
-                })
-                .await
-                .context("issuing")?;
-            nexus_ca::tls::write_files(out, name, &cert).context("writing the files")?;
-            println!(
-                "issued server certificate {name}, serial {}; wrote {name}.crt, {name}.key, ca.crt to {}",
-                cert.serial,
-                out.display()
-            );
+            let params = nexus_ca::ca::ServiceCertParams {
+                role: "server".into(),
+                name: name.clone(),
+                dns_names: dns_names.clone(),
+                ip_addresses: ip_addresses.clone(),
+                server: true,
+                client: false,
+                not_before: std::time::SystemTime::now() - std::time::Duration::from_secs(60),
+                validity: *validity,
+            };
+            issue_files(&ca, &params, out).await?;
         }
         nexus_ca::Command::JoinToken {
             node,
@@ -172,6 +155,24 @@ async fn admin(
             println!("revoked {serial}; the CRL lists it now");
         }
     }
+    Ok(())
+}
+
+/// Issues a service certificate and writes `<name>.crt`, `<name>.key` and `ca.crt` to `out`.
+async fn issue_files(
+    ca: &nexus_ca::ca::Ca,
+    params: &nexus_ca::ca::ServiceCertParams,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let cert = ca.issue_service_cert(params).await.context("issuing")?;
+    let name = &params.name;
+    nexus_ca::tls::write_files(out, name, &cert).context("writing the files")?;
+    println!(
+        "issued {name} (role {}), serial {}; wrote {name}.crt, {name}.key, ca.crt to {}",
+        params.role,
+        cert.serial,
+        out.display()
+    );
     Ok(())
 }
 

@@ -85,16 +85,28 @@ fn config(
 
 type Client = CertificateAuthorityClient<tonic::transport::Channel>;
 
+/// A gRPC channel to the CA over TLS, presenting `id` if given.
+async fn channel(
+    server: &RunningServer,
+    dir: &Path,
+    id: Option<Arc<ReloadingCertificate>>,
+) -> Result<tonic::transport::Channel, Box<dyn std::error::Error>> {
+    let connector = GrpcConnector::new(config(dir, id, b"h2")?, "localhost")?;
+    Ok(
+        Endpoint::from_shared(format!("http://{}", server.grpc_addr))?
+            .connect_with_connector(connector)
+            .await?,
+    )
+}
+
 async fn grpc(
     server: &RunningServer,
     dir: &Path,
     id: Option<Arc<ReloadingCertificate>>,
 ) -> Result<Client, Box<dyn std::error::Error>> {
-    let connector = GrpcConnector::new(config(dir, id, b"h2")?, "localhost")?;
-    let channel = Endpoint::from_shared(format!("http://{}", server.grpc_addr))?
-        .connect_with_connector(connector)
-        .await?;
-    Ok(CertificateAuthorityClient::new(channel))
+    Ok(CertificateAuthorityClient::new(
+        channel(server, dir, id).await?,
+    ))
 }
 
 /// A request that needs authentication (any answer from the CA itself proves admission).
@@ -403,11 +415,7 @@ async fn enrollment(
     dir: &Path,
     id: Option<Arc<ReloadingCertificate>>,
 ) -> Result<Enrollment, Box<dyn std::error::Error>> {
-    let connector = GrpcConnector::new(config(dir, id, b"h2")?, "localhost")?;
-    let channel = Endpoint::from_shared(format!("http://{}", server.grpc_addr))?
-        .connect_with_connector(connector)
-        .await?;
-    Ok(NodeEnrollmentClient::new(channel))
+    Ok(NodeEnrollmentClient::new(channel(server, dir, id).await?))
 }
 
 fn join_req(token: &str, node: &str, csr_der: &[u8]) -> pb::JoinRequest {
