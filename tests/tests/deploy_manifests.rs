@@ -8,8 +8,12 @@
 //! by the CA, the CRDs equal to `crds/*.yaml`, RBAC equal to the kube API calls found in the
 //! controller's and the agent's sources and the CA's publishing calls (no wildcards), and mutual
 //! TLS to the CA: the CA serves TLS without a token, and every caller dials `https://` with the
-//! client-certificate Secret the CA publishes for its role, mounted as a directory. On a real
-//! cluster (KUBECONFIG set) the dev overlay also passes server-side dry-run.
+//! client-certificate Secret the CA publishes for its role, mounted as a directory. The agent
+//! runs the node's dataplane: the binary is in its image (deploy/Dockerfile), its UDP hostPort is
+//! the CRDs' default dataplane port, its MIC is a mounted Secret directory, its CRL comes over
+//! HTTPS from the CA trusting the root the CA publishes, it bills usage with the usage token from
+//! a spool that survives pod restarts, under the node's name, and a PodMonitor scrapes it. On a
+//! real cluster (KUBECONFIG set) the dev overlay also passes server-side dry-run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/kustomize.rs"]
@@ -21,6 +25,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, PodTemplateSpec, Secret, Service, ServiceAccount,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -51,6 +56,7 @@ struct Rendered {
     bindings: Vec<RoleBinding>,
     crds: Vec<CustomResourceDefinition>,
     monitors: Vec<Value>,
+    pod_monitors: Vec<Value>,
     service_accounts: Vec<ServiceAccount>,
 }
 
@@ -131,6 +137,10 @@ fn overlay(name: &str) -> Rendered {
             "ServiceMonitor" => {
                 assert_eq!(o["apiVersion"], "monitoring.coreos.com/v1");
                 r.monitors.push(o.clone());
+            }
+            "PodMonitor" => {
+                assert_eq!(o["apiVersion"], "monitoring.coreos.com/v1");
+                r.pod_monitors.push(o.clone());
             }
             other => panic!("{name}: no check knows kind {other}"),
         }
@@ -268,8 +278,28 @@ fn all_containers(p: &PodSpec) -> impl Iterator<Item = (&Container, bool)> {
 /// host directories to the agent's user, with CAP_CHOWN and nothing else.
 const ROOT_EXCEPTION: (&str, &str) = ("nexus-agent", "host-dirs");
 /// The one workload without probes: kube mode of the agent serves no HTTP endpoint (its
-/// liveness is the NexusNode heartbeat the rollout controller watches).
+/// liveness is the NexusNode heartbeat the rollout controller watches; its dataplane's
+/// readiness is the agent's to probe).
 const NO_PROBES: &str = "nexus-agent";
+/// The host directories the agent may mount: firmware for the NIC drivers, the simulated NICs'
+/// flash, the dataplane's usage spool.
+const HOST_PATHS: [&str; 3] = [
+    "/lib/firmware/nexus",
+    "/var/lib/nexus/sim",
+    "/var/lib/nexus/usage-spool",
+];
+
+/// Whether `n` is a valid container port name (IANA_SVC_NAME: at most 15 characters, lower-case
+/// letters, digits and inner single hyphens, at least one letter), which the API server enforces.
+fn iana_svc_name(n: &str) -> bool {
+    (1..=15).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes().any(|b| b.is_ascii_lowercase())
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
+}
 
 fn check_workloads(name: &str, r: &Rendered) {
     let src = std::fs::read_to_string(repo_root().join("deploy/base/agent.yaml")).unwrap();
@@ -331,6 +361,23 @@ fn check_workloads(name: &str, r: &Rendered) {
                     .is_some_and(|i| i.contains(':') && !i.ends_with(":latest")),
                 "{ctx}: a pinned image tag"
             );
+            for port in c.ports.iter().flatten() {
+                if let Some(n) = &port.name {
+                    assert!(
+                        iana_svc_name(n),
+                        "{ctx}: port name {n:?} is no IANA_SVC_NAME"
+                    );
+                }
+                if let Some(hp) = port.host_port {
+                    // The only host port: the dataplane's, checked in check_dataplane.
+                    assert_eq!(w, "nexus-agent", "{ctx}: only the agent takes a host port");
+                    let proto = port.protocol.as_deref().unwrap_or("TCP");
+                    assert!(
+                        src.contains(&format!("# hostPort {hp}/{proto}:")),
+                        "{ctx}: host port {hp}/{proto} has no justifying comment in agent.yaml"
+                    );
+                }
+            }
             if !init && w != NO_PROBES {
                 assert!(
                     c.readiness_probe.is_some() && c.liveness_probe.is_some(),
@@ -360,7 +407,7 @@ fn check_workloads(name: &str, r: &Rendered) {
             if let Some(h) = &v.host_path {
                 assert_eq!(w, "nexus-agent", "{ctx}: only the agent mounts host paths");
                 assert!(
-                    ["/lib/firmware/nexus", "/var/lib/nexus/sim"].contains(&h.path.as_str()),
+                    HOST_PATHS.contains(&h.path.as_str()),
                     "{ctx}: unexpected host path {}",
                     h.path
                 );
@@ -488,6 +535,39 @@ fn check_services_monitors(name: &str, r: &Rendered) {
                     .flatten()
                     .any(|p| p.name.as_deref() == Some(port)),
                 "{name}: ServiceMonitor port {port}"
+            );
+            assert_eq!(e["path"], "/metrics");
+        }
+    }
+    // PodMonitors: pods behind no Service (the node dataplanes, in the agent's pods).
+    for m in &r.pod_monitors {
+        let mn = m["metadata"]["name"].as_str().unwrap_or_default();
+        let sel: LabelSelector = serde_json::from_value(m["spec"]["selector"].clone()).unwrap();
+        let backing: Vec<_> = ws
+            .iter()
+            .filter(|(_, _, t)| selects(&sel, &labels(t)))
+            .collect();
+        assert_eq!(
+            backing.len(),
+            1,
+            "{name}: PodMonitor {mn} selects one workload"
+        );
+        let ports: BTreeSet<String> = spec(backing[0].2)
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| p.name.clone())
+            .collect();
+        let endpoints = m["spec"]["podMetricsEndpoints"].as_array();
+        assert!(
+            endpoints.is_some_and(|e| !e.is_empty()),
+            "{name}: PodMonitor {mn} has endpoints"
+        );
+        for e in endpoints.into_iter().flatten() {
+            let port = e["port"].as_str().unwrap_or_default();
+            assert!(
+                ports.contains(port),
+                "{name}: PodMonitor {mn} port {port:?} is a named container port"
             );
             assert_eq!(e["path"], "/metrics");
         }
@@ -973,6 +1053,440 @@ fn check_ca_tls(name: &str, r: &Rendered) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The node dataplane, which the agent runs as its child in kube mode.
+
+/// The Secret holding the dataplane's MIC: the operator's (README: from a ModelIdentity).
+const DATAPLANE_MIC_SECRET: &str = "nexus-dataplane-mic";
+/// The agent container's port serving the dataplane's `/metrics`.
+const DATAPLANE_METRICS_PORT: &str = "dp-metrics";
+
+/// What deploy/Dockerfile builds and ships.
+struct Dockerfile {
+    /// The packages of the build stage's `cargo build -p …`.
+    built: BTreeSet<String>,
+    /// Per target: destination → the binary `COPY --from=build /src/target/release/<binary>`.
+    copies: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+fn dockerfile() -> Dockerfile {
+    let text = std::fs::read_to_string(repo_root().join("deploy/Dockerfile")).unwrap();
+    let text = text.replace("\\\n", " ");
+    let mut d = Dockerfile {
+        built: BTreeSet::new(),
+        copies: BTreeMap::new(),
+    };
+    let mut stage = String::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("FROM") => {
+                stage = words
+                    .iter()
+                    .position(|w| w.eq_ignore_ascii_case("AS"))
+                    .and_then(|i| words.get(i + 1))
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+            }
+            Some("RUN") if stage == "build" && line.contains("cargo build") => {
+                for w in words.windows(2) {
+                    if ["-p", "--package"].contains(&w[0]) {
+                        d.built.insert(w[1].to_owned());
+                    }
+                }
+            }
+            Some("COPY") if words.contains(&"--from=build") && words.len() >= 4 => {
+                let (src, dst) = (words[words.len() - 2], words[words.len() - 1]);
+                if let Some(bin) = src.strip_prefix("/src/target/release/") {
+                    d.copies
+                        .entry(stage.clone())
+                        .or_default()
+                        .insert(dst.to_owned(), bin.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    d
+}
+
+/// The downward-API field an environment variable of `c` comes from.
+fn env_field<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str())
+}
+
+/// The mount of `c` at `path` and its volume.
+fn mounted<'a>(
+    pod: &'a PodSpec,
+    c: &'a Container,
+    path: &str,
+    ctx: &str,
+) -> (&'a VolumeMount, &'a Volume) {
+    let m = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == path)
+        .unwrap_or_else(|| panic!("{ctx}: {path} is a mounted volume"));
+    let v = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == m.name)
+        .unwrap_or_else(|| panic!("{ctx}: volume {} exists", m.name));
+    (m, v)
+}
+
+/// That Service `svc` (this namespace) serves port `port` (check_services_monitors checks that
+/// it targets a named container port of the workload behind it).
+fn service_serves(r: &Rendered, svc: &str, port: &str, ctx: &str) {
+    let s = r
+        .services
+        .iter()
+        .find(|s| name_of(&s.metadata) == svc)
+        .unwrap_or_else(|| panic!("{ctx}: Service {svc} is deployed"));
+    let port: i32 = port
+        .parse()
+        .unwrap_or_else(|_| panic!("{ctx}: port {port:?}"));
+    assert!(
+        s.spec
+            .as_ref()
+            .unwrap()
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.port == port),
+        "{ctx}: Service {svc} serves port {port}"
+    );
+}
+
+/// The default `spec.dataplane.udpPort` of a CRD, in every version (as a property default and
+/// in the default of `dataplane` itself).
+fn default_udp_port(r: &Rendered, crd: &str) -> i64 {
+    let c = r
+        .crds
+        .iter()
+        .find(|c| name_of(&c.metadata) == crd)
+        .unwrap_or_else(|| panic!("CRD {crd} is installed"));
+    let mut ports = BTreeSet::new();
+    for v in &c.spec.versions {
+        let schema = serde_json::to_value(&v.schema).unwrap();
+        let dp = &schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["dataplane"];
+        ports.insert(dp["properties"]["udpPort"]["default"].as_i64());
+        ports.insert(dp["default"]["udpPort"].as_i64());
+    }
+    assert_eq!(ports.len(), 1, "{crd}: one default udpPort: {ports:?}");
+    ports
+        .pop_first()
+        .flatten()
+        .unwrap_or_else(|| panic!("{crd}: spec.dataplane.udpPort has a default"))
+}
+
+fn check_dataplane(name: &str, r: &Rendered) {
+    let pod = workload(r, "nexus-agent");
+    assert_eq!(
+        pod.containers.len(),
+        1,
+        "{name}: the agent runs one container"
+    );
+    let c = &pod.containers[0];
+    let ctx = format!("{name}: the agent");
+    let args = c.args.clone().unwrap_or_default();
+    let src = std::fs::read_to_string(repo_root().join("deploy/base/agent.yaml")).unwrap();
+
+    // The binary it supervises is in its image.
+    let bins = flag_values(&args, "--dataplane-bin");
+    assert_eq!(
+        bins.len(),
+        1,
+        "{ctx} supervises the dataplane (--dataplane-bin)"
+    );
+    let image = c.image.as_deref().unwrap_or_default();
+    let target = image
+        .rsplit_once(':')
+        .map_or(image, |(i, _)| i)
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let df = dockerfile();
+    let copied = df.copies.get(target).unwrap_or_else(|| {
+        panic!("{ctx}: deploy/Dockerfile has a target {target} (its image {image})")
+    });
+    let bin = copied.get(&bins[0]).unwrap_or_else(|| {
+        panic!(
+            "{ctx}: --dataplane-bin {} is copied into the {target} image: {copied:?}",
+            bins[0]
+        )
+    });
+    assert_eq!(
+        bin, "nexus-dataplane",
+        "{ctx}: --dataplane-bin is nexus-dataplane"
+    );
+    assert!(
+        df.built.contains(bin),
+        "{ctx}: the build stage builds -p {bin}: {:?}",
+        df.built
+    );
+
+    // What the dataplane is run with. The supervisor sets the listen address and MTU from the
+    // NexusNode and the HTTP address from --dataplane-http; the rest are --dataplane-args.
+    let dp = flag_values(&args, "--dataplane-arg");
+    for f in ["--listen", "--mtu-upper-bound", "--http-listen"] {
+        assert!(
+            !has_flag(&dp, f),
+            "{ctx}: {f} is the supervisor's to set, not a --dataplane-arg"
+        );
+    }
+    let one = |flag: &str| -> String {
+        let v = flag_values(&dp, flag);
+        assert_eq!(v.len(), 1, "{ctx}: --dataplane-arg={flag}=… once: {v:?}");
+        v[0].clone()
+    };
+    let grace: i64 = flag_values(&args, "--dataplane-grace")
+        .pop()
+        .map_or(15, |g| g.parse().expect("--dataplane-grace is seconds"));
+    let term = pod.termination_grace_period_seconds.unwrap_or(30);
+    assert!(
+        grace < term,
+        "{ctx}: the dataplane's drain (--dataplane-grace {grace}) ends within the pod's {term} s"
+    );
+
+    // NexStream: the CRDs' default UDP port, at the node's address through a hostPort.
+    let udp = default_udp_port(r, "nexusnodes.nexus.dev");
+    assert_eq!(
+        default_udp_port(r, "fabrics.nexus.dev"),
+        udp,
+        "the Fabric's and the NexusNode's default dataplane ports agree"
+    );
+    let mut host_ports = Vec::new();
+    for (_, w, t) in workloads(r) {
+        for (k, _) in all_containers(spec(t)) {
+            for p in k.ports.iter().flatten() {
+                if let Some(hp) = p.host_port {
+                    host_ports.push((
+                        w.clone(),
+                        k.name.clone(),
+                        i64::from(p.container_port),
+                        i64::from(hp),
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    ));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        host_ports,
+        vec![(
+            "nexus-agent".to_owned(),
+            c.name.clone(),
+            udp,
+            udp,
+            "UDP".to_owned()
+        )],
+        "{name}: the one host port is the dataplane's UDP {udp}, the CRDs' default udpPort"
+    );
+    assert!(
+        !pod.host_network.unwrap_or(false),
+        "{ctx}: a hostPort, no hostNetwork"
+    );
+
+    // Its HTTP port: on the pod's address, a named port, scraped by a PodMonitor.
+    let http = flag_values(&args, "--dataplane-http");
+    assert_eq!(http.len(), 1, "{ctx}: --dataplane-http");
+    let (host, port) = http[0]
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{ctx}: --dataplane-http {} names a port", http[0]));
+    assert_eq!(
+        host, "$(POD_IP)",
+        "{ctx}: the dataplane's /metrics is on the pod's address (loopback is not scrapeable)"
+    );
+    assert_eq!(
+        env_field(c, "POD_IP"),
+        Some("status.podIP"),
+        "{ctx}: POD_IP"
+    );
+    let metrics = c
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some(DATAPLANE_METRICS_PORT))
+        .unwrap_or_else(|| panic!("{ctx}: a {DATAPLANE_METRICS_PORT} container port"));
+    assert_eq!(
+        metrics.container_port.to_string(),
+        port,
+        "{ctx}: {DATAPLANE_METRICS_PORT} is --dataplane-http's port"
+    );
+    assert_eq!(metrics.protocol.as_deref().unwrap_or("TCP"), "TCP");
+    let agent_labels = workloads(r)
+        .into_iter()
+        .find(|(_, n, _)| n == "nexus-agent")
+        .map(|(_, _, t)| labels(t))
+        .unwrap();
+    assert!(
+        r.pod_monitors.iter().any(|m| {
+            let sel: LabelSelector = serde_json::from_value(m["spec"]["selector"].clone()).unwrap();
+            selects(&sel, &agent_labels)
+                && m["spec"]["podMetricsEndpoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|e| e["port"] == DATAPLANE_METRICS_PORT)
+        }),
+        "{name}: a PodMonitor scrapes the dataplanes' {DATAPLANE_METRICS_PORT}"
+    );
+
+    // Its MIC: the whole Secret as a directory (renewals arrive), its key readable by the agent's
+    // group only.
+    let mic = one("--mic-dir");
+    let (m, v) = mounted(pod, c, &mic, &ctx);
+    assert_eq!(m.read_only, Some(true), "{ctx}: {mic} is read-only");
+    assert!(
+        m.sub_path.is_none() && m.sub_path_expr.is_none(),
+        "{ctx}: the MIC is mounted as a directory, no subPath"
+    );
+    let sv = v
+        .secret
+        .as_ref()
+        .unwrap_or_else(|| panic!("{ctx}: --mic-dir {mic} is a Secret volume"));
+    assert_eq!(
+        sv.secret_name.as_deref(),
+        Some(DATAPLANE_MIC_SECRET),
+        "{ctx}: the MIC Secret"
+    );
+    assert!(
+        sv.items.is_none(),
+        "{ctx}: the whole Secret (tls.crt, tls.key, ca.crt)"
+    );
+    assert_eq!(sv.default_mode, Some(0o440), "{ctx}: the MIC key is 0440");
+    let group = c.security_context.as_ref().and_then(|s| s.run_as_group);
+    assert!(
+        group.is_some() && pod.security_context.as_ref().and_then(|s| s.fs_group) == group,
+        "{ctx}: the MIC key's group (fsGroup) is the agent's group"
+    );
+    if sv.optional == Some(true) {
+        assert!(
+            src.contains("Optional: without it"),
+            "{ctx}: why the MIC may be missing is explained in agent.yaml"
+        );
+    }
+
+    // The CRL: over HTTPS from the CA, trusting only the root the CA publishes, mounted.
+    let tls = ca_publishes(r);
+    let crl = one("--crl");
+    let rest = crl
+        .strip_prefix("https://")
+        .unwrap_or_else(|| panic!("{ctx}: the CRL over https://, not {crl}"));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    assert_eq!(path, "v1/crl", "{ctx}: the CA's CRL endpoint");
+    let (host, port) = authority
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{ctx}: {crl} names its port"));
+    assert!(
+        tls.server_names.contains(host),
+        "{ctx}: {host} is a name of the CA's certificate {:?}",
+        tls.server_names
+    );
+    let ca_http = ca_container(r)
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("http"))
+        .map(|p| p.container_port)
+        .expect("the CA's http port");
+    assert_eq!(
+        port.parse::<i32>().ok(),
+        Some(ca_http),
+        "{ctx}: the CA's REST port"
+    );
+    service_serves(r, host.split('.').next().unwrap(), port, &ctx);
+    let root = one("--crl-ca");
+    let dir = root
+        .strip_suffix("/ca.crt")
+        .unwrap_or_else(|| panic!("{ctx}: --crl-ca {root} is the root ConfigMap's ca.crt"));
+    let (m, v) = mounted(pod, c, dir, &ctx);
+    assert_eq!(m.read_only, Some(true), "{ctx}: {dir} is read-only");
+    assert!(
+        m.sub_path.is_none() && m.sub_path_expr.is_none(),
+        "{ctx}: the root is mounted as a directory (it is re-published), no subPath"
+    );
+    let cm = v
+        .config_map
+        .as_ref()
+        .unwrap_or_else(|| panic!("{ctx}: {dir} is a ConfigMap volume"));
+    assert_eq!(cm.name, tls.root, "{ctx}: the root the CA publishes");
+    assert!(cm.items.is_none(), "{ctx}: the whole ConfigMap (ca.crt)");
+
+    // Usage: to the cloud API with the usage token (from the environment, which the dataplane
+    // inherits; never in the args), from a spool on the node's disk, under the node's name.
+    let url = one("--usage-url");
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or_else(|| panic!("{ctx}: --usage-url {url}"));
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{ctx}: {url} names its port"));
+    assert_eq!(
+        host,
+        format!("nexus-cloud.{NS}.svc"),
+        "{ctx}: usage goes to the cloud API"
+    );
+    service_serves(r, "nexus-cloud", port, &ctx);
+    assert!(
+        !has_flag(&dp, "--usage-token"),
+        "{ctx}: the usage token is not an argument"
+    );
+    let token = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NEXUS_DATAPLANE_USAGE_TOKEN")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .unwrap_or_else(|| panic!("{ctx}: NEXUS_DATAPLANE_USAGE_TOKEN from a Secret"));
+    assert_eq!(
+        (token.name.as_str(), token.key.as_str()),
+        ("nexus-cloud", "usage-token"),
+        "{ctx}: the cloud API's usage token"
+    );
+    let spool = one("--usage-spool");
+    let (m, v) = mounted(pod, c, &spool, &ctx);
+    assert_ne!(m.read_only, Some(true), "{ctx}: the spool is writable");
+    assert!(
+        v.host_path.is_some(),
+        "{ctx}: the usage spool survives pod restarts (hostPath), so usage is billed exactly once"
+    );
+    let spool_volume = m.name.clone();
+    assert!(
+        pod.init_containers.iter().flatten().any(|i| {
+            let cmd = i.command.clone().unwrap_or_default();
+            cmd.first().is_some_and(|c| c == "chown")
+                && i.volume_mounts
+                    .iter()
+                    .flatten()
+                    .any(|m| m.name == spool_volume && cmd.contains(&m.mount_path))
+        }),
+        "{ctx}: the spool's host directory is handed to the agent's user"
+    );
+    assert_eq!(
+        one("--node-name"),
+        "$(NODE_NAME)",
+        "{ctx}: usage keys name the node (stable across pod restarts)"
+    );
+    assert_eq!(
+        env_field(c, "NODE_NAME"),
+        Some("spec.nodeName"),
+        "{ctx}: NODE_NAME"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // NetworkPolicies: the flows they allow, computed, against the drawn list.
 
 /// Something traffic comes from or goes to.
@@ -1035,6 +1549,15 @@ fn peers(r: &Rendered) -> Vec<Peer> {
         name: "monitoring".into(),
         ns_labels: Some(l(&[("kubernetes.io/metadata.name", "monitoring")])),
         pod_labels: l(&[("app.kubernetes.io/name", "prometheus")]),
+        in_ns: false,
+        ports: vec![],
+    });
+    // A pod of another namespace (a tenant's client, say): what `namespaceSelector: {}` admits
+    // beyond this namespace and `monitoring`.
+    ps.push(Peer {
+        name: "other-pod".into(),
+        ns_labels: Some(l(&[("kubernetes.io/metadata.name", "tenant")])),
+        pod_labels: l(&[("app.kubernetes.io/name", "client")]),
         in_ns: false,
         ports: vec![],
     });
@@ -1152,11 +1675,20 @@ fn expected_flows(overlay: &str) -> BTreeSet<String> {
         "nexus-ca -> nexus-cloud:8080/TCP",
         "nexus-rollout-controller -> nexus-cloud:8080/TCP",
         "outside -> nexus-cloud:8080/TCP",
+        "other-pod -> nexus-cloud:8080/TCP",
         "monitoring -> nexus-cloud:8080/TCP",
         "outside -> nexus-ca:9080/TCP",
+        "other-pod -> nexus-ca:9080/TCP",
         "monitoring -> nexus-ca:9080/TCP",
         "monitoring -> nexus-rollout-controller:7602/TCP",
         "monitoring -> nexus-identity-controller:7602/TCP",
+        // The dataplane in the agent's pod: the CRL, usage; NexStream from every pod of every
+        // namespace (not from outside the cluster's pods); its /metrics.
+        "nexus-agent -> nexus-ca:9080/TCP",
+        "nexus-agent -> nexus-cloud:8080/TCP",
+        "other-pod -> nexus-agent:7400/UDP",
+        "monitoring -> nexus-agent:7400/UDP",
+        "monitoring -> nexus-agent:7701/TCP",
     ]
     .into_iter()
     .map(String::from)
@@ -1524,6 +2056,7 @@ fn check(name: &str, external: &[&str]) -> Rendered {
     check_services_monitors(name, &r);
     check_references(name, &r, external);
     check_ca_tls(name, &r);
+    check_dataplane(name, &r);
     check_crds(&r);
     check_rbac(name, &r);
     let got = flows(&r);
@@ -1539,7 +2072,7 @@ fn check(name: &str, external: &[&str]) -> Rendered {
 
 #[test]
 fn dev_overlay() {
-    let r = check("dev", &["nexus-firmware-trust"]);
+    let r = check("dev", &["nexus-dataplane-mic", "nexus-firmware-trust"]);
     assert_eq!(
         r.statefulsets.len(),
         1,
@@ -1575,6 +2108,7 @@ fn production_overlay() {
             "nexus-ca",
             "nexus-cloud",
             "nexus-database",
+            "nexus-dataplane-mic",
             "nexus-firmware-trust",
         ],
     );
