@@ -84,6 +84,11 @@ impl Gateway {
         }))
     }
 
+    /// The endpoint it dials with (to reload its MIC).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     async fn client(&self) -> Result<Arc<Client>, nexus_api::ApiError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref()

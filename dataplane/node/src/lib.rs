@@ -12,6 +12,7 @@
 //! [`upstream`]).
 
 pub mod gateway;
+mod mic_watch;
 pub mod upstream;
 pub mod usage;
 
@@ -47,6 +48,9 @@ pub struct Args {
     /// Secret-layout directory with this node's MIC (tls.crt, tls.key, ca.crt).
     #[arg(long, env = "NEXUS_DATAPLANE_MIC_DIR")]
     pub mic_dir: PathBuf,
+    /// Seconds between checks of --mic-dir for a renewed MIC (0: never reload).
+    #[arg(long, env = "NEXUS_DATAPLANE_MIC_RELOAD", default_value_t = 30)]
+    pub mic_reload: u64,
     /// CRL to enforce: a file (PEM or DER, re-read every --crl-refresh seconds) or an
     /// http(s) URL (fetched at the same interval). Fail closed: a CRL that stops verifying
     /// keeps the last good one and makes /readyz report it.
@@ -532,6 +536,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         .route("/v1/resolve", axum::routing::post(resolve))
         .with_state(state);
     let udp = endpoint.local_addr()?;
+    let mut reloadable = vec![endpoint.clone()];
     if let Some(mut target) = args.gateway {
         if target.port() == 0 {
             target.set_port(udp.port());
@@ -540,6 +545,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
             }
         }
         let gw = gateway::Gateway::new(&identity, target)?;
+        reloadable.push(gw.endpoint().clone());
         app = app.merge(gateway::router(gw));
     }
     let listener = tokio::net::TcpListener::bind(args.http_listen)
@@ -551,6 +557,13 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     });
+    if args.mic_reload > 0 {
+        mic_watch::spawn(
+            args.mic_dir.clone(),
+            Duration::from_secs(args.mic_reload),
+            reloadable,
+        );
+    }
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(%udp, %http, "dataplane ready");
     Ok(Running {

@@ -158,6 +158,7 @@ struct Shared {
     metrics: Arc<Metrics>,
     limits: Limits,
     zero_rtt: bool,
+    certificate: Arc<nexus_tls::ReloadingCertificate>,
     live: AtomicUsize,
 }
 
@@ -221,14 +222,20 @@ impl Endpoint {
         )?);
         let provider = Arc::new(crate::trust::provider());
         let tls = |e: rustls::Error| StreamError::Tls(e.to_string());
+        // The MIC both sides present, swappable: a renewed MIC is used by new handshakes
+        // without rebinding the socket or dropping sessions (see `Endpoint::reload_identity`).
+        let certificate = nexus_tls::ReloadingCertificate::from_der(
+            identity.chain.clone(),
+            identity.key.clone_key(),
+        )
+        .map_err(|e| StreamError::Tls(e.to_string()))?;
 
         let mut client = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::clone(&trust) as _)
-            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-            .map_err(tls)?;
+            .with_client_cert_resolver(Arc::clone(&certificate) as _);
         client.alpn_protocols = vec![ALPN.to_vec()];
         client.enable_early_data = config.zero_rtt;
         let client =
@@ -241,8 +248,7 @@ impl Endpoint {
                 .with_protocol_versions(&[&rustls::version::TLS13])
                 .map_err(tls)?
                 .with_client_cert_verifier(Arc::clone(&trust) as _)
-                .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-                .map_err(tls)?;
+                .with_cert_resolver(Arc::clone(&certificate) as _);
             server.alpn_protocols = vec![ALPN.to_vec()];
             server.max_early_data_size = if config.zero_rtt { u32::MAX } else { 0 };
             let server =
@@ -267,6 +273,7 @@ impl Endpoint {
                 metrics,
                 limits: config.limits.clone(),
                 zero_rtt: config.zero_rtt,
+                certificate,
                 live: AtomicUsize::new(0),
             }),
             shutdown,
@@ -276,6 +283,16 @@ impl Endpoint {
     /// The bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, StreamError> {
         Ok(self.quinn.local_addr()?)
+    }
+
+    /// Presents `identity`'s MIC (chain and key) from the next handshake on, client and
+    /// server side; open sessions keep theirs. For a renewed MIC: the key must match the
+    /// chain, and the trust anchors stay those the endpoint was built with.
+    pub fn reload_identity(&self, identity: &Identity) -> Result<(), StreamError> {
+        self.shared
+            .certificate
+            .replace(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| StreamError::Tls(e.to_string()))
     }
 
     /// The verification policy (to load CRLs, change the requirement).
