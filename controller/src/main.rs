@@ -19,6 +19,8 @@ use nexus_controller::rollout::lease::LeaseLock;
 use nexus_controller::rollout::local::{LocalArgs, LocalController};
 use nexus_controller::rollout::metrics::RolloutMetrics;
 use nexus_controller::rollout::reconcile::{self as rollout, Context as RolloutContext};
+use nexus_controller::routing::evidence::TrustArgs;
+use nexus_controller::routing::kube::KubeRouting;
 use nexus_crds::{Fabric, ModelIdentity};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
@@ -74,8 +76,9 @@ enum Command {
     /// Fabric rollouts without Kubernetes: Fabric manifests from a directory, node agents over
     /// the fleet gRPC endpoint, state as JSON over HTTP.
     Local(Box<LocalArgs>),
-    /// Fabric rollouts against the cluster: NexusNode specs, cordon and drain, Fabric status;
-    /// acts only while holding the coordination Lease.
+    /// Fabric rollouts and RoutingDomains against the cluster: NexusNode specs, cordon and
+    /// drain, Fabric status, routing tables served to the agents, RoutingDomain status; acts
+    /// only while holding the coordination Lease.
     Rollout(RolloutArgs),
 }
 
@@ -96,6 +99,10 @@ struct RolloutArgs {
     /// A node whose agent has not reported for this long counts as unavailable, in seconds.
     #[arg(long, default_value_t = 30)]
     heartbeat_timeout_secs: u64,
+    /// RoutingDomains: the trust anchors MICs must chain to and the CA's CRL feed (the same
+    /// flags as local mode). Without `--trust-anchors` no endpoint is admitted.
+    #[command(flatten)]
+    routing: TrustArgs,
 }
 
 #[tokio::main]
@@ -292,6 +299,11 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
     );
     info!(lease = %args.lease_name, namespace = %args.namespace, %identity, "rollout controller starting");
     let lease = tokio::spawn(rollout::hold_lease(lock, leader.clone()));
+    // RoutingDomains: every replica compiles and serves the tables, the Lease holder writes.
+    let routing = KubeRouting::new(client.clone(), args.routing.clone(), leader.clone())
+        .context("the RoutingDomain controller")?;
+    let routing_tables = routing.tables();
+    let routing_task = tokio::spawn(routing.run(shutdown_signal()));
     let heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);
     let namespace = args.namespace.clone();
     let ctx_client = client.clone();
@@ -304,7 +316,8 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
             ctx.leader = leader;
             let ctx = Arc::new(ctx);
             // /metrics, health, and verified bundles for the node agents.
-            let extra = rollout::bundle_router(ctx.clone());
+            let extra = rollout::bundle_router(ctx.clone())
+                .merge(nexus_controller::routing::kube::router(routing_tables));
             tokio::spawn(async move {
                 if let Err(e) = serve_http_with(registry, http_listen, extra).await {
                     warn!(error = %e, "HTTP endpoint failed");
@@ -315,6 +328,7 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
         shutdown_signal(),
     )
     .await;
+    routing_task.abort();
     lease.abort();
     info!("rollout controller stopped");
     Ok(())

@@ -116,6 +116,29 @@ async fn register(
 
 use futures::StreamExt as _;
 
+/// The local controller with its fleet endpoint over mutual TLS: `server`'s certificate, node
+/// certificates chaining to its root, revocations from the CRL file `crl`.
+async fn fleet_controller(dir: &Path, server: &Files, crl: &Path) -> LocalController {
+    std::fs::create_dir_all(dir.join("manifests")).unwrap();
+    LocalController::start(LocalArgs {
+        manifests: dir.join("manifests"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        status_listen: "127.0.0.1:0".parse().unwrap(),
+        heartbeat_timeout: Duration::from_secs(5),
+        start_grace: Duration::from_millis(100),
+        rescan: Duration::from_secs(1),
+        routing: Default::default(),
+        tls: FleetTlsArgs {
+            tls_cert: Some(server.cert.clone()),
+            tls_key: Some(server.key.clone()),
+            tls_client_ca: Some(server.root.clone()),
+            tls_crl: Some(crl.to_owned()),
+        },
+    })
+    .await
+    .unwrap()
+}
+
 #[sqlx::test(migrations = false)]
 async fn nodes_register_over_mutual_tls_under_their_own_name_only(pool: PgPool) {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -164,25 +187,7 @@ async fn nodes_register_over_mutual_tls_under_their_own_name_only(pool: PgPool) 
     .await;
     let crl = dir.path().join("fleet.crl");
     std::fs::write(&crl, ca.ca().crl().await.unwrap().der).unwrap();
-    std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
-
-    let ctl = LocalController::start(LocalArgs {
-        manifests: dir.path().join("manifests"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        status_listen: "127.0.0.1:0".parse().unwrap(),
-        heartbeat_timeout: Duration::from_secs(5),
-        start_grace: Duration::from_millis(100),
-        rescan: Duration::from_secs(1),
-        routing: Default::default(),
-        tls: FleetTlsArgs {
-            tls_cert: Some(server.cert.clone()),
-            tls_key: Some(server.key.clone()),
-            tls_client_ca: Some(server.root.clone()),
-            tls_crl: Some(crl.clone()),
-        },
-    })
-    .await
-    .unwrap();
+    let ctl = fleet_controller(dir.path(), &server, &crl).await;
     let (grpc, root) = (ctl.grpc_addr, server.root.clone());
 
     // Its own name: registered (the controller lists it).
@@ -387,24 +392,7 @@ async fn a_node_joins_with_a_one_time_token_and_rotates_its_certificate_without_
     .await;
     let crl = dir.path().join("fleet.crl");
     std::fs::write(&crl, ca.ca().crl().await.unwrap().der).unwrap();
-    std::fs::create_dir_all(dir.path().join("manifests")).unwrap();
-    let ctl = LocalController::start(LocalArgs {
-        manifests: dir.path().join("manifests"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        status_listen: "127.0.0.1:0".parse().unwrap(),
-        heartbeat_timeout: Duration::from_secs(5),
-        start_grace: Duration::from_millis(100),
-        rescan: Duration::from_secs(1),
-        routing: Default::default(),
-        tls: FleetTlsArgs {
-            tls_cert: Some(server.cert.clone()),
-            tls_key: Some(server.key.clone()),
-            tls_client_ca: Some(server.root.clone()),
-            tls_crl: Some(crl.clone()),
-        },
-    })
-    .await
-    .unwrap();
+    let ctl = fleet_controller(dir.path(), &server, &crl).await;
 
     let token = ca
         .ca()

@@ -7,89 +7,37 @@
 #![allow(clippy::unwrap_used)]
 
 mod real_ca;
+mod routing_common;
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
 use nexus_controller::ca_client::GrpcIssuer;
-use nexus_controller::identity::reconcile::{IssueRequest, Issuer, RevokeReason};
-use nexus_controller::identity::{self as id, IssuedCertificate};
+use nexus_controller::identity::IssuedCertificate;
+use nexus_controller::identity::reconcile::{Issuer, RevokeReason};
+use nexus_controller::routing::evidence::TrustArgs;
 use nexus_controller::routing::local::RoutingArgs;
-use nexus_crds::ModelIdentity;
 use nexus_crds::routing::RoutingDomainStatus;
+use routing_common::{names, programmed, ready, ready_message};
 use serde_json::Value;
 use sqlx::PgPool;
 use support::{FABRIC, Opts, Sim};
 
-fn identity(name: &str) -> ModelIdentity {
-    let text = include_str!("../../deploy/examples/modelidentity.yaml");
-    let mut v: Value = serde_saphyr::from_str(text).unwrap();
-    v["metadata"]["name"] = name.into();
-    v["spec"]["model"]["name"] = name.into();
-    v["spec"]["secretName"] = format!("{name}-mic").into();
-    serde_json::from_value(v).unwrap()
-}
-
 /// Issues `name`'s MIC through the real CA and writes it in the Secret layout under `dir`.
 async fn issue(issuer: &GrpcIssuer, name: &str, dir: &Path) -> IssuedCertificate {
-    let mi = identity(name);
-    let uri = id::model_uri(&mi).unwrap();
-    let attestation = id::attestation(&mi).unwrap();
-    let (validity, _) = id::lifetimes(&mi).unwrap();
-    let key = nexus_mic::generate_model_key(&uri).unwrap();
-    let issued = issuer
-        .issue(IssueRequest {
-            tenant: id::tenant(&mi).unwrap(),
-            model: uri,
-            csr_der: key.csr_der.clone(),
-            attestation_der: attestation.to_der().unwrap(),
-            validity,
-            request_id: format!("routing-test:{name}"),
-        })
-        .await
-        .unwrap();
+    let mi = real_ca::model_identity(name);
+    let (issued, data) = real_ca::issue_mic(issuer, &mi, &format!("routing-test:{name}")).await;
     let d = dir.join(name);
     std::fs::create_dir_all(&d).unwrap();
-    for (file, data) in id::secret_data(&issued, &key.private_key_pem, &attestation).unwrap() {
+    for (file, data) in data {
         std::fs::write(d.join(file), data.0).unwrap();
     }
     issued
 }
 
 fn domain_manifest(endpoints: &[(&str, &str, &str)]) -> String {
-    let mut eps = String::new();
-    for (name, addr, identity) in endpoints {
-        eps.push_str(&format!(
-            r#"    - name: {name}
-      address: {addr}
-      capability:
-        capabilities: [code-generation, chat]
-        modelFamily: llm
-        contextWindow: 131072
-        modalities: [text]
-        latencySlaMs: 180
-      modelIdentityRef:
-        name: {identity}
-"#
-        ));
-    }
-    format!(
-        r#"apiVersion: nexus.dev/v1alpha1
-kind: RoutingDomain
-metadata:
-  name: code
-  namespace: acme
-spec:
-  tenant: acme
-  fabricRef:
-    name: {FABRIC}
-  endpoints:
-{eps}  policy:
-    trust:
-      requiredClaims: ["capability:code-generation", "benchmark:humaneval"]
-"#
-    )
+    routing_common::domain(FABRIC, endpoints).to_string()
 }
 
 async fn status(sim: &Sim) -> Option<RoutingDomainStatus> {
@@ -101,13 +49,6 @@ async fn status(sim: &Sim) -> Option<RoutingDomainStatus> {
         .ok()?;
     let d = v["items"].as_array()?.first()?.clone();
     serde_json::from_value(d.get("status")?.clone()).ok()
-}
-
-fn ready(st: &RoutingDomainStatus) -> Option<(&str, &str)> {
-    st.conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.as_str(), c.reason.as_str()))
 }
 
 async fn wait_status(
@@ -128,14 +69,6 @@ async fn wait_status(
     panic!("timed out waiting for {what}; last status: {last:#?}");
 }
 
-/// The version a node's dataplane runs, read over P4Runtime by a second (non-primary) client.
-async fn programmed(url: &str) -> Option<String> {
-    let mut c = nexus_p4::client::Controller::connect(url.to_owned(), 1, 99)
-        .await
-        .unwrap();
-    c.programmed_version().await.unwrap()
-}
-
 fn setup(dir: &Path, ca: &nexus_ca::RunningServer, ca_pem: &str, p4_nodes: Vec<usize>) -> Opts {
     let anchors = dir.join("anchors.pem");
     std::fs::write(&anchors, ca_pem).unwrap();
@@ -144,9 +77,11 @@ fn setup(dir: &Path, ca: &nexus_ca::RunningServer, ca_pem: &str, p4_nodes: Vec<u
         p4_nodes,
         routing: RoutingArgs {
             identities: Some(dir.join("identities")),
-            trust_anchors: Some(anchors),
-            ca_url: Some(format!("http://{}", ca.http_addr)),
-            ca_tls_ca: None,
+            trust: TrustArgs {
+                trust_anchors: Some(anchors),
+                ca_url: Some(format!("http://{}", ca.http_addr)),
+                ca_tls_ca: None,
+            },
         },
         ..Opts::default()
     }
@@ -176,9 +111,6 @@ async fn endpoints_are_admitted_programmed_on_every_node_and_a_revoked_mic_is_wi
         ready(s) == Some(("True", "Programmed"))
     })
     .await;
-    let names = |v: &[nexus_crds::routing::AdmittedEndpoint]| {
-        v.iter().map(|e| e.name.clone()).collect::<Vec<_>>()
-    };
     assert_eq!(names(&st.admitted), ["coder-a", "coder-b"]);
     assert_eq!(st.rejected.len(), 1, "{st:#?}");
     assert_eq!(st.rejected[0].name, "coder-c");
@@ -241,12 +173,7 @@ async fn a_node_that_cannot_program_the_table_is_reported_and_the_others_run_it(
         ready(s) == Some(("False", "TableRefused")) && s.nodes_programmed == 2
     })
     .await;
-    let msg = &st
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap()
-        .message;
+    let msg = ready_message(&st);
     assert!(
         msg.contains(&support::node_name(2)) && msg.contains("P4Runtime"),
         "{msg}"
@@ -265,7 +192,7 @@ async fn without_trust_anchors_nothing_is_admitted_and_the_status_says_why(pool:
     let dir = tempfile::tempdir().unwrap();
     let a = issue(&issuer, "coder-a", &dir.path().join("identities")).await;
     let mut opts = setup(dir.path(), &ca, &a.ca_pem, vec![0, 1, 2]);
-    opts.routing.trust_anchors = None;
+    opts.routing.trust.trust_anchors = None;
     let sim = Sim::start(opts).await;
     std::fs::write(
         sim.dir.join("manifests/domain.yaml"),

@@ -60,6 +60,20 @@ pub struct NexusNodeSpec {
     /// Set by the rollout controller while the node is cordoned and drained for a flash.
     #[serde(default)]
     pub maintenance: bool,
+    /// The NexRoute tables the node's dataplane should run, written by the RoutingDomain
+    /// controller (kube mode; its own field manager): the agent fetches them by version from
+    /// the controller's `/v1/routing/{version}` and reports what it runs in `status.routing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<NodeRoutingSpec>,
+}
+
+/// The routing tables a node should run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRoutingSpec {
+    /// Table version (`RoutingDomain.status.routingTableVersion`, a content hash).
+    #[schemars(length(min = 1, max = 64))]
+    pub version: String,
 }
 
 /// Firmware the node should run.

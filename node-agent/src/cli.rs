@@ -643,6 +643,21 @@ pub struct KubeArgs {
     /// Fabric's ConfigMaps or URLs. Without it the agent reads the source itself.
     #[arg(long, env = "NEXUS_BUNDLE_SERVER")]
     pub bundle_server: Option<String>,
+    /// The controller's routing tables endpoint, e.g.
+    /// `http://nexus-rollout-controller.nexus-system.svc:7602/v1/routing`: the version
+    /// `spec.routing` names is fetched at `<this>/<version>`. Default: derived from
+    /// `--bundle-server` (`…/v1/bundles` → `…/v1/routing`, the same controller).
+    #[arg(long, env = "NEXUS_ROUTING_SERVER")]
+    pub routing_server: Option<String>,
+    /// The node dataplane's P4Runtime endpoint (e.g. `http://127.0.0.1:9559`): the agent
+    /// becomes its primary controller, loads the NexRoute pipeline and programs the tables
+    /// `spec.routing` names, reporting them in `status.routing`. Without it those tables are
+    /// refused with that reason.
+    #[arg(long, env = "NEXUS_P4RUNTIME")]
+    pub p4runtime: Option<String>,
+    /// The dataplane's P4Runtime device id.
+    #[arg(long, default_value_t = 1)]
+    pub p4_device_id: u64,
     /// Supervise the node's dataplane: path of `nexus-dataplane`, started with the NexusNode's
     /// `spec.dataplane` (UDP port, MTU), restarted with backoff when it exits and when the
     /// configuration changes, reported in `status.dataplane`. It inherits this process's
@@ -681,6 +696,16 @@ fn run_kube(sim_dir: PathBuf, k: KubeArgs) -> anyhow::Result<()> {
         let mut agent =
             crate::kube_mode::KubeAgent::new(client, k.node_name.clone(), sim_dir, trust);
         agent.default_namespace = k.config_map_namespace;
+        let routing_server = k.routing_server.clone().or_else(|| {
+            k.bundle_server
+                .as_deref()
+                .and_then(crate::kube_mode::routing_server_from_bundles)
+        });
+        let target = k.p4runtime.clone().map(|ep| {
+            std::sync::Arc::new(crate::routing::P4RuntimeTables::new(ep, k.p4_device_id))
+                as std::sync::Arc<dyn nexus_fleet_agent::RoutingTarget>
+        });
+        agent = agent.with_routing(routing_server, target);
         agent.bundle_server = k.bundle_server;
         agent.heartbeat = k.heartbeat;
         if let Some(bin) = &k.dataplane_bin {

@@ -13,6 +13,7 @@
 //!   heartbeat goes on (a long flash must not look like a dead agent).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -20,9 +21,11 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use nexus_artifact::{Fetcher, Source};
 use nexus_crds::common::{Condition, Time};
-use nexus_crds::node::{FlashOutcome as CrdOutcome, FlashResult, NicStatus, condition};
+use nexus_crds::node::{
+    FlashOutcome as CrdOutcome, FlashResult, NicStatus, NodeRoutingStatus, condition,
+};
 use nexus_crds::{NexusNode, NexusNodeSpec, NexusNodeStatus};
-use nexus_fleet_agent::FlashTarget;
+use nexus_fleet_agent::{FlashTarget, RoutingTarget};
 use nexus_fleet_api::v1 as pb;
 use sha2::{Digest, Sha256};
 
@@ -68,6 +71,9 @@ pub struct Memory {
     pub applied_version: Option<i64>,
     /// The most recent flash.
     pub last_flash: Option<FlashResult>,
+    /// The routing tables programmed (or refused) last. Not restored from the status after a
+    /// restart: the agent programs `spec.routing` again (an idempotent diff on the device).
+    pub routing: Option<NodeRoutingStatus>,
 }
 
 fn inactive_holds(nic: &NicStatus, version: &str) -> bool {
@@ -77,6 +83,38 @@ fn inactive_holds(nic: &NicStatus, version: &str) -> bool {
     nic.banks
         .iter()
         .any(|b| b.bank != active && b.bootable && b.version.as_deref() == Some(version))
+}
+
+/// The routing table version to fetch and program, if any: `spec.routing` when the agent has
+/// neither programmed nor refused that version (a refused version is not tried again until the
+/// spec names another one; the dataplane keeps its tables meanwhile).
+pub fn routing_to_program(spec: &NexusNodeSpec, memory: &Memory) -> Option<String> {
+    let want = &spec.routing.as_ref()?.version;
+    let done = memory.routing.as_ref().is_some_and(|r| {
+        r.programmed_version.as_ref() == Some(want) || r.refused_version.as_ref() == Some(want)
+    });
+    (!done).then(|| want.clone())
+}
+
+/// `memory` after programming `version` succeeded (`Ok`) or was refused (`Err(why)`).
+pub fn routing_outcome(
+    memory: Option<&NodeRoutingStatus>,
+    version: &str,
+    result: Result<(), String>,
+) -> NodeRoutingStatus {
+    let programmed = memory.and_then(|r| r.programmed_version.clone());
+    match result {
+        Ok(()) => NodeRoutingStatus {
+            programmed_version: Some(version.to_owned()),
+            refused_version: None,
+            refused_reason: None,
+        },
+        Err(why) => NodeRoutingStatus {
+            programmed_version: programmed,
+            refused_version: Some(version.to_owned()),
+            refused_reason: Some(truncate(why, 1024)),
+        },
+    }
 }
 
 /// The NICs the spec manages: those it names, or all when it names none (a controller that
@@ -242,9 +280,7 @@ pub fn node_status(
         agent_version: Some(agent_version().to_string()),
         heartbeat: Some(t),
         conditions: vec![ready, firmware_current],
-        // Routing tables reach agents over the fleet protocol only (local and bare-metal
-        // mode); kube mode has no routing push yet.
-        routing: None,
+        routing: memory.routing.clone(),
         dataplane: None,
     }
 }
@@ -273,6 +309,57 @@ pub(crate) fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// The routing side of a kube-mode agent: the controller's tables endpoint and the dataplane.
+#[derive(Clone)]
+struct RoutingSetup {
+    /// `http://…/v1/routing`: tables are fetched at `<server>/<version>`.
+    server: Option<String>,
+    /// The dataplane (`P4RuntimeTables` with `--p4runtime`); `None`: tables are refused.
+    target: Option<Arc<dyn RoutingTarget>>,
+    http: reqwest::Client,
+}
+
+/// The routing tables endpoint derived from the bundle endpoint (`…/v1/bundles` →
+/// `…/v1/routing`), when it has that shape.
+pub fn routing_server_from_bundles(bundle_server: &str) -> Option<String> {
+    bundle_server
+        .trim_end_matches('/')
+        .strip_suffix("/v1/bundles")
+        .map(|base| format!("{base}/v1/routing"))
+}
+
+/// Fetches `version` from `server` (the controller's `/v1/routing`) and checks it is that
+/// version. `Err((refuse, why))`: `refuse` is false for a transient failure (tried again).
+async fn fetch_tables(
+    http: &reqwest::Client,
+    server: &str,
+    version: &str,
+) -> Result<pb::RoutingTables, (bool, String)> {
+    use prost::Message as _;
+    let url = format!("{}/{version}", server.trim_end_matches('/'));
+    let r = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| (false, format!("fetching {url}: {e}")))?;
+    if !r.status().is_success() {
+        return Err((false, format!("{url} answered {}", r.status())));
+    }
+    let bytes = r
+        .bytes()
+        .await
+        .map_err(|e| (false, format!("reading {url}: {e}")))?;
+    let tables = pb::RoutingTables::decode(bytes.as_ref())
+        .map_err(|e| (true, format!("the tables at {url} do not decode: {e}")))?;
+    if tables.version != version {
+        return Err((
+            true,
+            format!("{url} served version {} instead", tables.version),
+        ));
+    }
+    Ok(tables)
+}
+
 /// The kube-mode agent over simulated NICs.
 pub struct KubeAgent {
     client: kube::Client,
@@ -285,6 +372,8 @@ pub struct KubeAgent {
     /// fetched from it by digest (the controller verified them), so the agent needs no access
     /// to the ConfigMaps or URLs the Fabric names.
     pub bundle_server: Option<String>,
+    /// Where the node's routing tables come from and go to ([`KubeAgent::with_routing`]).
+    routing: Option<RoutingSetup>,
     /// How often status is published while something runs.
     pub heartbeat: Duration,
     fetcher: Fetcher,
@@ -322,6 +411,7 @@ impl KubeAgent {
             sim_dir,
             default_namespace: "nexus-system".into(),
             bundle_server: None,
+            routing: None,
             heartbeat: Duration::from_secs(10),
             memory: Memory::default(),
             restored: false,
@@ -335,6 +425,67 @@ impl KubeAgent {
     pub fn with_dataplane(mut self, launch: crate::supervise::Launch) -> Self {
         self.supervisor = Some(crate::supervise::Supervisor::spawn(launch));
         self
+    }
+
+    /// Programs the NexusNode's `spec.routing` into `target` (the dataplane over P4Runtime),
+    /// fetching each version from `server` (the controller's `…/v1/routing`). Without a server
+    /// or a target, a version the spec names is refused with that reason.
+    pub fn with_routing(
+        mut self,
+        server: Option<String>,
+        target: Option<Arc<dyn RoutingTarget>>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        self.routing = Some(RoutingSetup {
+            server,
+            target,
+            http,
+        });
+        self
+    }
+
+    /// Fetches and programs `spec.routing` when it names a version not handled yet.
+    async fn program_routing(&mut self, spec: &NexusNodeSpec) {
+        let Some(version) = routing_to_program(spec, &self.memory) else {
+            return;
+        };
+        let result = match &self.routing {
+            None => Err("this agent programs no routing tables (no --p4runtime)".to_owned()),
+            Some(RoutingSetup { target: None, .. }) => Err(
+                "no P4Runtime endpoint (--p4runtime): the dataplane cannot be programmed"
+                    .to_owned(),
+            ),
+            Some(RoutingSetup { server: None, .. }) => {
+                Err("no routing tables endpoint (--routing-server)".to_owned())
+            }
+            Some(RoutingSetup {
+                server: Some(server),
+                target: Some(target),
+                http,
+            }) => match fetch_tables(http, server, &version).await {
+                Err((false, why)) => {
+                    // Transient: nothing recorded, tried again on the next round.
+                    tracing::warn!(%version, error = %why, "cannot fetch routing tables");
+                    return;
+                }
+                Err((true, why)) => Err(why),
+                Ok(tables) => target.program(&tables).await,
+            },
+        };
+        match &result {
+            Ok(()) => tracing::info!(%version, node = %self.node, "routing tables programmed"),
+            Err(why) => {
+                tracing::warn!(%version, node = %self.node, reason = %why, "routing tables refused")
+            }
+        }
+        self.memory.routing = Some(routing_outcome(
+            self.memory.routing.as_ref(),
+            &version,
+            result,
+        ));
     }
 
     /// Stops the supervised dataplane (SIGTERM, then SIGKILL after its grace).
@@ -500,6 +651,7 @@ impl KubeAgent {
             }
         }
         let spec = &node.spec;
+        self.program_routing(spec).await;
         let action = decide(spec, &self.nics(), &self.memory, &self.default_namespace);
         let mut conditions = previous.conditions.clone();
         let first_stage = match &action {
@@ -831,6 +983,7 @@ mod tests {
         let m = Memory {
             applied_version: Some(2),
             last_flash: Some(flash("1.1.0", CrdOutcome::Interrupted)),
+            ..Default::default()
         };
         assert!(matches!(
             decide(
@@ -885,6 +1038,7 @@ mod tests {
         let m = Memory {
             applied_version: Some(2),
             last_flash: Some(flash("1.1.0", CrdOutcome::Refused)),
+            ..Default::default()
         };
         assert_eq!(
             decide(
@@ -926,6 +1080,7 @@ mod tests {
         let m = Memory {
             applied_version: Some(5),
             last_flash: Some(flash("1.1.0", CrdOutcome::Refused)),
+            ..Default::default()
         };
         let s2 = node_status(
             &spec(Some("1.1.0"), 5),
@@ -961,5 +1116,45 @@ mod tests {
             now,
         );
         assert_eq!(none.conditions[0].reason, "NoNics");
+    }
+
+    #[test]
+    fn routing_is_programmed_once_per_version_and_a_refusal_keeps_the_old_one() {
+        let mut spec = spec(None, 1);
+        let mut m = Memory::default();
+        assert_eq!(routing_to_program(&spec, &m), None, "no spec.routing");
+        spec.routing = Some(nexus_crds::node::NodeRoutingSpec {
+            version: "v1".into(),
+        });
+        assert_eq!(routing_to_program(&spec, &m).as_deref(), Some("v1"));
+        m.routing = Some(routing_outcome(None, "v1", Ok(())));
+        assert_eq!(routing_to_program(&spec, &m), None, "v1 runs");
+        spec.routing = Some(nexus_crds::node::NodeRoutingSpec {
+            version: "v2".into(),
+        });
+        assert_eq!(routing_to_program(&spec, &m).as_deref(), Some("v2"));
+        let refused = routing_outcome(m.routing.as_ref(), "v2", Err("no".into()));
+        assert_eq!(refused.programmed_version.as_deref(), Some("v1"));
+        assert_eq!(refused.refused_version.as_deref(), Some("v2"));
+        assert_eq!(refused.refused_reason.as_deref(), Some("no"));
+        m.routing = Some(refused);
+        assert_eq!(routing_to_program(&spec, &m), None, "v2 is not tried again");
+        let st = node_status(&spec, vec![], &m, &[], None, Utc::now());
+        assert_eq!(st.routing, m.routing);
+        spec.routing = Some(nexus_crds::node::NodeRoutingSpec {
+            version: "v3".into(),
+        });
+        let ok = routing_outcome(m.routing.as_ref(), "v3", Ok(()));
+        assert_eq!(ok.programmed_version.as_deref(), Some("v3"));
+        assert_eq!(ok.refused_version, None);
+    }
+
+    #[test]
+    fn the_routing_endpoint_is_derived_from_the_bundle_endpoint() {
+        assert_eq!(
+            routing_server_from_bundles("http://c:7602/v1/bundles/").as_deref(),
+            Some("http://c:7602/v1/routing")
+        );
+        assert_eq!(routing_server_from_bundles("http://c:7602/elsewhere"), None);
     }
 }

@@ -22,6 +22,8 @@ pub fn owner(fabric: &Fabric) -> Option<OwnerReference> {
 }
 
 /// Server-side applies `spec` (and the owner) to NexusNode `name` — the controller's half.
+/// `spec.routing` is left out: the RoutingDomain controller owns it under its own field
+/// manager, and applying a (possibly stale) copy of it here would take it over.
 pub async fn apply_node_spec(
     client: &kube::Client,
     name: &str,
@@ -29,6 +31,10 @@ pub async fn apply_node_spec(
     owner: Option<&OwnerReference>,
 ) -> Result<(), Error> {
     let api: Api<NexusNode> = Api::all(client.clone());
+    let spec = NexusNodeSpec {
+        routing: None,
+        ..spec.clone()
+    };
     let mut metadata = serde_json::json!({ "name": name });
     if let Some(o) = owner {
         metadata["ownerReferences"] = serde_json::json!([o]);
@@ -48,6 +54,22 @@ pub async fn apply_node_spec(
     Ok(())
 }
 
+/// The body of a server-side apply of one top-level `section` (`spec`, `status`) of the
+/// object `name` of kind `K`: only the fields the caller owns.
+pub fn apply_body<K: Resource<DynamicType = ()>>(
+    name: &str,
+    section: &str,
+    value: impl serde::Serialize,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": { "name": name },
+    });
+    body[section] = serde_json::to_value(value).unwrap_or_default();
+    body
+}
+
 /// Server-side applies a Fabric's status.
 pub async fn apply_fabric_status(
     client: &kube::Client,
@@ -55,12 +77,7 @@ pub async fn apply_fabric_status(
     status: &FabricStatus,
 ) -> Result<(), Error> {
     let api: Api<Fabric> = Api::all(client.clone());
-    let body = serde_json::json!({
-        "apiVersion": "nexus.dev/v1alpha1",
-        "kind": "Fabric",
-        "metadata": { "name": name },
-        "status": status,
-    });
+    let body = apply_body::<Fabric>(name, "status", status);
     api.patch_status(
         name,
         &PatchParams::apply(MANAGER).force(),

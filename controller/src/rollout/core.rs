@@ -198,6 +198,7 @@ fn joining_spec(fabric_name: &str) -> NexusNodeSpec {
         pipeline: None,
         dataplane: Default::default(),
         maintenance: false,
+        routing: None,
     }
 }
 

@@ -235,6 +235,7 @@ impl Fleet {
                         pipeline: None,
                         dataplane: Default::default(),
                         maintenance: false,
+                        routing: None,
                     },
                     status: None,
                 },

@@ -5,9 +5,15 @@
 //! was admitted, rejected and programmed.
 //!
 //! - [`core`]: the decisions, pure.
+//! - [`evidence`]: what both drivers admit with — trust anchors, the CA's CRL and Groth16
+//!   verifying key, each endpoint's MIC chain and proofs in the Secret layout.
 //! - [`local`]: local mode (`nexctl up`, bare metal): domains from manifests, MICs from
-//!   Secret-layout directories, CRL and Groth16 verifying key from the CA's REST API, tables
-//!   pushed over the fleet protocol.
+//!   Secret-layout directories, tables pushed over the fleet protocol.
+//! - [`kube`]: kube mode (`nexus-controller rollout`): domains, NexusNodes and ModelIdentity
+//!   Secrets from the API, each node told its table version in `NexusNode.spec.routing`, tables
+//!   served at `/v1/routing/{version}`, status through the status subresource.
 
 pub mod core;
+pub mod evidence;
+pub mod kube;
 pub mod local;

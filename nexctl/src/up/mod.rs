@@ -234,9 +234,11 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             rescan: Duration::from_secs(2),
             routing: nexus_controller::routing::local::RoutingArgs {
                 identities: Some(data.join("mics")),
-                trust_anchors: Some(data.join("mics").join(demo::DEMO_MODEL).join("ca.crt")),
-                ca_url: Some(format!("http://{}", ca.http_addr)),
-                ca_tls_ca: None,
+                trust: nexus_controller::routing::evidence::TrustArgs {
+                    trust_anchors: Some(data.join("mics").join(demo::DEMO_MODEL).join("ca.crt")),
+                    ca_url: Some(format!("http://{}", ca.http_addr)),
+                    ca_tls_ca: None,
+                },
             },
             tls: Default::default(),
         },

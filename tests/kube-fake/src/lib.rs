@@ -12,7 +12,8 @@
 //! - **your own writes come back as watch events** (and a no-op write does not), so a controller
 //!   that writes status on every reconcile hot-loops here as it would on a cluster;
 //! - optimistic concurrency (**409** on a stale `resourceVersion`), server-side apply with field
-//!   managers (409 conflicts unless forced, fields a manager stops applying are removed), and
+//!   managers (409 conflicts unless forced, fields a manager stops applying are removed; tracked
+//!   per top-level field and per field of `spec`), and
 //!   writes without a field manager recorded as `unknown`;
 //! - deletion with **finalizers** (deletionTimestamp and a new generation; gone when the last
 //!   finalizer is removed) and **garbage collection** of dependents through `ownerReferences`;

@@ -164,6 +164,13 @@ pub(crate) fn sections(obj: &Value) -> BTreeMap<String, Value> {
                     }
                 }
             }
+            // Each field of `spec` is its own section, so two writers can share a spec (the
+            // rollout writes a NexusNode's firmware, the routing controller its `routing`).
+            "spec" if v.as_object().is_some_and(|m| !m.is_empty()) => {
+                for (sk, sv) in v.as_object().into_iter().flatten() {
+                    out.insert(format!("spec.{sk}"), sv.clone());
+                }
+            }
             _ => {
                 out.insert(k.clone(), v.clone());
             }
@@ -202,6 +209,20 @@ fn set_section(obj: &mut Value, section: &str, value: Option<Value>) {
                 }
                 None => {
                     meta.remove(rest);
+                }
+            }
+        }
+    } else if let Some(field) = section.strip_prefix("spec.") {
+        let spec = map
+            .entry("spec")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Some(spec) = spec.as_object_mut() {
+            match value {
+                Some(v) => {
+                    spec.insert(field.to_owned(), v);
+                }
+                None => {
+                    spec.remove(field);
                 }
             }
         }

@@ -150,7 +150,7 @@ async fn stale_resource_version_is_a_conflict_and_apply_conflicts_unless_forced(
     .unwrap();
     assert!(
         fake.owners("NexusNode", None, "n1")
-            .contains(&("spec".into(), "b".into()))
+            .contains(&("spec.fabric".into(), "b".into()))
     );
     // A merge patch without a field manager is recorded as "unknown".
     api.patch(
