@@ -1674,6 +1674,8 @@ fn expected_flows(overlay: &str) -> BTreeSet<String> {
         "nexus-agent -> nexus-rollout-controller:7602/TCP",
         "nexus-ca -> nexus-cloud:8080/TCP",
         "nexus-rollout-controller -> nexus-cloud:8080/TCP",
+        // The RoutingDomain controller (in the rollout controller): the CRL and ZK key.
+        "nexus-rollout-controller -> nexus-ca:9080/TCP",
         "outside -> nexus-cloud:8080/TCP",
         "other-pod -> nexus-cloud:8080/TCP",
         "monitoring -> nexus-cloud:8080/TCP",
