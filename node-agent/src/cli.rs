@@ -134,21 +134,7 @@ pub struct VerifyArgs {
 }
 
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(crate::fsutil::write_atomic_as(path, bytes, private)?)
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

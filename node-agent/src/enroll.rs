@@ -76,30 +76,13 @@ pub fn read_validity(path: &Path) -> anyhow::Result<Validity> {
     })
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename; `private` files are 0600
-/// from the start.
+/// Writes `bytes` to `path` crash-safely (`fsutil::write_atomic_as`), creating its directory;
+/// `private` files are 0600 from the start.
 fn write_file(path: &Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
-    use std::io::Write;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut f = opts
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
-    Ok(())
+    Ok(crate::fsutil::write_atomic_as(path, bytes, private)?)
 }
 
 impl Enrollment {
