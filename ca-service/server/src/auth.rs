@@ -39,10 +39,7 @@ impl TokenCheck {
             return false;
         };
         let d: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        d.iter()
-            .zip(self.digest.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        crate::policy::digests_equal(&d, &self.digest)
     }
 }
 

@@ -167,6 +167,22 @@ pub fn parse_serial(s: &str) -> Result<String, Error> {
 }
 
 /// Tenant names in requests: [`nexus_ca_api::validate::check_tenant`].
+/// An RFC 1123 DNS label: `[a-z0-9-]`, 1–63 characters, no leading or trailing `-` (roles,
+/// Kubernetes object names, each label of a node name).
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Compares two secrets' digests in time that does not depend on where they differ.
+pub fn digests_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn check_tenant_name(tenant: &str) -> Result<(), Error> {
     nexus_ca_api::validate::check_tenant(tenant).map_err(Error::from)
 }

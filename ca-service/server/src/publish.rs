@@ -50,20 +50,11 @@ pub struct RootTarget {
     pub name: String,
 }
 
-fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
 fn object_ref(s: &str) -> Result<(String, String), String> {
     let (ns, name) = s
         .split_once('/')
         .ok_or_else(|| format!("`{s}`: expected NAMESPACE/NAME"))?;
-    if !dns_label(ns) || !dns_label(name) {
+    if !crate::policy::is_dns_label(ns) || !crate::policy::is_dns_label(name) {
         return Err(format!("`{s}`: namespace and name must be DNS labels"));
     }
     Ok((ns.to_owned(), name.to_owned()))
@@ -76,7 +67,7 @@ impl FromStr for ClientCertTarget {
             .split_once('=')
             .ok_or_else(|| format!("`{s}`: expected NAMESPACE/SECRET=ROLE"))?;
         let (namespace, secret) = object_ref(obj)?;
-        if !dns_label(role) {
+        if !crate::policy::is_dns_label(role) {
             return Err(format!("`{s}`: the role must be a DNS label"));
         }
         Ok(Self {

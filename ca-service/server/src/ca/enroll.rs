@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::{Ca, ts, unix_now};
-use crate::Error;
+use crate::{Error, policy};
 
 /// The role node certificates carry.
 pub const NODE_ROLE: &str = "node";
@@ -108,15 +108,7 @@ pub fn parse_token(token: &str) -> Option<(&str, &str)> {
 /// A node name as Kubernetes accepts one (an RFC 1123 subdomain), which is also what the
 /// controller registers nodes under.
 pub fn check_node_name(name: &str) -> Result<(), Error> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok) {
+    if !name.is_empty() && name.len() <= 253 && name.split('.').all(policy::is_dns_label) {
         Ok(())
     } else {
         Err(Error::InvalidArgument {
@@ -128,10 +120,6 @@ pub fn check_node_name(name: &str) -> Result<(), Error> {
 
 fn digest(bytes: &[u8]) -> Vec<u8> {
     Sha256::digest(bytes).to_vec()
-}
-
-fn same_digest(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Ca {
@@ -271,7 +259,7 @@ impl Ca {
             return refuse("unknown token");
         };
         let stored: Vec<u8> = row.try_get("secret_sha256")?;
-        if !same_digest(&stored, &digest(secret.as_bytes())) {
+        if !policy::digests_equal(&stored, &digest(secret.as_bytes())) {
             return refuse("wrong secret");
         }
         let bound: Option<String> = row.try_get("node_name")?;

@@ -57,14 +57,7 @@ impl std::fmt::Debug for ServiceCert {
 }
 
 fn check_role(role: &str) -> Result<(), Error> {
-    let ok = !role.is_empty()
-        && role.len() <= 63
-        && role
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !role.starts_with('-')
-        && !role.ends_with('-');
-    if ok {
+    if policy::is_dns_label(role) {
         Ok(())
     } else {
         Err(Error::InvalidArgument {
