@@ -252,6 +252,8 @@ describe("the tenant console", () => {
     expect(preview.body.total).toBe("210.000000");
     await until("running-total", `${preview.body.total} ${preview.body.currency}`);
     await until("mics-issued", "1");
+    // The rollouts panel loads on its own request: wait for it, as for the panels above.
+    await page.getByText("7/20 updated").first().waitFor({ timeout: 15_000 });
     expect(await text()).toContain("7/20 updated");
     await page.locator(".recharts-bar-rectangle").first().waitFor();
     await shot("overview");
