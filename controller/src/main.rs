@@ -275,6 +275,9 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
         .unwrap_or_else(|| format!("nexus-controller-{}", std::process::id()));
     let mut registry = Registry::default();
     let metrics = Arc::new(RolloutMetrics::new(&mut registry));
+    let routing_metrics = Arc::new(nexus_controller::metrics::RoutingMetrics::new(
+        &mut registry,
+    ));
     let registry = Arc::new(registry);
 
     let fabrics: Api<Fabric> = Api::all(client.clone());
@@ -301,7 +304,8 @@ async fn run_rollout(args: RolloutArgs, http_listen: SocketAddr) -> anyhow::Resu
     let lease = tokio::spawn(rollout::hold_lease(lock, leader.clone()));
     // RoutingDomains: every replica compiles and serves the tables, the Lease holder writes.
     let routing = KubeRouting::new(client.clone(), args.routing.clone(), leader.clone())
-        .context("the RoutingDomain controller")?;
+        .context("the RoutingDomain controller")?
+        .with_metrics(routing_metrics);
     let routing_tables = routing.tables();
     let routing_task = tokio::spawn(routing.run(shutdown_signal()));
     let heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);

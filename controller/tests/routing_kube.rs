@@ -22,12 +22,14 @@ use nexus_agent::sim::SimNic;
 use nexus_controller::ca_client::GrpcIssuer;
 use nexus_controller::identity::IssuedCertificate;
 use nexus_controller::identity::reconcile::{Issuer, RevokeReason};
+use nexus_controller::metrics::RoutingMetrics;
 use nexus_controller::routing::evidence::TrustArgs;
 use nexus_controller::routing::kube::{KubeRouting, MANAGER, PassOutcome, router};
 use nexus_crds::NexusNode;
 use nexus_crds::routing::{RoutingDomain, RoutingDomainStatus};
 use nexus_fleet_api::v1 as pb;
 use nexus_kube_fake::FakeApiServer;
+use prometheus_client::registry::Registry;
 use prost::Message;
 use routing_common::{cond, names, programmed, ready, ready_message};
 use serde_json::{Value, json};
@@ -64,6 +66,8 @@ fn domain(endpoints: &[(&str, &str, &str)]) -> Value {
 struct World {
     fake: FakeApiServer,
     routing: KubeRouting,
+    /// What the controller counts on its `/metrics`.
+    metrics: Arc<RoutingMetrics>,
     /// `http://…` of the controller's HTTP endpoint serving `/v1/routing/{version}`.
     http: String,
     /// Per node: its dataplane's P4Runtime URL, if it has one.
@@ -94,8 +98,10 @@ impl World {
             ca_url: Some(format!("http://{}", ca.http_addr)),
             ca_tls_ca: None,
         };
-        let routing =
-            KubeRouting::new(fake.client(), trust, Arc::new(AtomicBool::new(true))).unwrap();
+        let metrics = Arc::new(RoutingMetrics::new(&mut Registry::default()));
+        let routing = KubeRouting::new(fake.client(), trust, Arc::new(AtomicBool::new(true)))
+            .unwrap()
+            .with_metrics(Arc::clone(&metrics));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = format!("http://{}", listener.local_addr().unwrap());
         let app = router(routing.tables());
@@ -106,6 +112,7 @@ impl World {
         let mut w = Self {
             fake,
             routing,
+            metrics,
             http,
             p4: Vec::new(),
             stop: Vec::new(),
@@ -304,6 +311,14 @@ async fn endpoints_are_admitted_served_programmed_and_withdrawn_when_revoked_or_
     assert_eq!(names(&st.admitted), ["coder-a", "coder-b"], "{st:#?}");
     let v2 = st.routing_table_version.clone().unwrap();
     assert_ne!(v2, v1);
+    // The controller's metrics say the same as the status.
+    let key = format!("{NS}/code");
+    assert_eq!(w.metrics.endpoint_count(&key, "admitted"), 2);
+    assert_eq!(
+        w.metrics.endpoint_count(&key, "rejected"),
+        i64::try_from(st.rejected.len()).unwrap()
+    );
+    assert!(w.metrics.writes.get() > 0);
     assert_eq!(out.versions.get(FABRIC), Some(&v2));
     assert_eq!(w.node_versions(), [Some(v2.clone()), Some(v2.clone())]);
     let st = w
@@ -335,6 +350,8 @@ async fn endpoints_are_admitted_served_programmed_and_withdrawn_when_revoked_or_
     assert_eq!(revoked.reason, "Revoked", "{revoked:?}");
     let v3 = st.routing_table_version.unwrap();
     assert_ne!(v3, v2);
+    assert_eq!(w.metrics.endpoint_count(&key, "admitted"), 1);
+    assert_eq!(w.metrics.tables_kept.get(), 1);
     for url in w.p4.iter().flatten() {
         assert_eq!(programmed(url).await.as_deref(), Some(v3.as_str()));
     }

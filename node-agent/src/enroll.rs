@@ -43,10 +43,10 @@ pub struct Validity {
     pub not_after: i64,
 }
 
-/// When to renew a certificate: after two thirds of its life, as kubelet does it (roughly),
-/// leaving a third for retries while the CA is unreachable.
+/// When to renew a certificate: [`nexus_tls::renew_at`], the rule every rotated Nexus
+/// certificate follows (after two thirds of its life).
 pub fn renew_at(v: Validity) -> i64 {
-    v.not_before + (v.not_after - v.not_before).max(0) * 2 / 3
+    nexus_tls::renew_at(v.not_before, v.not_after)
 }
 
 /// How long to wait before retrying a failed renewal: a tenth of what is left, between one

@@ -15,6 +15,8 @@
 //!   that tonic (`serve_with_incoming`, via [`TlsListener::into_stream`]) and axum
 //!   (`axum::serve`, as a `Listener`) both take; each connection carries a [`TlsConnInfo`]
 //!   with the peer identity for authorisation.
+//! * [`renew_at`] / [`renewal_due`]: the one rotation rule (after two thirds of a
+//!   certificate's life) for every certificate Nexus renews.
 //! * [`GrpcConnector`]: the client side for tonic channels
 //!   (`Endpoint::connect_with_connector`); [`grpc_channel`] builds the whole channel from a
 //!   URL and [`ClientTlsFiles`], the one way callers dial the CA.
@@ -27,6 +29,7 @@ mod conn;
 mod identity;
 mod pem;
 mod reload;
+mod renewal;
 
 use std::sync::Arc;
 
@@ -35,6 +38,7 @@ pub use conn::{GrpcConnector, TlsConn, TlsConnInfo, TlsListener};
 pub use identity::{PeerIdentity, ROLE_URI_PREFIX, role_uri};
 pub use pem::{read_certs, read_crls, read_key};
 pub use reload::{ClientVerifier, ReloadingCertificate};
+pub use renewal::{renew_at, renewal_due};
 pub use rustls;
 pub use rustls_pki_types as pki_types;
 

@@ -146,7 +146,7 @@ pub fn decide(
         cert.validity().not_before.timestamp(),
         cert.validity().not_after.timestamp(),
     );
-    if now >= nb + (na - nb).max(0) * 2 / 3 {
+    if nexus_tls::renewal_due(nb, na, now) {
         return Decision::Issue("past two thirds of its life");
     }
     Decision::Keep {

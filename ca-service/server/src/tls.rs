@@ -129,8 +129,9 @@ pub async fn bootstrap(ca: &Arc<Ca>, opts: &TlsOptions) -> Result<ServingTls, Er
         tokio::spawn(async move {
             let mut not_after = cert.not_after;
             loop {
-                let life = opts.server_validity.as_secs() as i64;
-                let renew_at = not_after - life / 3;
+                // Issued valid from `not_after - life` (see `server_params`).
+                let life = i64::try_from(opts.server_validity.as_secs()).unwrap_or(i64::MAX);
+                let renew_at = nexus_tls::renew_at(not_after.saturating_sub(life), not_after);
                 let now = crate::ca::unix_now();
                 let wait = u64::try_from(renew_at - now).unwrap_or(0).max(1);
                 tokio::time::sleep(Duration::from_secs(wait)).await;

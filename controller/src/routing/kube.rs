@@ -37,6 +37,7 @@ use tracing::{info, instrument, warn};
 use super::core::{Domain, NodeRouting, plan_fabric};
 use super::evidence::{Admitter, CaFeed, Loaded, TrustArgs, to_pb};
 use crate::Error;
+use crate::metrics::RoutingMetrics;
 use crate::rollout::apply::apply_body;
 
 /// Field manager of the RoutingDomain controller's writes (NexusNode `spec.routing`,
@@ -76,6 +77,7 @@ pub struct KubeRouting {
     schema: Schema,
     tables: Tables,
     leader: Arc<AtomicBool>,
+    metrics: Arc<RoutingMetrics>,
 }
 
 impl std::fmt::Debug for KubeRouting {
@@ -109,7 +111,14 @@ impl KubeRouting {
             schema,
             tables: Tables::default(),
             leader,
+            metrics: Arc::new(RoutingMetrics::unregistered()),
         })
+    }
+
+    /// Counts into `metrics` (registered on the controller's `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<RoutingMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The tables this controller compiled, for [`router`].
@@ -261,6 +270,10 @@ impl KubeRouting {
                 })
                 .collect();
             let plan = plan_fabric(&self.schema, &inputs, &reports, &previous, now);
+            for (domain, st) in &plan.statuses {
+                self.metrics
+                    .set_endpoints(domain, st.admitted_count, st.rejected_count);
+            }
             if let Some(at) = plan.replan_at {
                 out.replan_at = Some(out.replan_at.map_or(at, |r| r.min(at)));
             }
@@ -286,7 +299,10 @@ impl KubeRouting {
                         continue;
                     }
                     match apply_node_routing(&nodes_api, name, &t.version).await {
-                        Ok(()) => out.writes += 1,
+                        Ok(()) => {
+                            out.writes += 1;
+                            self.metrics.writes.inc();
+                        }
                         Err(e) => {
                             warn!(node = name, error = %e, "writing spec.routing failed");
                             first_error.get_or_insert(e);
@@ -309,7 +325,10 @@ impl KubeRouting {
                 }
                 let api: Api<RoutingDomain> = Api::namespaced(self.client.clone(), ns);
                 match apply_domain_status(&api, name, st).await {
-                    Ok(()) => out.writes += 1,
+                    Ok(()) => {
+                        out.writes += 1;
+                        self.metrics.writes.inc();
+                    }
                     Err(e) => {
                         warn!(domain = %key_of(ns, name), error = %e, "writing status failed");
                         first_error.get_or_insert(e);
@@ -318,7 +337,25 @@ impl KubeRouting {
             }
         }
         // Tables no node is told to run and no Fabric plans any more are dropped.
-        self.tables.0.write().await.retain(|v, _| keep.contains(v));
+        let kept = {
+            let mut tables = self.tables.0.write().await;
+            tables.retain(|v, _| keep.contains(v));
+            tables.len()
+        };
+        self.metrics
+            .tables_kept
+            .set(i64::try_from(kept).unwrap_or(i64::MAX));
+        self.metrics.retain_domains(
+            &domains
+                .iter()
+                .filter_map(|d| {
+                    Some(key_of(
+                        d.metadata.namespace.as_deref()?,
+                        d.metadata.name.as_deref()?,
+                    ))
+                })
+                .collect(),
+        );
         match first_error {
             Some(e) => Err(e),
             None => Ok(out),
@@ -330,7 +367,10 @@ impl KubeRouting {
         tokio::pin!(shutdown);
         loop {
             let now = Utc::now();
-            let wait = match self.pass(now).await {
+            let started = std::time::Instant::now();
+            let result = self.pass(now).await;
+            self.metrics.observe_pass(started.elapsed(), result.is_ok());
+            let wait = match result {
                 Ok(o) => o
                     .replan_at
                     .and_then(|at| (at - now).to_std().ok())

@@ -152,6 +152,7 @@ impl Client {
             .await
             .map_err(map_stream_error)?
             .ok_or(ApiError::Ended)?;
+        s.recv.take_end_now();
         c.peer = serde_json::from_slice(&reply)?;
         Ok(c)
     }
@@ -206,10 +207,14 @@ impl Client {
         let mut s = self.open("infer", Meta::op("infer"), idempotent).await?;
         s.send_msg(body).await.map_err(map_stream_error)?;
         s.send.finish().map_err(map_stream_error)?;
-        s.recv_msg()
+        let reply = s
+            .recv_msg()
             .await
             .map_err(map_stream_error)?
-            .ok_or(ApiError::Ended)
+            .ok_or(ApiError::Ended)?;
+        // The server finished with its reply: take the FIN (no STOP_SENDING on drop).
+        s.recv.take_end_now();
+        Ok(reply)
     }
 
     /// Opens a token stream: tokens arrive as the model produces them.
@@ -317,6 +322,9 @@ impl Client {
         s.send_msg(message).await.map_err(map_stream_error)?;
         s.send.finish().map_err(map_stream_error)?;
         let reply = s.recv_msg().await.map_err(map_stream_error)?;
+        if reply.is_some() {
+            s.recv.take_end_now();
+        }
         if expects_reply && reply.is_none() {
             return Err(ApiError::Ended);
         }

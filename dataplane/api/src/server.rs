@@ -311,8 +311,13 @@ async fn handle<M: Model>(
     }
 }
 
+/// The one request message of a unary exchange (hello, infer, JSON-RPC).
 async fn request(stream: &mut OrderedStream) -> Result<Bytes, ApiError> {
-    stream.recv_msg().await?.ok_or(ApiError::Ended)
+    let req = stream.recv_msg().await?.ok_or(ApiError::Ended)?;
+    // The caller finished its side with the request: take the FIN now, so that dropping
+    // the stream later does not send a spurious STOP_SENDING.
+    stream.recv.take_end_now();
+    Ok(req)
 }
 
 async fn hello<M: Model>(stream: &mut OrderedStream, model: &M) -> Result<(), ApiError> {

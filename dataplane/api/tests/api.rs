@@ -91,6 +91,42 @@ async fn unary_inference_capabilities_and_jsonrpc() {
     assert_eq!(v["result"]["parts"][0]["text"], complete("plan", 8));
 }
 
+/// A unary call is one message each way, each followed by the sender's FIN in the same
+/// packet: both sides take the FIN, so no stream is stopped or reset on the way. Before, both
+/// dropped their receive half unread and quinn sent STOP_SENDING (answered with
+/// RESET_STREAM) for every call.
+#[tokio::test]
+async fn unary_calls_end_their_streams_without_stop_sending_or_resets() {
+    let (_s, client_ep, metrics, addr) = start(DemoModel::default()).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    let req = InferRequest {
+        model: String::new(),
+        prompt: "hi".into(),
+        max_tokens: 4,
+    };
+    for _ in 0..20 {
+        client.infer(&req).await.unwrap();
+    }
+    assert_eq!(metrics.calls("infer", "ok"), 20);
+    let stats = client.session().connection().stats();
+    assert_eq!(
+        stats.frame_tx.stop_sending, 0,
+        "client stopped streams: {stats:?}"
+    );
+    assert_eq!(
+        stats.frame_rx.stop_sending, 0,
+        "server stopped streams: {stats:?}"
+    );
+    assert_eq!(
+        stats.frame_rx.reset_stream, 0,
+        "server reset streams: {stats:?}"
+    );
+    assert_eq!(
+        stats.frame_tx.reset_stream, 0,
+        "client reset streams: {stats:?}"
+    );
+}
+
 #[tokio::test]
 async fn token_streams_arrive_in_order_and_client_cancellation_frees_the_server() {
     let model = DemoModel {

@@ -215,6 +215,8 @@ fn main() -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct Servers {
     pub nexus: SocketAddr,
+    /// The Nexus server endpoint's counters (what actually arrived, for best-effort delivery).
+    pub nexus_metrics: Arc<nexus_stream::Metrics>,
     pub quinn: SocketAddr,
     pub tcp: SocketAddr,
     pub https: SocketAddr,

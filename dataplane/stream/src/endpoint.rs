@@ -1287,6 +1287,19 @@ impl OrderedRecv {
         Ok(Some(body.into()))
     }
 
+    /// Takes the end of the stream if it has already arrived, without waiting; returns
+    /// whether it had. For one-message exchanges (a unary request or reply), where nothing
+    /// may follow the message: quinn answers a receive stream dropped before its FIN was
+    /// read with a STOP_SENDING, and the peer then resets its finished send stream — frames,
+    /// packets and acknowledgements per call for nothing. The FIN usually shares the
+    /// message's packet. (A byte found instead of the end breaks the exchange's protocol:
+    /// it is read and dropped, and so is the stream.)
+    pub fn take_end_now(&mut self) -> bool {
+        use futures::FutureExt;
+        let mut probe = [0u8; 1];
+        matches!(self.inner.read(&mut probe).now_or_never(), Some(Ok(None)))
+    }
+
     /// Stops reading (cancellation from the receiver): the peer's writes fail with `code`.
     pub fn stop(&mut self, code: VarInt) {
         let _ = self.inner.stop(code);
