@@ -258,6 +258,25 @@ pub fn string_set_schema(max_items: u64, max_len: u64) -> impl Fn(&mut SchemaGen
     }
 }
 
+/// An RFC 1123 DNS label as Kubernetes names use it: `[a-z0-9-]`, 1–63 characters, no leading
+/// or trailing `-` (namespaces, most object names, each label of a node name). The one copy
+/// of the rule: the manifest validator and the CA (roles, published object names, node names)
+/// both call it.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 DNS subdomain (node names, most object names): dot-separated
+/// [`is_dns_label`]s, at most 253 characters; never empty.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::common::{is_dns_label, is_dns_subdomain};
 use crate::{Fabric, ModelIdentity, NexusNode, RoutingDomain};
 
 /// One thing wrong with one document.
@@ -280,19 +281,6 @@ fn check_metadata(meta: Option<&Value>, namespaced: bool) -> Vec<Problem> {
         }
     }
     out
-}
-
-fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 /// `/spec/endpoints/1/name` → `spec.endpoints[1].name`.

@@ -166,17 +166,9 @@ pub fn parse_serial(s: &str) -> Result<String, Error> {
     nexus_ca_api::validate::parse_serial(s).map_err(Error::from)
 }
 
-/// Tenant names in requests: [`nexus_ca_api::validate::check_tenant`].
-/// An RFC 1123 DNS label: `[a-z0-9-]`, 1–63 characters, no leading or trailing `-` (roles,
-/// Kubernetes object names, each label of a node name).
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-}
+/// An RFC 1123 DNS label (roles, Kubernetes object names): Kubernetes' own rule,
+/// [`nexus_crds::common::is_dns_label`].
+pub use nexus_crds::common::{is_dns_label, is_dns_subdomain};
 
 /// Compares two secrets' digests in time that does not depend on where they differ.
 pub fn digests_equal(a: &[u8], b: &[u8]) -> bool {

@@ -108,7 +108,7 @@ pub fn parse_token(token: &str) -> Option<(&str, &str)> {
 /// A node name as Kubernetes accepts one (an RFC 1123 subdomain), which is also what the
 /// controller registers nodes under.
 pub fn check_node_name(name: &str) -> Result<(), Error> {
-    if !name.is_empty() && name.len() <= 253 && name.split('.').all(policy::is_dns_label) {
+    if policy::is_dns_subdomain(name) {
         Ok(())
     } else {
         Err(Error::InvalidArgument {
