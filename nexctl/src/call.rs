@@ -14,13 +14,15 @@ pub struct Args {
     /// UDP address of the dataplane (e.g. 127.0.0.1:7700).
     #[arg(long, default_value = "127.0.0.1:7700")]
     addr: SocketAddr,
-    /// Route by capability instead of by address: ask the dataplane at `--via` which endpoint
-    /// its NexRoute tables pick for this capability (e.g. `code-generation`), then call it.
-    #[arg(long, requires = "via")]
-    capability: Option<String>,
-    /// HTTP address of the dataplane whose tables resolve `--capability`
-    /// (e.g. http://127.0.0.1:7701).
+    /// Route by capability instead of by address (e.g. `code-generation`): the dataplane at
+    /// `--addr` looks it up in its NexRoute tables and serves the call itself or relays it to
+    /// the endpoint they pick. With `--via`, ask that dataplane's tables for the endpoint
+    /// instead and call the endpoint directly.
     #[arg(long)]
+    capability: Option<String>,
+    /// HTTP address of a dataplane whose tables resolve `--capability` to an endpoint that
+    /// is then called directly (e.g. http://127.0.0.1:7701).
+    #[arg(long, requires = "capability")]
     via: Option<String>,
     /// Tenant the call is for (the caller's MIC names it), for `--capability`.
     #[arg(long, default_value = "demo")]
@@ -72,7 +74,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => Client::connect_dir(&args.mic_dir, addr).await,
         };
         let client = match connected {
-            Ok(c) => c,
+            Ok(c) => match (&args.capability, &args.via) {
+                (Some(cap), None) => {
+                    eprintln!("{cap} → routed by the NexRoute tables of {addr}");
+                    c.route_by(cap)
+                }
+                _ => c,
+            },
             Err(e) => {
                 eprintln!("error: connecting to {addr}: {e}");
                 return Ok(ExitCode::from(1));

@@ -78,7 +78,7 @@ fn up_brings_the_stack_up_and_down() {
         "{out}"
     );
     assert!(
-        out.contains("✔ a call routed by capability (code-generation → 127.0.0.1:"),
+        out.contains("✔ a call routed by capability (code-generation, by the tables of 127.0.0.1:"),
         "{out}"
     );
     let mic = data.join("mics/demo-coder");

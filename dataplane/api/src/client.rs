@@ -43,6 +43,7 @@ pub struct Client {
     peer: Capabilities,
     next_tensor: AtomicU64,
     domain: Option<String>,
+    capability: Option<String>,
 }
 
 fn my_capabilities() -> Capabilities {
@@ -58,7 +59,7 @@ fn my_capabilities() -> Capabilities {
     }
 }
 
-fn map_stream_error(e: nexus_stream::StreamError) -> ApiError {
+pub(crate) fn map_stream_error(e: nexus_stream::StreamError) -> ApiError {
     use nexus_stream::StreamError as S;
     let code = match &e {
         S::Read(quinn::ReadError::Reset(c)) => Some(c.into_inner()),
@@ -165,6 +166,7 @@ impl Client {
             peer: Capabilities::default(),
             next_tensor: AtomicU64::new(1),
             domain: None,
+            capability: None,
         }
     }
 
@@ -183,15 +185,30 @@ impl Client {
         &self.session
     }
 
+    /// Addresses every later call (not `hello`, which the connected node answers itself) by
+    /// `capability` instead of to the connected node: the node looks the capability up in
+    /// its NexRoute tables (for this client's tenant, in its domain, if
+    /// [`Client::connect_dir_in`] named one) and serves the call itself or relays it to the
+    /// endpoint the tables pick. Tensors are not relayed (the node refuses them unless it is
+    /// the endpoint itself).
+    pub fn route_by(mut self, capability: &str) -> Self {
+        self.capability = Some(capability.to_owned());
+        self
+    }
+
     async fn open(
         &self,
-        _op: &str,
+        op: &str,
         meta: Meta,
         idempotent: bool,
     ) -> Result<OrderedStream, ApiError> {
         let meta = match &self.domain {
             Some(d) => meta.with("domain", d),
             None => meta,
+        };
+        let meta = match &self.capability {
+            Some(c) if op != "hello" => meta.with("capability", c),
+            _ => meta,
         };
         Ok(self.session.open_ordered(meta.encode(), idempotent).await?)
     }

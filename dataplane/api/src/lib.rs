@@ -22,7 +22,9 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{Client, TokenStream};
 pub use meta::Meta;
-pub use server::{Model, TokenSink, serve, serve_session};
+/// The NexLink header that describes a tensor (dtype, shape), as [`Client::send_tensor`] takes it.
+pub use nexus_firmware::header::Header;
+pub use server::{Hop, Model, Router, TokenSink, serve, serve_routed, serve_session};
 
 /// Version of the NexAPI operations.
 pub const API_VERSION: u32 = 1;

@@ -80,6 +80,12 @@ impl Meta {
         self
     }
 
+    /// Drops the pair of `key`, if any.
+    pub fn without(mut self, key: &str) -> Self {
+        self.pairs.retain(|(k, _)| k != key);
+        self
+    }
+
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs

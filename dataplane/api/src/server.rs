@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -132,6 +133,33 @@ impl ApiMetrics {
     }
 }
 
+/// Where a capability-addressed stream goes, as the serving node's routing tables decide.
+#[derive(Debug)]
+pub enum Hop {
+    /// This node is the endpoint the tables picked: serve the call here.
+    Here,
+    /// Relay the call over this session (to the endpoint the tables picked).
+    Relay(Session),
+}
+
+/// The account a relayed leg's session is given ([`Tally::set_account`]): its traffic was
+/// billed to the caller by the relaying node, so the endpoint's meter may leave it out (it
+/// decides whom it believes; see the dataplane's usage meter).
+pub const RELAYED_ACCOUNT: &str = "relayed";
+
+/// Decides where streams whose metadata names a `capability` go ([`serve_routed`]). The
+/// dataplane implements it with its NexRoute tables (the software P4 pipeline); NexAPI only
+/// carries out the decision, so it knows nothing of tables.
+pub trait Router: Send + Sync + 'static {
+    /// The hop for a stream from a peer of `tenant` (its verified MIC's) with metadata `meta`;
+    /// an error refuses the stream with its reason.
+    fn hop<'a>(
+        &'a self,
+        tenant: &'a str,
+        meta: &'a Meta,
+    ) -> Pin<Box<dyn Future<Output = Result<Hop, ApiError>> + Send + 'a>>;
+}
+
 /// Accepts connections on `endpoint` until it drains, serving `model` on each.
 pub async fn serve<M: Model>(endpoint: Endpoint, model: Arc<M>, metrics: Arc<ApiMetrics>) {
     serve_observed(endpoint, model, metrics, |_: &Session| {}).await;
@@ -149,17 +177,34 @@ pub async fn serve_observed<M, F>(
     M: Model,
     F: Fn(&Session) + Send + Sync + 'static,
 {
+    serve_routed(endpoint, model, metrics, observe, None).await;
+}
+
+/// Like [`serve_observed`], routing capability-addressed streams (metadata `capability=…`)
+/// with `router`: served here or relayed to the endpoint it picks. Without a router such
+/// streams are refused.
+pub async fn serve_routed<M, F>(
+    endpoint: Endpoint,
+    model: Arc<M>,
+    metrics: Arc<ApiMetrics>,
+    observe: F,
+    router: Option<Arc<dyn Router>>,
+) where
+    M: Model,
+    F: Fn(&Session) + Send + Sync + 'static,
+{
     let observe = Arc::new(observe);
     while let Some(accepting) = endpoint.accept().await {
         let model = Arc::clone(&model);
         let metrics = Arc::clone(&metrics);
         let observe = Arc::clone(&observe);
+        let router = router.clone();
         tokio::spawn(async move {
             let remote = accepting.remote_address();
             match accepting.establish().await {
                 Ok(session) => {
                     observe(&session);
-                    serve_session(session, model, metrics).await;
+                    serve_session_routed(session, model, metrics, router).await;
                 }
                 Err(e) => tracing::info!(%remote, error = %e, "connection refused or failed"),
             }
@@ -206,17 +251,28 @@ struct TensorSlotHandle {
 /// of its first stream that has one ([`Tally::set_account`]): a client routed in one domain
 /// declares it on every stream, and a client that calls in two domains uses two sessions.
 pub async fn serve_session<M: Model>(session: Session, model: Arc<M>, metrics: Arc<ApiMetrics>) {
+    serve_session_routed(session, model, metrics, None).await;
+}
+
+/// [`serve_session`] with a [`Router`] for capability-addressed streams.
+pub async fn serve_session_routed<M: Model>(
+    session: Session,
+    model: Arc<M>,
+    metrics: Arc<ApiMetrics>,
+    router: Option<Arc<dyn Router>>,
+) {
     let tensors: Tensors = Arc::default();
     while let Some(incoming) = session.accept().await {
         match incoming {
             Incoming::Ordered(stream) => {
-                let (model, metrics, tensors, tally) = (
-                    Arc::clone(&model),
-                    Arc::clone(&metrics),
-                    Arc::clone(&tensors),
-                    Arc::clone(session.tally()),
-                );
-                tokio::spawn(async move { handle(stream, model, metrics, tensors, tally).await });
+                let ctx = Ctx {
+                    model: Arc::clone(&model),
+                    metrics: Arc::clone(&metrics),
+                    tensors: Arc::clone(&tensors),
+                    session: session.clone(),
+                    router: router.clone(),
+                };
+                tokio::spawn(async move { handle(stream, ctx).await });
             }
             Incoming::Bulk { preamble, mut recv } => {
                 let routed = Meta::parse(&preamble.meta).ok().and_then(|m| {
@@ -260,13 +316,24 @@ fn op_label(op: &str) -> &'static str {
     }
 }
 
-async fn handle<M: Model>(
-    mut stream: OrderedStream,
+/// What a stream's handler needs of its session.
+struct Ctx<M> {
     model: Arc<M>,
     metrics: Arc<ApiMetrics>,
     tensors: Tensors,
-    tally: Arc<Tally>,
-) {
+    session: Session,
+    router: Option<Arc<dyn Router>>,
+}
+
+async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
+    let Ctx {
+        model,
+        metrics,
+        tensors,
+        session,
+        router,
+    } = ctx;
+    let tally = session.tally();
     let meta = match Meta::parse(&stream.preamble.meta) {
         Ok(m) => m,
         Err(e) => {
@@ -277,21 +344,40 @@ async fn handle<M: Model>(
             return;
         }
     };
-    if let Some(domain) = meta.get("domain") {
+    if meta.get("relay").is_some() {
+        tally.set_account(RELAYED_ACCOUNT);
+    } else if let Some(domain) = meta.get("domain") {
         tally.set_account(domain);
     }
     let op = op_label(meta.get("op").unwrap_or(""));
-    let result = match op {
-        "hello" => hello(&mut stream, &*model).await,
-        "infer" => infer(&mut stream, &*model).await,
-        "tokens" => tokens(&mut stream, &*model, &metrics).await,
-        "tensor" => receive_tensor(&mut stream, &*model, &meta, &tensors, &metrics, &tally).await,
-        "jsonrpc" => jsonrpc(&mut stream, &*model, &meta).await,
-        _ => Err(ApiError::Refused("unknown operation".into())),
+    let hop = match (meta.get("capability"), &router) {
+        (None, _) => Ok(Hop::Here),
+        (Some(_), None) => Err(ApiError::Refused(
+            "this node does not route by capability".into(),
+        )),
+        (Some(_), Some(router)) => match session.peer().await {
+            Ok(peer) => router.hop(peer.model.tenant(), &meta).await,
+            Err(e) => Err(e.into()),
+        },
+    };
+    let relayed = matches!(hop, Ok(Hop::Relay(_)));
+    let result = match hop {
+        Ok(Hop::Here) => match op {
+            "hello" => hello(&mut stream, &*model).await,
+            "infer" => infer(&mut stream, &*model).await,
+            "tokens" => tokens(&mut stream, &*model, &metrics).await,
+            "tensor" => {
+                receive_tensor(&mut stream, &*model, &meta, &tensors, &metrics, tally).await
+            }
+            "jsonrpc" => jsonrpc(&mut stream, &*model, &meta).await,
+            _ => Err(ApiError::Refused("unknown operation".into())),
+        },
+        Ok(Hop::Relay(upstream)) => relay(&mut stream, &upstream, op, meta).await,
+        Err(e) => Err(e),
     };
     match result {
         Ok(()) => {
-            metrics.call(op, "ok");
+            metrics.call(op, if relayed { "relayed" } else { "ok" });
             let _ = stream.send.finish();
         }
         Err(e) => {
@@ -308,6 +394,69 @@ async fn handle<M: Model>(
             stream.recv.stop(code);
             stream.send.reset(code);
         }
+    }
+}
+
+/// Relays a capability-addressed stream to the endpoint the tables picked: opens the same
+/// operation there (metadata without `capability`, so the endpoint serves it rather than
+/// routing it again, plus `relay=1`) and copies messages both ways until the endpoint
+/// finishes. Cancellation crosses the relay: a caller that stops reading or resets makes the
+/// relay drop the upstream stream, which stops the endpoint's work; an upstream reset comes
+/// back as the error its code names. The caller's session is billed here, by the relay.
+async fn relay(
+    stream: &mut OrderedStream,
+    upstream: &Session,
+    op: &'static str,
+    meta: Meta,
+) -> Result<(), ApiError> {
+    use crate::client::map_stream_error;
+    if !matches!(op, "hello" | "infer" | "tokens" | "jsonrpc") {
+        return Err(ApiError::Refused(format!(
+            "{op} is not relayed: resolve the endpoint (POST /v1/resolve) and call it directly"
+        )));
+    }
+    let forwarded = meta
+        .without("capability")
+        .without("flow")
+        .with("relay", "1");
+    let idempotent = stream.preamble.flags & nexus_stream::frame::FLAG_IDEMPOTENT != 0;
+    let up = upstream
+        .open_ordered(forwarded.encode(), idempotent)
+        .await
+        .map_err(map_stream_error)?;
+    let OrderedStream {
+        send: mut up_send,
+        recv: mut up_recv,
+        ..
+    } = up;
+    let (down_send, down_recv) = (&mut stream.send, &mut stream.recv);
+    // Caller → endpoint. Its end (FIN) is passed on and then waits: the exchange ends when
+    // the endpoint finishes. Its error (the caller reset) ends the relay.
+    let forward = async {
+        loop {
+            match down_recv.recv_msg().await {
+                Ok(Some(m)) => up_send.send_msg(&m).await.map_err(map_stream_error)?,
+                Ok(None) => {
+                    up_send.finish().map_err(map_stream_error)?;
+                    return std::future::pending::<Result<(), ApiError>>().await;
+                }
+                Err(e) => {
+                    up_send.reset(codes::CANCELLED);
+                    return Err(map_stream_error(e));
+                }
+            }
+        }
+    };
+    // Endpoint → caller, to the endpoint's FIN (read, so quinn sends no STOP_SENDING).
+    let back = async {
+        while let Some(m) = up_recv.recv_msg().await.map_err(map_stream_error)? {
+            down_send.send_msg(&m).await?;
+        }
+        Ok(())
+    };
+    tokio::select! {
+        r = back => r,
+        r = forward => r,
     }
 }
 

@@ -13,6 +13,7 @@
 
 pub mod gateway;
 mod mic_watch;
+pub mod routing;
 pub mod upstream;
 pub mod usage;
 
@@ -133,6 +134,11 @@ pub struct Args {
     /// tables pick for a capability.
     #[arg(long, env = "NEXUS_DATAPLANE_P4RUNTIME_LISTEN")]
     pub p4runtime_listen: Option<SocketAddr>,
+    /// The address routing domains name this node by (default: the bound --listen
+    /// address): a call sent here by capability whose pick is this address is served here,
+    /// any other pick is relayed.
+    #[arg(long, env = "NEXUS_DATAPLANE_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
     /// This node's name: usage events name it in their idempotency keys, so it must be unique
     /// among the dataplanes reporting to one cloud API (default: $HOSTNAME).
     #[arg(long, env = "NEXUS_DATAPLANE_NODE_NAME")]
@@ -216,37 +222,25 @@ async fn resolve(
         Ok(b) => b,
         Err(e) => return err(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let Some(loaded) = s.p4.as_ref().and_then(|t| t.loaded()) else {
+    let Some(target) = s.p4.as_ref() else {
         return err(
             StatusCode::SERVICE_UNAVAILABLE,
-            "no routing tables: no pipeline loaded on this node's P4Runtime target".into(),
+            routing::LookupError::NoTables.to_string(),
         );
     };
-    let domain = match req.domain.as_deref().map(|d| d.split_once('/')) {
-        None => 0,
-        Some(Some((ns, name))) => nexus_route::id::domain_id(ns, name),
-        Some(None) => {
-            return err(
-                StatusCode::BAD_REQUEST,
-                "domain must be namespace/name".into(),
-            );
-        }
-    };
-    match nexus_p4::packet::next_hop(
-        &loaded,
-        nexus_route::id::tenant_id(&req.tenant),
-        nexus_route::id::capability_id(&req.capability),
-        domain,
+    match routing::lookup(
+        target,
+        &req.tenant,
+        &req.capability,
+        req.domain.as_deref(),
         req.flow,
     ) {
         Ok(hop) => axum::Json(serde_json::json!({ "next_hop": hop.to_string() })).into_response(),
-        Err(v) => err(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no route for {} in tenant {}: {v:?}",
-                req.capability, req.tenant
-            ),
-        ),
+        Err(e @ routing::LookupError::NoTables) => {
+            err(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e @ routing::LookupError::BadDomain) => err(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ routing::LookupError::NoRoute { .. }) => err(StatusCode::NOT_FOUND, e.to_string()),
     }
 }
 
@@ -339,12 +333,18 @@ pub struct Running {
     pub endpoint: Endpoint,
     /// Per-tenant traffic meter.
     pub usage: Arc<usage::UsageMeter>,
+    p4: Option<Arc<nexus_p4::Target>>,
     health: Arc<Health>,
     reporter: Option<nexus_usage_client::Reporter>,
     stop_reporter: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Running {
+    /// The node's P4Runtime target (its NexRoute tables), when serving one.
+    pub fn p4_target(&self) -> Option<Arc<nexus_p4::Target>> {
+        self.p4.clone()
+    }
+
     /// Drains and stops: lets connections finish, spools their traffic and tries to deliver
     /// the spool within the same grace (what is left is sent by the next start).
     pub async fn drain(&self, grace: Duration) {
@@ -438,6 +438,43 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         });
     }
 
+    let mut p4runtime = None;
+    let p4 = match args.p4runtime_listen {
+        Some(addr) => {
+            let target = nexus_p4::Target::new(1);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the P4Runtime service to {addr}"))?;
+            p4runtime = Some(listener.local_addr()?);
+            let svc = nexus_p4::server::P4RuntimeService::server(Arc::clone(&target));
+            tokio::spawn(async move {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!(error = %e, "P4Runtime service stopped");
+                }
+            });
+            Some(target)
+        }
+        None => None,
+    };
+    if let Some(own) = identity.chain.first() {
+        match nexus_mic::Mic::from_der(own) {
+            Ok(mic) => usage.set_own_model(&mic.model.to_string()),
+            Err(e) => tracing::warn!(error = %e, "this node's certificate is not a MIC"),
+        }
+    }
+    let udp = endpoint.local_addr()?;
+    let router: Option<Arc<dyn nexus_api::Router>> = p4.as_ref().map(|target| {
+        Arc::new(routing::TableRouter::new(
+            Arc::clone(target),
+            args.advertise.unwrap_or(udp),
+            endpoint.clone(),
+        )) as Arc<dyn nexus_api::Router>
+    });
     let ep = endpoint.clone();
     let meter = Arc::clone(&usage);
     let observe = move |s: &nexus_stream::Session| meter.track(s);
@@ -447,26 +484,29 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
             max_tensor: args.max_tensor,
             ..Default::default()
         };
-        tokio::spawn(nexus_api::server::serve_observed(
+        tokio::spawn(nexus_api::server::serve_routed(
             ep,
             Arc::new(model),
             api_metrics,
             observe,
+            router,
         ));
     } else if let Some(url) = &args.upstream_openai {
         let model = upstream::OpenAiUpstream::new(url, &args.upstream_model)?;
-        tokio::spawn(nexus_api::server::serve_observed(
+        tokio::spawn(nexus_api::server::serve_routed(
             ep,
             Arc::new(model),
             api_metrics,
             observe,
+            router,
         ));
     } else {
-        tokio::spawn(nexus_api::server::serve_observed(
+        tokio::spawn(nexus_api::server::serve_routed(
             ep,
             Arc::new(NoModel),
             api_metrics,
             observe,
+            router,
         ));
     }
     let (stop_reporter, stop_rx) = tokio::sync::watch::channel(false);
@@ -500,29 +540,6 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         });
     }
 
-    let mut p4runtime = None;
-    let p4 = match args.p4runtime_listen {
-        Some(addr) => {
-            let target = nexus_p4::Target::new(1);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the P4Runtime service to {addr}"))?;
-            p4runtime = Some(listener.local_addr()?);
-            let svc = nexus_p4::server::P4RuntimeService::server(Arc::clone(&target));
-            tokio::spawn(async move {
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming(incoming)
-                    .await
-                {
-                    tracing::error!(error = %e, "P4Runtime service stopped");
-                }
-            });
-            Some(target)
-        }
-        None => None,
-    };
     let state = HttpState {
         health: Arc::clone(&health),
         registry: Arc::new(registry),
@@ -535,7 +552,6 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         .route("/metrics", get(metrics))
         .route("/v1/resolve", axum::routing::post(resolve))
         .with_state(state);
-    let udp = endpoint.local_addr()?;
     let mut reloadable = vec![endpoint.clone()];
     if let Some(mut target) = args.gateway {
         if target.port() == 0 {
@@ -572,6 +588,7 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
         p4runtime,
         endpoint,
         usage,
+        p4,
         health,
         reporter,
         stop_reporter: Arc::new(stop_reporter),

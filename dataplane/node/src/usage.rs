@@ -17,6 +17,14 @@
 //! (`dp:<node>:<interval start ms>:<domain>:<mode>`), and interval starts strictly increase,
 //! so a batch re-sent after a lost acknowledgement or a restart is billed once.
 //!
+//! Relayed calls: a node that relays a capability-addressed call ([`crate::routing`]) serves
+//! the caller's session, so it bills the caller — the one tenant it verified. The relay's
+//! leg to the endpoint carries `relay=1`; the endpoint leaves such a session unbilled only
+//! when its peer presents this node's own model identity (a fellow node of the fabric, holding
+//! the fabric's MIC key), so a relayed call is billed once and a stranger cannot dodge its
+//! bill by claiming to be a relay. Relayed legs are counted apart
+//! (`nexus_dataplane_relayed_bytes_total`).
+//!
 //! What can be lost: what was counted after the last harvest when the process is killed
 //! (SIGKILL, OOM) — at most one `--usage-interval`. A graceful stop (SIGTERM) harvests after
 //! draining, and what is spooled survives any crash.
@@ -54,6 +62,9 @@ struct TrafficLabels {
 #[derive(Debug)]
 struct Tracked {
     tenant: String,
+    /// The peer presents this node's own model identity (relayed legs of such peers are
+    /// billed by the relay).
+    fellow: bool,
     tally: Arc<Tally>,
     closed: Arc<AtomicBool>,
 }
@@ -74,6 +85,9 @@ pub struct UsageMeter {
     messages: Family<TrafficLabels, Counter>,
     spooled: Counter,
     spool_failures: Counter,
+    /// This node's model identity (MIC model URI), once known.
+    own_model: std::sync::OnceLock<String>,
+    relayed_bytes: Counter,
 }
 
 /// Whether `domain` reads as a RoutingDomain reference, `namespace/name` (DNS-1123 names).
@@ -103,7 +117,20 @@ impl UsageMeter {
             messages: Family::default(),
             spooled: Counter::default(),
             spool_failures: Counter::default(),
+            own_model: std::sync::OnceLock::new(),
+            relayed_bytes: Counter::default(),
         }
+    }
+
+    /// Names this node's model identity (its MIC's model URI): relayed legs from peers
+    /// presenting it are billed by the relay, not here (see the module docs).
+    pub fn set_own_model(&self, model: &str) {
+        let _ = self.own_model.set(model.to_owned());
+    }
+
+    /// Payload bytes of relayed legs left unbilled here.
+    pub fn relayed_bytes(&self) -> u64 {
+        self.relayed_bytes.get()
     }
 
     /// Registers under `nexus_dataplane_`.
@@ -129,6 +156,11 @@ impl UsageMeter {
             "Failed spool appends (the events are kept in memory and tried again)",
             self.spool_failures.clone(),
         );
+        r.register(
+            "relayed_bytes",
+            "Payload bytes of calls relayed here by fellow nodes (billed by the relaying node)",
+            self.relayed_bytes.clone(),
+        );
     }
 
     /// Meters `session` from now until it closes, billed to its peer's tenant. Returns at
@@ -137,8 +169,11 @@ impl UsageMeter {
         let meter = Arc::clone(self);
         let session = session.clone();
         tokio::spawn(async move {
-            let tenant = match session.peer().await {
-                Ok(peer) => peer.model.tenant().to_owned(),
+            let (tenant, fellow) = match session.peer().await {
+                Ok(peer) => (
+                    peer.model.tenant().to_owned(),
+                    meter.own_model.get() == Some(&peer.model.to_string()),
+                ),
                 Err(_) => return,
             };
             let closed = Arc::new(AtomicBool::new(false));
@@ -148,6 +183,7 @@ impl UsageMeter {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(Tracked {
                     tenant,
+                    fellow,
                     tally: Arc::clone(session.tally()),
                     closed: Arc::clone(&closed),
                 });
@@ -195,7 +231,13 @@ impl UsageMeter {
             // Read `closed` before taking: bytes counted until the close are in this take.
             let closed = t.closed.load(Ordering::Acquire);
             let delta = t.tally.take();
-            if !delta.is_empty() {
+            if t.fellow && t.tally.account() == Some(nexus_api::server::RELAYED_ACCOUNT) {
+                let relayed: u64 = Direction::ALL
+                    .iter()
+                    .flat_map(|&d| Mode::ALL.iter().map(move |&m| delta.bytes(d, m)))
+                    .sum();
+                self.relayed_bytes.inc_by(relayed);
+            } else if !delta.is_empty() {
                 let domain = self.domain_label(&t.tenant, t.tally.account());
                 for direction in Direction::ALL {
                     for mode in Mode::ALL {
@@ -317,6 +359,7 @@ mod tests {
             .unwrap_or_else(|p| p.into_inner())
             .push(Tracked {
                 tenant: "acme".into(),
+                fellow: false,
                 tally: Arc::clone(&tally),
                 closed: Arc::clone(&closed),
             });
@@ -376,6 +419,7 @@ mod tests {
             .unwrap_or_else(|p| p.into_inner())
             .push(Tracked {
                 tenant: "acme".into(),
+                fellow: false,
                 tally: Arc::clone(&tally),
                 closed: Arc::default(),
             });

@@ -144,23 +144,14 @@ spec:
     Ok(())
 }
 
-/// A call routed by capability, as `nexctl call --capability code-generation --via …` makes
-/// it: resolved by the first dataplane's tables, then sent to the endpoint they pick.
-pub async fn routed_call(
-    via: SocketAddr,
-    tenant: &str,
-    mic_dir: &Path,
-) -> anyhow::Result<(SocketAddr, String)> {
-    let hop = crate::call::resolve(
-        &via.to_string(),
-        tenant,
-        "code-generation",
-        Some(DEMO_DOMAIN),
-    )
-    .await?;
-    let client = nexus_api::Client::connect_dir_in(mic_dir, hop, DEMO_DOMAIN)
+/// A call routed by capability, as `nexctl call --capability code-generation --addr …` makes
+/// it: sent to the first dataplane (`via`, its UDP address), whose NexRoute tables pick the
+/// endpoint — itself, or the other node, to which it relays the call.
+pub async fn routed_call(via: SocketAddr, mic_dir: &Path) -> anyhow::Result<String> {
+    let client = nexus_api::Client::connect_dir_in(mic_dir, via, DEMO_DOMAIN)
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to {hop}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("connecting to {via}: {e}"))?
+        .route_by("code-generation");
     let r = client
         .infer(&nexus_api::InferRequest {
             model: String::new(),
@@ -168,8 +159,8 @@ pub async fn routed_call(
             max_tokens: 8,
         })
         .await
-        .map_err(|e| anyhow::anyhow!("calling {hop}: {e}"))?;
-    Ok((hop, r.text))
+        .map_err(|e| anyhow::anyhow!("calling code-generation through {via}: {e}"))?;
+    Ok(r.text)
 }
 
 /// `traffic_bytes` the cloud API shows a tenant: in its usage and on its draft invoice.

@@ -349,9 +349,8 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
     );
     if let Some(d) = dps.first() {
         println!(
-            "  target/debug/nexctl call --capability code-generation --tenant {} --domain default/demo --via http://{} --mic-dir {} 'hello'",
-            identity.tenant,
-            d.http,
+            "  target/debug/nexctl call --capability code-generation --domain default/demo --addr {} --mic-dir {} 'hello'",
+            d.udp,
             mic_dir.display()
         );
         println!(
@@ -402,7 +401,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(d) = dps.first() {
             let mut last = String::new();
             for _ in 0..150 {
-                match dataplanes::routed_call(d.http, &identity.tenant, &mic_dir).await {
+                match dataplanes::routed_call(d.udp, &mic_dir).await {
                     Ok(r) => {
                         routed = Some(r);
                         break;
@@ -412,8 +411,9 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             match &routed {
-                Some((hop, text)) => println!(
-                    "✔ a call routed by capability (code-generation → {hop}) answered: {text:?}"
+                Some(text) => println!(
+                    "✔ a call routed by capability (code-generation, by the tables of {}) answered: {text:?}",
+                    d.udp
                 ),
                 None => println!("✘ no call routed by capability: {last}"),
             }

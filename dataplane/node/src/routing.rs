@@ -1,0 +1,133 @@
+//! Capability routing on the node: the NexRoute tables the node agent programmed into this
+//! node's P4Runtime target decide where a capability-addressed call goes, both for
+//! `POST /v1/resolve` (the endpoint-picker answer) and for calls sent to this node with
+//! `capability=…` metadata, which it serves itself or relays ([`TableRouter`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nexus_api::{ApiError, Hop, Meta, Router};
+use nexus_stream::{Endpoint, Session};
+
+/// Why a capability found no endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// No pipeline loaded (the node agent has not programmed this node yet).
+    #[error("no routing tables: no pipeline loaded on this node's P4Runtime target")]
+    NoTables,
+    /// The domain is not `namespace/name`.
+    #[error("domain must be namespace/name")]
+    BadDomain,
+    /// The tables have no route (or dropped the probe).
+    #[error("no route for {capability} in tenant {tenant}: {verdict}")]
+    NoRoute {
+        /// Asked for.
+        capability: String,
+        /// The caller's tenant.
+        tenant: String,
+        /// What the pipeline did with the probe frame.
+        verdict: String,
+    },
+}
+
+/// The endpoint the tables of `target` pick for `capability` in `tenant`'s `domain`
+/// (`namespace/name`; `None`: the tenant's default domain) for flow `flow`.
+pub fn lookup(
+    target: &nexus_p4::Target,
+    tenant: &str,
+    capability: &str,
+    domain: Option<&str>,
+    flow: u32,
+) -> Result<SocketAddrV4, LookupError> {
+    let loaded = target.loaded().ok_or(LookupError::NoTables)?;
+    let domain = match domain.map(|d| d.split_once('/')) {
+        None => 0,
+        Some(Some((ns, name))) => nexus_route::id::domain_id(ns, name),
+        Some(None) => return Err(LookupError::BadDomain),
+    };
+    nexus_p4::packet::next_hop(
+        &loaded,
+        nexus_route::id::tenant_id(tenant),
+        nexus_route::id::capability_id(capability),
+        domain,
+        flow,
+    )
+    .map_err(|v| LookupError::NoRoute {
+        capability: capability.to_owned(),
+        tenant: tenant.to_owned(),
+        verdict: format!("{v:?}"),
+    })
+}
+
+/// Routes capability-addressed streams with this node's tables: a stream whose pick is this
+/// node (`here`) is served here; any other is relayed over a session this node keeps open to
+/// the picked endpoint, dialled from its own endpoint (so it presents the node's MIC, renewed
+/// with it). Calls without a `flow` are spread over the pick's weighted next hops by a
+/// per-node counter; calls of one flow go to one endpoint.
+#[derive(Debug)]
+pub struct TableRouter {
+    target: Arc<nexus_p4::Target>,
+    here: SocketAddr,
+    endpoint: Endpoint,
+    sessions: tokio::sync::Mutex<HashMap<SocketAddr, Session>>,
+    next_flow: AtomicU32,
+}
+
+impl TableRouter {
+    /// A router reading `target`'s tables; `here` is the address the routing domains name
+    /// this node by.
+    pub fn new(target: Arc<nexus_p4::Target>, here: SocketAddr, endpoint: Endpoint) -> Self {
+        Self {
+            target,
+            here,
+            endpoint,
+            sessions: tokio::sync::Mutex::default(),
+            next_flow: AtomicU32::new(0),
+        }
+    }
+
+    /// An open session to `hop`, reused while it lives.
+    async fn session_to(&self, hop: SocketAddr) -> Result<Session, ApiError> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&hop)
+            && s.connection().close_reason().is_none()
+        {
+            return Ok(s.clone());
+        }
+        let s = self.endpoint.connect(hop).await.map_err(|e| {
+            tracing::info!(%hop, error = %e, "relay: cannot reach the picked endpoint");
+            ApiError::Refused(format!("the picked endpoint {hop} is unreachable: {e}"))
+        })?;
+        sessions.insert(hop, s.clone());
+        Ok(s)
+    }
+
+    async fn route(&self, tenant: &str, meta: &Meta) -> Result<Hop, ApiError> {
+        let capability = meta.get("capability").unwrap_or_default();
+        let flow = meta
+            .get("flow")
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_else(|| self.next_flow.fetch_add(1, Ordering::Relaxed));
+        let hop = lookup(&self.target, tenant, capability, meta.get("domain"), flow)
+            .map_err(|e| ApiError::Refused(e.to_string()))?;
+        let hop = SocketAddr::V4(hop);
+        if hop == self.here {
+            return Ok(Hop::Here);
+        }
+        Ok(Hop::Relay(self.session_to(hop).await?))
+    }
+}
+
+impl Router for TableRouter {
+    fn hop<'a>(
+        &'a self,
+        tenant: &'a str,
+        meta: &'a Meta,
+    ) -> Pin<Box<dyn Future<Output = Result<Hop, ApiError>> + Send + 'a>> {
+        Box::pin(self.route(tenant, meta))
+    }
+}

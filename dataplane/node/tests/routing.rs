@@ -1,0 +1,240 @@
+//! Calls addressed by capability to a node: its NexRoute tables (programmed over real
+//! P4Runtime gRPC, as the node agent does) pick the endpoint; the node serves the call itself
+//! or relays it over real UDP to the node picked, with cancellation crossing the relay, and
+//! the call billed once — by the relay, to the caller.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use nexus_api::{ApiError, Client, InferRequest, Meta};
+use nexus_dataplane::{Args, Running, start};
+use nexus_p4::client::Controller;
+use nexus_p4::compile::{DomainInput, compile};
+use nexus_p4::p4info::nexroute_p4info;
+use nexus_route::id::{capability_id, domain_id, family_id, tenant_id};
+use nexus_route::{Advertisement, Modalities, TrustLevel};
+use nexus_stream::testing::TestPki;
+
+const DOMAIN: &str = "default/demo";
+
+fn node(mic: &std::path::Path) -> Args {
+    Args::try_parse_from([
+        "nexus-dataplane",
+        "--listen=127.0.0.1:0",
+        "--http-listen=127.0.0.1:0",
+        "--p4runtime-listen=127.0.0.1:0",
+        &format!("--mic-dir={}", mic.display()),
+        "--demo-model",
+        "--demo-token-ms=20",
+    ])
+    .unwrap()
+}
+
+fn advert(name: &str, at: SocketAddr, capability: &str) -> Advertisement {
+    Advertisement {
+        name: name.into(),
+        address: at.to_string(),
+        capability_names: vec![capability.into()],
+        capabilities: vec![capability_id(capability)],
+        model_family_name: "llm".into(),
+        model_family: family_id("llm"),
+        context_window: 131_072,
+        modalities: Modalities::TEXT,
+        latency_sla_ms: Some(150),
+        cost_micros: None,
+        weight: 100,
+        max_in_flight: None,
+        trust: TrustLevel::from_u8(1).unwrap(),
+        claims: vec![],
+        proofs: vec![],
+    }
+}
+
+/// Programs `node`'s tables the way its node agent does: primary controller, pipeline, one
+/// atomic batch.
+async fn program(node: &Running, endpoints: Vec<Advertisement>) {
+    let url = format!("http://{}", node.p4runtime.unwrap());
+    let mut c = Controller::connect(url, 1, 1).await.unwrap();
+    c.set_pipeline(nexroute_p4info().unwrap(), 1).await.unwrap();
+    let schema = nexus_p4::Schema::new(nexroute_p4info().unwrap()).unwrap();
+    let (ns, name) = DOMAIN.split_once('/').unwrap();
+    let tables = compile(
+        &schema,
+        &[DomainInput {
+            name: DOMAIN.into(),
+            tenant_id: tenant_id("acme"),
+            domain_id: domain_id(ns, name),
+            default_for_tenant: true,
+            endpoints,
+        }],
+    )
+    .unwrap();
+    c.apply(&tables).await.unwrap();
+}
+
+/// The value of the first `/metrics` sample named `name` with every label in `want` (0 when
+/// absent), summed over matches.
+async fn sample(http: SocketAddr, name: &str, want: &[&str]) -> f64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+        .filter(|l| want.iter().all(|w| l.contains(w)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn request(max_tokens: u32) -> InferRequest {
+    InferRequest {
+        model: String::new(),
+        prompt: "write a function that adds two numbers".into(),
+        max_tokens,
+    }
+}
+
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (fabric_mic, caller_mic) = (dir.path().join("fabric"), dir.path().join("caller"));
+    // Both nodes hold the fabric's MIC (as a Fabric's dataplane Secret gives every node).
+    pki.issue("nexus://acme/coder@1.0.0")
+        .unwrap()
+        .write_dir(&fabric_mic)
+        .unwrap();
+    pki.issue("nexus://acme/caller@1.0.0")
+        .unwrap()
+        .write_dir(&caller_mic)
+        .unwrap();
+    let a = start(&node(&fabric_mic)).await.unwrap();
+    let b = start(&node(&fabric_mic)).await.unwrap();
+    let tables = vec![
+        advert("on-b", b.udp, "code-generation"),
+        advert("on-a", a.udp, "summarization"),
+    ];
+    program(&a, tables.clone()).await;
+    program(&b, tables).await;
+
+    // code-generation: A's tables pick B, so A relays; the answer is B's.
+    let coder = Client::connect_dir_in(&caller_mic, a.udp, DOMAIN)
+        .await
+        .unwrap()
+        .route_by("code-generation");
+    let direct = Client::connect_dir(&caller_mic, b.udp).await.unwrap();
+    let relayed = coder.infer(&request(8)).await.unwrap();
+    assert_eq!(relayed.text, direct.infer(&request(8)).await.unwrap().text);
+    let infer_calls = |http, result: &'static str| async move {
+        sample(
+            http,
+            "nexapi_calls_total",
+            &["op=\"infer\"", &format!("result=\"{result}\"")],
+        )
+        .await
+    };
+    assert_eq!(infer_calls(a.http, "relayed").await, 1.0);
+    assert_eq!(infer_calls(a.http, "ok").await, 0.0, "A did not serve it");
+    assert_eq!(infer_calls(b.http, "ok").await, 2.0, "B served both");
+
+    // summarization: A's tables pick A itself, so A serves it.
+    let summarizer = Client::connect_dir_in(&caller_mic, a.udp, DOMAIN)
+        .await
+        .unwrap()
+        .route_by("summarization");
+    summarizer.infer(&request(4)).await.unwrap();
+    assert_eq!(infer_calls(a.http, "ok").await, 1.0);
+    assert_eq!(infer_calls(a.http, "relayed").await, 1.0);
+
+    // A relayed token stream: tokens arrive as B makes them; cancelling at the caller
+    // stops B's generation (the relay drops its upstream stream).
+    let mut tokens = coder.stream_tokens(&request(10_000)).await.unwrap();
+    for _ in 0..3 {
+        tokens.next().await.unwrap().unwrap();
+    }
+    assert_eq!(
+        sample(b.http, "nexapi_active_generations", &[]).await,
+        1.0,
+        "B is generating"
+    );
+    tokens.cancel();
+    eventually(
+        "B's generation is freed after the caller cancelled",
+        async || sample(b.http, "nexapi_active_generations", &[]).await == 0.0,
+    )
+    .await;
+
+    // No route, and tensors (not relayed): refused with a reason, the session unharmed.
+    let nowhere = Client::connect_dir_in(&caller_mic, a.udp, DOMAIN)
+        .await
+        .unwrap()
+        .route_by("translation");
+    let e = nowhere.infer(&request(1)).await.unwrap_err();
+    assert!(matches!(e, ApiError::Refused(_)), "{e}");
+    let header = nexus_api::Header::opaque(1, 0, 16);
+    let e = coder.send_tensor(&header, &[0u8; 16]).await.unwrap_err();
+    assert!(matches!(e, ApiError::Refused(_)), "{e}");
+    coder.infer(&request(2)).await.unwrap();
+
+    // Billing: the relay bills the caller under its domain; B leaves the relayed leg (its
+    // peer presents the fabric's own identity) unbilled and counts it apart.
+    drop((coder, summarizer, nowhere, direct));
+    let billed = |http| async move {
+        sample(
+            http,
+            "nexus_dataplane_traffic_bytes_total",
+            &["tenant=\"acme\"", "domain=\"default/demo\""],
+        )
+        .await
+    };
+    assert!(billed(a.http).await > 0.0, "A bills the caller");
+    assert_eq!(billed(b.http).await, 0.0, "B bills no relayed byte");
+    assert!(sample(b.http, "nexus_dataplane_relayed_bytes_total", &[]).await > 0.0);
+
+    // A caller that merely claims to be a relay is billed like any other.
+    let acme_on_b = |http| async move {
+        sample(
+            http,
+            "nexus_dataplane_traffic_bytes_total",
+            &["tenant=\"acme\""],
+        )
+        .await
+    };
+    let before = acme_on_b(b.http).await;
+    let stranger = Client::connect_dir(&caller_mic, b.udp).await.unwrap();
+    let mut s = stranger
+        .session()
+        .open_ordered(Meta::op("infer").with("relay", "1").encode(), true)
+        .await
+        .unwrap();
+    s.send_msg(&serde_json::to_vec(&request(2)).unwrap())
+        .await
+        .unwrap();
+    s.send.finish().unwrap();
+    s.recv_msg().await.unwrap().unwrap();
+    drop(s);
+    drop(stranger);
+    eventually("B bills the stranger's claimed relay", async || {
+        acme_on_b(b.http).await > before
+    })
+    .await;
+
+    a.drain(Duration::from_millis(200)).await;
+    b.drain(Duration::from_millis(200)).await;
+}
