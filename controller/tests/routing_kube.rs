@@ -5,7 +5,9 @@
 //! `/v1/routing/{version}` and writing them through the real P4Runtime service (nexus-p4's
 //! software target, the one the dataplane embeds) — read back over P4Runtime.
 //!
-//! The controller's passes are driven by the test, so "within one pass" is checked exactly.
+//! Most tests drive the controller's passes themselves (over the stores its watches keep), so
+//! "within one pass" is checked exactly; one runs it as `nexus-controller rollout` does, to see
+//! a watched change make a pass on its own.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use kube::runtime::reflector::ObjectRef;
 use nexus_agent::kube_mode::KubeAgent;
 use nexus_agent::sim::SimNic;
 use nexus_controller::ca_client::GrpcIssuer;
@@ -42,21 +45,68 @@ const NS: &str = "acme";
 /// Issues `name`'s MIC through the real CA and stores its ModelIdentity and Secret (the layout
 /// the ModelIdentity controller writes) in the fake API server.
 async fn issue(fake: &FakeApiServer, issuer: &GrpcIssuer, name: &str) -> IssuedCertificate {
+    issue_as(fake, issuer, name, &format!("routing-kube-test:{name}")).await
+}
+
+/// [`issue`] with its own CA request id (a renewal is a new request).
+async fn issue_as(
+    fake: &FakeApiServer,
+    issuer: &GrpcIssuer,
+    name: &str,
+    request_id: &str,
+) -> IssuedCertificate {
     let mi = real_ca::model_identity(name);
-    let (issued, data) =
-        real_ca::issue_mic(issuer, &mi, &format!("routing-kube-test:{name}")).await;
+    let (issued, data) = real_ca::issue_mic(issuer, &mi, request_id).await;
     fake.apply(&mi);
-    fake.apply(&k8s_openapi::api::core::v1::Secret {
+    fake.apply(&mic_secret(&mi.spec.secret_name, data));
+    issued
+}
+
+/// A Secret as the ModelIdentity controller writes it: labelled as its own (the routing
+/// controller watches only those).
+fn mic_secret(
+    name: &str,
+    data: std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
         metadata: kube::api::ObjectMeta {
-            name: Some(mi.spec.secret_name.clone()),
+            name: Some(name.to_owned()),
             namespace: Some(NS.into()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    nexus_controller::identity::reconcile::MANAGER.to_owned(),
+                )]
+                .into(),
+            ),
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".into()),
         data: Some(data),
         ..Default::default()
-    });
-    issued
+    }
+}
+
+/// Waits (generously) until `ok` holds of the domain's status in the API.
+async fn wait_status(
+    fake: &FakeApiServer,
+    what: &str,
+    ok: impl Fn(&RoutingDomainStatus) -> bool,
+) -> RoutingDomainStatus {
+    let mut last = None;
+    for _ in 0..1200 {
+        let st = fake
+            .get::<RoutingDomain>(Some(NS), "code")
+            .and_then(|d| d.status);
+        if let Some(st) = st {
+            if ok(&st) {
+                return st;
+            }
+            last = Some(st);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}; last status: {last:#?}");
 }
 
 fn domain(endpoints: &[(&str, &str, &str)]) -> Value {
@@ -304,8 +354,17 @@ async fn endpoints_are_admitted_served_programmed_and_withdrawn_when_revoked_or_
         .collect();
     assert!(again.is_empty(), "{again:?}");
 
-    // A deleted Secret withdraws its endpoint in the very next pass.
+    // A deleted Secret withdraws its endpoint in the very next pass (once the controller's
+    // Secret watch has delivered the deletion to its store).
     w.fake.delete("Secret", Some(NS), "coder-c-mic").unwrap();
+    let gone = ObjectRef::new("coder-c-mic").within(NS);
+    for _ in 0..600 {
+        if w.routing.stores().secrets.get(&gone).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.routing.stores().secrets.get(&gone).is_none());
     let out = w.pass().await;
     let st = w.status().unwrap();
     assert_eq!(names(&st.admitted), ["coder-a", "coder-b"], "{st:#?}");
@@ -457,4 +516,175 @@ async fn the_rollout_and_the_routing_controller_share_the_node_spec() {
         .unwrap();
     assert_eq!(node().spec.routing.unwrap().version, version);
     assert!(!node().spec.maintenance);
+}
+
+/// Passes read the watches' stores, not the API: once the stores have listed, a pass that has
+/// nothing to write makes no request at all, however many endpoints the domains name (the
+/// driver used to list every kind and get each endpoint's Secret on every pass).
+#[tokio::test]
+async fn passes_read_the_stores_and_make_no_requests_whatever_the_endpoints() {
+    const PASSES: usize = 5;
+    let mut reads_per_size = Vec::new();
+    for endpoints in [1_usize, 12] {
+        let fake = FakeApiServer::new();
+        fake.apply_value(json!({
+            "apiVersion": "nexus.dev/v1alpha1",
+            "kind": "NexusNode",
+            "metadata": { "name": "n1" },
+            "spec": { "fabric": FABRIC },
+        }));
+        let names: Vec<String> = (0..endpoints).map(|i| format!("coder-{i}")).collect();
+        for n in &names {
+            let mi = real_ca::model_identity(n);
+            fake.apply(&mi);
+            let data = [(
+                "tls.crt".to_owned(),
+                k8s_openapi::ByteString(b"not a certificate".to_vec()),
+            )]
+            .into();
+            fake.apply(&mic_secret(&mi.spec.secret_name, data));
+        }
+        let eps: Vec<(&str, String, &str)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), format!("127.0.0.1:{}", 7400 + i), n.as_str()))
+            .collect();
+        let eps: Vec<(&str, &str, &str)> =
+            eps.iter().map(|(a, b, c)| (*a, b.as_str(), *c)).collect();
+        fake.apply_value(domain(&eps));
+        let mut routing = KubeRouting::new(
+            fake.client(),
+            TrustArgs::default(),
+            Arc::new(AtomicBool::new(true)),
+        )
+        .unwrap();
+        // The first pass waits for the watches' lists and writes the node's version and the
+        // domain's status.
+        let first = routing.pass(chrono::Utc::now()).await.unwrap();
+        assert!(first.writes > 0, "{first:?}");
+        assert_eq!(routing.stores().secrets.len(), endpoints);
+        assert_eq!(routing.stores().identities.len(), endpoints);
+        fake.clear_log();
+        for _ in 0..PASSES {
+            let out = routing.pass(chrono::Utc::now()).await.unwrap();
+            assert_eq!(out.writes, 0, "{out:?}");
+        }
+        // Watches (re)opened in between are not per pass; everything else is.
+        let requests: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .filter(|(_, path, _)| !path.contains("watch=true") && !path.contains("watch=1"))
+            .collect();
+        reads_per_size.push((endpoints, requests.len()));
+        assert!(
+            requests.is_empty(),
+            "{PASSES} passes over {endpoints} endpoints made requests: {requests:?}"
+        );
+    }
+    assert_eq!(reads_per_size, [(1, 0), (12, 0)]);
+}
+
+/// Under `run`, a Secret deleted or renewed withdraws or re-admits its endpoint through the
+/// Secret watch, without the periodic pass (an hour here); and the controller's own writes
+/// coming back do not keep it passing.
+#[sqlx::test(migrations = false)]
+async fn a_secret_change_makes_a_pass_without_waiting_for_the_timer(pool: PgPool) {
+    let (ca, issuer) = real_ca::start(&pool).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeApiServer::new();
+    let a = issue(&fake, &issuer, "coder-a").await;
+    let b = issue(&fake, &issuer, "coder-b").await;
+    fake.apply_value(json!({
+        "apiVersion": "nexus.dev/v1alpha1",
+        "kind": "NexusNode",
+        "metadata": { "name": "n1" },
+        "spec": { "fabric": FABRIC },
+    }));
+    fake.apply_value(domain(&[
+        ("coder-a", "127.0.0.1:7401", "coder-a"),
+        ("coder-b", "127.0.0.1:7402", "coder-b"),
+    ]));
+    let anchors = dir.path().join("anchors.pem");
+    std::fs::write(&anchors, &a.ca_pem).unwrap();
+    let trust = TrustArgs {
+        trust_anchors: Some(anchors),
+        ca_url: Some(format!("http://{}", ca.http_addr)),
+        ca_tls_ca: None,
+    };
+    let metrics = Arc::new(RoutingMetrics::new(&mut Registry::default()));
+    let routing = KubeRouting::new(fake.client(), trust, Arc::new(AtomicBool::new(true)))
+        .unwrap()
+        .with_metrics(Arc::clone(&metrics))
+        .with_interval(Duration::from_secs(3600));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(routing.run(async move {
+        let _ = stopped.await;
+    }));
+
+    let st = wait_status(&fake, "both admitted", |s| {
+        names(&s.admitted) == ["coder-a", "coder-b"]
+    })
+    .await;
+    let fingerprint_b = |s: &RoutingDomainStatus| {
+        s.admitted
+            .iter()
+            .find(|e| e.name == "coder-b")
+            .and_then(|e| e.certificate_fingerprint.clone())
+    };
+    assert_eq!(fingerprint_b(&st).as_deref(), Some(b.fingerprint.as_str()));
+    let v1 = st.routing_table_version.clone().unwrap();
+
+    // Deleted: withdrawn by the pass the deletion triggers.
+    fake.delete("Secret", Some(NS), "coder-b-mic").unwrap();
+    let st = wait_status(&fake, "coder-b withdrawn", |s| {
+        names(&s.admitted) == ["coder-a"]
+    })
+    .await;
+    let gone = st.rejected.iter().find(|r| r.name == "coder-b").unwrap();
+    assert_eq!(gone.reason, "IdentityNotReady", "{gone:?}");
+    let v2 = st.routing_table_version.clone().unwrap();
+    assert_ne!(v2, v1);
+
+    // Renewed (a new MIC in the Secret): re-admitted with the new certificate.
+    let renewed = issue_as(
+        &fake,
+        &issuer,
+        "coder-b",
+        "routing-kube-test:coder-b:renewed",
+    )
+    .await;
+    assert_ne!(renewed.fingerprint, b.fingerprint);
+    let st = wait_status(&fake, "coder-b re-admitted with its new MIC", |s| {
+        fingerprint_b(s).as_deref() == Some(renewed.fingerprint.as_str())
+    })
+    .await;
+    assert_eq!(names(&st.admitted), ["coder-a", "coder-b"]);
+    let node = fake.get::<NexusNode>(None, "n1").unwrap();
+    assert_eq!(
+        node.spec.routing.map(|r| r.version),
+        st.routing_table_version
+    );
+
+    // Settled: the controller's own writes coming back make no further passes (at most the
+    // one already triggered).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = metrics.pass_count("ok");
+    fake.clear_log();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        metrics.pass_count("ok") <= settled + 1,
+        "passes went on at idle: {settled} → {}",
+        metrics.pass_count("ok")
+    );
+    let writes: Vec<_> = fake
+        .writes()
+        .into_iter()
+        .filter(|x| x.manager == MANAGER)
+        .collect();
+    assert!(writes.is_empty(), "{writes:?}");
+
+    let _ = stop.send(());
+    task.await.unwrap();
+    ca.shutdown().await.unwrap();
 }

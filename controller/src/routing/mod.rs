@@ -9,9 +9,10 @@
 //!   verifying key, each endpoint's MIC chain and proofs in the Secret layout.
 //! - [`local`]: local mode (`nexctl up`, bare metal): domains from manifests, MICs from
 //!   Secret-layout directories, tables pushed over the fleet protocol.
-//! - [`kube`]: kube mode (`nexus-controller rollout`): domains, NexusNodes and ModelIdentity
-//!   Secrets from the API, each node told its table version in `NexusNode.spec.routing`, tables
-//!   served at `/v1/routing/{version}`, status through the status subresource.
+//! - [`kube`]: kube mode (`nexus-controller rollout`): domains, NexusNodes, ModelIdentities and
+//!   their Secrets from watches (reflector stores; a pass on a change and on a timer), each node
+//!   told its table version in `NexusNode.spec.routing`, tables served at
+//!   `/v1/routing/{version}`, status through the status subresource.
 
 pub mod core;
 pub mod evidence;
