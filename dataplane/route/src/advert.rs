@@ -127,8 +127,8 @@ impl Advertisement {
 }
 
 impl Advertisement {
-    /// The list constraints of `d` only (additional capabilities, claims, proofs): what the
-    /// resolver's index cannot decide from its compact attributes and Bloom filter.
+    /// The list constraints of `d` only (additional capabilities, claims, proofs; not the
+    /// class).
     pub fn satisfies_lists(&self, d: &crate::SadView<'_>) -> bool {
         d.extra_capabilities()
             .all(|id| self.capabilities.binary_search(&id).is_ok())

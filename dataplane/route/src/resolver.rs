@@ -7,15 +7,25 @@
 //!
 //! # Index
 //!
-//! Advertisements are indexed by capability: one posting list per capability id holding a
-//! compact copy of each advertiser's matchable attributes (family, context, latency, cost,
-//! modalities, trust, weight and a 64-bit Bloom filter of its other capabilities, claims and
-//! proofs), stored contiguously and in a fixed pseudo-random order. A query walks the shortest
-//! posting list among the capabilities it requires. Lists up to [`ResolverConfig::scan_limit`]
-//! are scanned whole, so the pick is exact; longer lists are scanned from a random offset until
-//! `scan_limit` candidates have been examined *and* at least `fan_out` feasible endpoints were
-//! found, which bounds the work for the common case while still finding a rare match (worst
-//! case: the whole list).
+//! Advertisements are indexed by capability: posting lists per (capability id, model family) and
+//! per capability id for every family, each holding a compact 40-byte copy of each advertiser's
+//! matchable attributes (latency, cost, capacity, modalities, trust, the load-independent part of
+//! its effective weight, its score for the domain's most common proof claim, and 64 tag bits for
+//! its capabilities, claims and proofs). A list is in a fixed pseudo-random order, then sorted by
+//! context window, largest first, with the end of each window's run beside it, so a minimum context
+//! is a prefix found without searching the list. A query walks the shortest such prefix among the
+//! capabilities it requires. Prefixes up to [`ResolverConfig::scan_limit`] are scanned whole, so
+//! the pick is exact; longer ones are scanned from a random offset until `scan_limit` candidates
+//! have been examined *and* at least `fan_out` feasible endpoints were found, which bounds the work
+//! for the common case while still finding a rare match (worst case: the whole prefix).
+//!
+//! Tag bits: when the domain has at most 64 distinct keys (capabilities, claims, and claims
+//! proven by a proof, counted apart), each gets a bit of its own and a required capability or
+//! claim is decided by the bits alone; otherwise the 48 most common keys get their own bits and
+//! the rest share 16 bits as a Bloom filter. Whatever the bits and the carried proof score
+//! cannot decide (a key in the Bloom bits, the minimum score of another proof) is checked
+//! against a compact copy of the endpoint's sorted lists, one contiguous read, with the same
+//! semantics as [`Advertisement::satisfies`].
 //!
 //! # Scoring and load feedback
 //!
@@ -120,7 +130,9 @@ pub struct LoadReport {
     pub latency_us: u32,
 }
 
+/// One endpoint's load; 16-byte aligned so a read touches one cache line.
 #[derive(Debug, Default)]
+#[repr(align(16))]
 struct LoadSlot {
     in_flight: AtomicU32,
     queue_depth: AtomicU32,
@@ -217,25 +229,157 @@ impl NoRoute {
     }
 }
 
-/// Compact, matchable attributes of one advertiser inside a posting list.
+/// Compact, matchable attributes of one advertiser inside a posting list (40 bytes). Family and
+/// context window are implied by the list and its prefix; capabilities, claims and proofs by
+/// `tags`, exactly for the keys [`Tags`] gave a bit of their own.
 #[derive(Debug, Clone, Copy)]
 struct Cand {
     idx: u32,
-    family: u32,
-    ctx: u32,
+    /// Its score for the domain's most common proof claim ([`Tags::proof`]), 0 without one.
+    proof_score: u32,
     /// SLA latency, ms; `ANY` when not stated (never within a bound).
     lat: u32,
-    /// Price, micro-USD/1k, saturated below `ANY`; `ANY` when not stated.
+    /// Price, micro-USD/1k; `ANY` when not stated or above `u32` (never within a bound).
     cost: u32,
-    weight: u32,
-    bloom: u64,
+    /// In-flight calls at which it is saturated.
+    capacity: u32,
+    /// Offset of its capability, claim and proof lists in [`Resolver::lists`].
+    lists: u32,
+    /// The part of the effective weight that does not depend on load, `weight × (1 +
+    /// w_trust·trust/3) / (1 + w_cost·cost/cost_ref)`; 0 exactly when the weight is 0.
+    base: f32,
     modalities: u8,
     trust: u8,
+    tags: u64,
 }
 
-#[inline]
-fn bloom_bit(id: u32) -> u64 {
-    1u64 << (id.wrapping_mul(0x9E37_79B9) >> 26)
+impl Cand {
+    fn new(idx: EndpointIdx, a: &Advertisement, capacity: u32, cfg: &ResolverConfig) -> Cand {
+        let cost = a.cost_micros.map_or(cfg.cost_ref_micros, |c| c as f32);
+        let base = if a.weight == 0 {
+            0.0
+        } else {
+            (a.weight as f32 * (1.0 + cfg.w_trust * a.trust as u8 as f32 / 3.0)
+                / (1.0 + cfg.w_cost * cost / cfg.cost_ref_micros))
+                .max(f32::MIN_POSITIVE)
+        };
+        Cand {
+            idx,
+            proof_score: 0,
+            lat: a.latency_sla_ms.unwrap_or(ANY),
+            cost: a
+                .cost_micros
+                .map_or(ANY, |c| u32::try_from(c).unwrap_or(ANY)),
+            capacity,
+            lists: 0,
+            base,
+            modalities: a.modalities.0,
+            trust: a.trust as u8,
+            tags: 0,
+        }
+    }
+}
+
+/// One posting list and what a query needs to use it without touching anything else.
+#[derive(Debug, Default)]
+struct Posting {
+    /// The tag bit of the list's capability and whether it is exact.
+    tag: (u64, bool),
+    /// The distinct context windows, largest first, each with the end of its run in `cands`
+    /// (a few entries: the prefix for a minimum context without a search through `cands`).
+    runs: Vec<(u32, u32)>,
+    /// In a fixed pseudo-random order within each context window, largest window first.
+    cands: Vec<Cand>,
+}
+
+impl Posting {
+    /// The candidates whose context window is at least `min_ctx`.
+    #[inline]
+    fn prefix(&self, min_ctx: u32) -> &[Cand] {
+        let k = self.runs.partition_point(|r| r.0 >= min_ctx);
+        let end = k
+            .checked_sub(1)
+            .and_then(|k| self.runs.get(k))
+            .map_or(0, |r| r.1);
+        self.cands.get(..end as usize).unwrap_or(&[])
+    }
+}
+
+/// A list attribute an endpoint has and a descriptor may require.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Key {
+    Capability(u32),
+    Claim(u32),
+    /// A proof of this claim (of any score).
+    Proof(u32),
+}
+
+/// The 64 bits of [`Cand::tags`]: the domain's most common keys get a bit each (exact); when the
+/// domain has more than 64 keys, the rest share the top [`Tags::BLOOM_BITS`] bits as a Bloom
+/// filter, and a descriptor requiring one of them is checked against the lists themselves.
+#[derive(Debug)]
+struct Tags {
+    exact: HashMap<Key, u8, foldhash::fast::FixedState>,
+    /// Bits below this are exact; 64 when every key of the domain has its own bit.
+    exact_bits: u32,
+    /// The most common proof claim with an exact bit, whose score [`Cand`] carries.
+    proof: Option<u32>,
+}
+
+impl Tags {
+    const BLOOM_BITS: u32 = 16;
+
+    fn new<'a>(keys: impl Iterator<Item = &'a [Key]>) -> Tags {
+        let mut count: HashMap<Key, u32, foldhash::fast::FixedState> = HashMap::default();
+        for ks in keys {
+            for &k in ks {
+                *count.entry(k).or_default() += 1;
+            }
+        }
+        let mut by_count: Vec<(Key, u32)> = count.into_iter().collect();
+        by_count.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let exact_bits = if by_count.len() <= 64 {
+            64
+        } else {
+            64 - Tags::BLOOM_BITS
+        };
+        let exact = by_count
+            .iter()
+            .take(exact_bits as usize)
+            .enumerate()
+            .map(|(b, &(k, _))| (k, b as u8))
+            .collect();
+        let proof = by_count
+            .iter()
+            .take(exact_bits as usize)
+            .find_map(|&(k, _)| match k {
+                Key::Proof(claim) => Some(claim),
+                _ => None,
+            });
+        Tags {
+            exact,
+            exact_bits,
+            proof,
+        }
+    }
+
+    /// The bit of `key` and whether it is exact; `None` when no endpoint of the domain has it.
+    #[inline]
+    fn bit(&self, key: Key) -> Option<(u64, bool)> {
+        if let Some(&b) = self.exact.get(&key) {
+            return Some((1u64 << b, true));
+        }
+        if self.exact_bits == 64 {
+            return None;
+        }
+        let (kind, id) = match key {
+            Key::Capability(id) => (1u32, id),
+            Key::Claim(id) => (2, id),
+            Key::Proof(id) => (3, id),
+        };
+        let h = (id ^ kind.wrapping_mul(0x85EB_CA6B)).wrapping_mul(0x9E37_79B9) >> 16;
+        Some((1u64 << (self.exact_bits + h % Tags::BLOOM_BITS), false))
+    }
 }
 
 /// Reusable buffers for [`Resolver::resolve`], so a hot loop allocates nothing.
@@ -249,11 +393,17 @@ pub struct Scratch {
 pub struct Resolver {
     adverts: Vec<Advertisement>,
     capacity: Vec<u32>,
-    /// Posting lists by (capability id, model family id or 0 for every family), each sorted
-    /// by context window, largest first, and shuffled within equal windows.
-    postings: HashMap<(u32, u32), Vec<Cand>, foldhash::fast::FixedState>,
+    /// Per endpoint, at [`Cand::lists`]: counts of capabilities, claims and proofs, then the
+    /// capabilities, the claims, the proofs' claims and the proofs' scores (one compact read
+    /// instead of chasing the advertisement's vectors).
+    lists: Vec<u32>,
+    tags: Tags,
+    /// Posting lists by (capability id, model family id or 0 for every family).
+    postings: HashMap<(u32, u32), Posting, foldhash::fast::FixedState>,
     by_name: HashMap<String, EndpointIdx>,
     config: ResolverConfig,
+    /// `w_latency / latency_ref_ms`.
+    latency_scale: f32,
 }
 
 /// A small deterministic generator (SplitMix64) seeded per call by the caller's random value.
@@ -278,54 +428,99 @@ impl SplitMix {
 
 impl Resolver {
     /// Builds the index. Advertisements keep their positions as [`EndpointIdx`].
-    pub fn new(adverts: Vec<Advertisement>, config: ResolverConfig) -> Resolver {
-        let mut postings: HashMap<(u32, u32), Vec<Cand>, foldhash::fast::FixedState> =
+    pub fn new(mut adverts: Vec<Advertisement>, config: ResolverConfig) -> Resolver {
+        // The lists as `satisfies` expects them (sorted; capabilities and claims unique), so the
+        // index and the reference agree even on a hand-written advertisement.
+        for a in &mut adverts {
+            a.capabilities.sort_unstable();
+            a.capabilities.dedup();
+            a.claims.sort_unstable();
+            a.claims.dedup();
+            a.proofs.sort_by_key(|p| p.claim);
+        }
+        let keys: Vec<Vec<Key>> = adverts
+            .iter()
+            .map(|a| {
+                let mut k: Vec<Key> = a.capabilities.iter().map(|&c| Key::Capability(c)).collect();
+                k.extend(a.claims.iter().map(|&c| Key::Claim(c)));
+                k.extend(a.proofs.iter().map(|p| Key::Proof(p.claim)));
+                k
+            })
+            .collect();
+        let tags = Tags::new(keys.iter().map(Vec::as_slice));
+        let mut postings: HashMap<(u32, u32), Posting, foldhash::fast::FixedState> =
             HashMap::with_hasher(foldhash::fast::FixedState::default());
         let mut by_name = HashMap::with_capacity(adverts.len());
         let mut capacity = Vec::with_capacity(adverts.len());
-        for (i, a) in adverts.iter().enumerate() {
+        let mut lists = Vec::new();
+        for ((i, a), keys) in adverts.iter().enumerate().zip(&keys) {
             let idx = i as EndpointIdx;
             by_name.insert(a.name.clone(), idx);
-            capacity.push(a.max_in_flight.unwrap_or(config.default_capacity).max(1));
-            let bloom = a
-                .capabilities
-                .iter()
-                .chain(&a.claims)
-                .chain(a.proofs.iter().map(|p| &p.claim))
-                .fold(0u64, |b, &id| b | bloom_bit(id));
+            let cap = a.max_in_flight.unwrap_or(config.default_capacity).max(1);
+            capacity.push(cap);
+            let offset = u32::try_from(lists.len()).unwrap_or(u32::MAX);
+            let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            lists.extend([
+                len(a.capabilities.len()),
+                len(a.claims.len()),
+                len(a.proofs.len()),
+            ]);
+            lists.extend(&a.capabilities);
+            lists.extend(&a.claims);
+            lists.extend(a.proofs.iter().map(|p| p.claim));
+            lists.extend(a.proofs.iter().map(|p| p.min_score));
             let cand = Cand {
-                idx,
-                family: a.model_family,
-                ctx: a.context_window,
-                lat: a.latency_sla_ms.unwrap_or(ANY),
-                cost: a
-                    .cost_micros
-                    .map_or(ANY, |c| u32::try_from(c).unwrap_or(ANY - 1).min(ANY - 1)),
-                weight: a.weight,
-                bloom,
-                modalities: a.modalities.0,
-                trust: a.trust as u8,
+                lists: offset,
+                // As `satisfies` finds it.
+                proof_score: tags.proof.map_or(0, |claim| {
+                    a.proofs
+                        .binary_search_by_key(&claim, |p| p.claim)
+                        .map_or(0, |i| a.proofs[i].min_score)
+                }),
+                tags: keys
+                    .iter()
+                    .filter_map(|&k| tags.bit(k))
+                    .fold(0, |t, (b, _)| t | b),
+                ..Cand::new(idx, a, cap, &config)
             };
             for &c in &a.capabilities {
-                postings.entry((c, 0)).or_default().push(cand);
-                postings.entry((c, a.model_family)).or_default().push(cand);
+                postings.entry((c, 0)).or_default().cands.push(cand);
+                postings
+                    .entry((c, a.model_family))
+                    .or_default()
+                    .cands
+                    .push(cand);
             }
         }
         // A fixed pseudo-random order, so that a window of a long list is a fair sample; then
         // by context window, largest first (stable), so a minimum context is a prefix.
-        for list in postings.values_mut() {
+        for (&(cap, _), p) in postings.iter_mut() {
+            let list = &mut p.cands;
             let mut rng = SplitMix(0x5EED ^ list.len() as u64);
             for i in (1..list.len()).rev() {
                 let j = (rng.next() % (i as u64 + 1)) as usize;
                 list.swap(i, j);
             }
-            list.sort_by_key(|c| std::cmp::Reverse(c.ctx));
+            let ctx = |c: &Cand| adverts.get(c.idx as usize).map_or(0, |a| a.context_window);
+            list.sort_by_key(|c| std::cmp::Reverse(ctx(c)));
+            for (i, c) in list.iter().enumerate() {
+                let end = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                match p.runs.last_mut() {
+                    Some(r) if r.0 == ctx(c) => r.1 = end,
+                    _ => p.runs.push((ctx(c), end)),
+                }
+            }
+            p.runs.shrink_to_fit();
+            p.tag = tags.bit(Key::Capability(cap)).unwrap_or((0, false));
         }
         Resolver {
             adverts,
             capacity,
+            lists,
+            tags,
             postings,
             by_name,
+            latency_scale: config.w_latency / config.latency_ref_ms,
             config,
         }
     }
@@ -357,27 +552,26 @@ impl Resolver {
         load.in_flight >= cap || load.queue_depth >= self.config.max_queue_depth
     }
 
+    /// The latency an endpoint is scored by, ms: observed, else its SLA, else the reference.
     #[inline]
-    fn score(&self, c: &Cand, load: &LoadReport) -> f32 {
-        let cfg = &self.config;
-        let cap = self.capacity[c.idx as usize] as f32;
-        let latency_ms = if load.latency_us != 0 {
-            load.latency_us as f32 / 1000.0
+    fn latency_ms(&self, c: &Cand, load: &LoadReport) -> f32 {
+        if load.latency_us != 0 {
+            load.latency_us as f32 * 0.001
         } else if c.lat != ANY {
             c.lat as f32
         } else {
-            cfg.latency_ref_ms
-        };
-        let cost = if c.cost != ANY {
-            c.cost as f32
-        } else {
-            cfg.cost_ref_micros
-        };
-        let busy = (load.in_flight + load.queue_depth) as f32 / cap;
-        c.weight as f32 * (1.0 + cfg.w_trust * c.trust as f32 / 3.0)
-            / ((1.0 + cfg.w_latency * latency_ms / cfg.latency_ref_ms)
-                * (1.0 + cfg.w_load * busy)
-                * (1.0 + cfg.w_cost * cost / cfg.cost_ref_micros))
+            self.config.latency_ref_ms
+        }
+    }
+
+    /// The effective weight (module docs), with one division.
+    #[inline]
+    fn score(&self, c: &Cand, load: &LoadReport) -> f32 {
+        let cfg = &self.config;
+        let cap = c.capacity as f32;
+        let busy = load.in_flight as f32 + load.queue_depth as f32;
+        c.base * cap
+            / ((1.0 + self.latency_scale * self.latency_ms(c, load)) * (cap + cfg.w_load * busy))
     }
 
     /// Picks up to `fan_out` distinct endpoints for `sad` into `out` (cleared first).
@@ -393,42 +587,63 @@ impl Resolver {
         out: &mut Vec<EndpointIdx>,
     ) -> Result<(), NoRoute> {
         out.clear();
-        // The shortest posting list among the required capabilities.
+        // The shortest posting list (its prefix with a large enough context window) among the
+        // required capabilities; sorted by context window, largest first.
         let family = sad.model_family();
+        let min_ctx = sad.min_context();
+        let mut check_lists = false;
+        let mut need_tags = 0u64;
         let mut list: &[Cand] = match self.postings.get(&(sad.class(), family)) {
-            Some(l) => l,
+            Some(p) => {
+                need_tags |= p.tag.0;
+                check_lists |= !p.tag.1;
+                p.prefix(min_ctx)
+            }
             None if family != 0 && self.postings.contains_key(&(sad.class(), 0)) => {
                 return Err(NoRoute::NoMatch);
             }
             None => return Err(NoRoute::NoCandidate),
         };
-        let mut need_bloom = 0u64;
         for c in sad.extra_capabilities() {
-            need_bloom |= bloom_bit(c);
             match self.postings.get(&(c, family)) {
-                Some(l) if l.len() < list.len() => list = l,
-                Some(_) => {}
+                Some(p) => {
+                    need_tags |= p.tag.0;
+                    check_lists |= !p.tag.1;
+                    let l = p.prefix(min_ctx);
+                    if l.len() < list.len() {
+                        list = l;
+                    }
+                }
                 None if family != 0 && self.postings.contains_key(&(c, 0)) => {
                     return Err(NoRoute::NoMatch);
                 }
                 None => return Err(NoRoute::NoCandidate),
             }
         }
-        let check_lists = sad.extra_capabilities().len() > 0
-            || sad.required_claims().len() > 0
-            || sad.required_proofs().len() > 0;
-        if check_lists {
-            need_bloom |= bloom_bit(sad.class());
-            for c in sad.required_claims() {
-                need_bloom |= bloom_bit(c);
-            }
-            for p in sad.required_proofs() {
-                need_bloom |= bloom_bit(p.claim);
+        // Required capabilities (above), claims and proofs as tag bits; a key without an exact
+        // bit, or a proof's score, is checked against the endpoint's lists.
+        let mut need_score = 0u32;
+        for p in sad.required_proofs() {
+            if self.tags.proof == Some(p.claim) {
+                need_score = need_score.max(p.min_score);
+            } else {
+                check_lists |= p.min_score > 0;
             }
         }
-        let min_ctx = sad.min_context();
-        // Sorted by context window, largest first: only a prefix can qualify.
-        let list = &list[..list.partition_point(|c| c.ctx >= min_ctx)];
+        let required = sad
+            .required_claims()
+            .map(Key::Claim)
+            .chain(sad.required_proofs().map(|p| Key::Proof(p.claim)));
+        for key in required {
+            match self.tags.bit(key) {
+                Some((bit, exact)) => {
+                    need_tags |= bit;
+                    check_lists |= !exact;
+                }
+                // No endpoint of the domain has it.
+                None => return Err(NoRoute::NoMatch),
+            }
+        }
         let max_lat = sad.max_latency_ms();
         let max_cost = sad.max_cost();
         let modalities = sad.modalities().0;
@@ -444,30 +659,29 @@ impl Resolver {
         };
         scratch.feasible.clear();
         let mut matched = 0usize;
-        for k in 0..n {
+        // From `start` to the end, then from the beginning: a window of the fixed random order.
+        let (tail, head) = list.split_at(start);
+        for (k, c) in head.iter().chain(tail).enumerate() {
             if k >= self.config.scan_limit && scratch.feasible.len() >= fan_out {
                 break;
             }
-            let mut i = start + k;
-            if i >= n {
-                i -= n;
-            }
-            let c = &list[i];
-            let ok = (family == 0 || c.family == family)
-                && c.ctx >= min_ctx
-                && (max_lat == ANY || c.lat <= max_lat)
-                && (max_cost == ANY || c.cost <= max_cost)
+            // The family and the context window hold by construction of `list`; `ANY` bounds
+            // admit everything and unstated latencies and prices are `ANY`, so one comparison
+            // each decides them as `satisfies` does.
+            let ok = c.lat <= max_lat
+                && c.cost <= max_cost
                 && c.modalities & modalities == modalities
                 && c.trust >= min_trust
-                && c.weight > 0
-                && c.bloom & need_bloom == need_bloom
-                && (!check_lists || self.adverts[c.idx as usize].satisfies_lists(sad));
+                && c.base > 0.0
+                && c.tags & need_tags == need_tags
+                && c.proof_score >= need_score
+                && (!check_lists || self.lists_ok(c.lists, sad));
             if !ok {
                 continue;
             }
             matched += 1;
             let l = load.get(c.idx);
-            if self.is_saturated(c.idx, &l) {
+            if l.in_flight >= c.capacity || l.queue_depth >= self.config.max_queue_depth {
                 continue;
             }
             let key = match self.config.strategy {
@@ -477,16 +691,8 @@ impl Resolver {
             let s = match self.config.strategy {
                 Strategy::LeastLatency => {
                     // Lower is better: load-adjusted latency, stored negated so "higher wins".
-                    let lat = if l.latency_us != 0 {
-                        l.latency_us as f32 / 1000.0
-                    } else if c.lat != ANY {
-                        c.lat as f32
-                    } else {
-                        self.config.latency_ref_ms
-                    };
-                    let busy =
-                        (l.in_flight + l.queue_depth) as f32 / self.capacity[c.idx as usize] as f32;
-                    -(lat * (1.0 + self.config.w_load * busy))
+                    let busy = (l.in_flight as f32 + l.queue_depth as f32) / c.capacity as f32;
+                    -(self.latency_ms(c, &l) * (1.0 + self.config.w_load * busy))
                 }
                 _ => self.score(c, &l),
             };
@@ -568,6 +774,34 @@ impl Resolver {
         Ok(())
     }
 
+    /// Whether the endpoint whose lists start at `offset` in [`Self::lists`] has every
+    /// capability, claim and proof `sad` requires (as [`Advertisement::satisfies`] decides).
+    fn lists_ok(&self, offset: u32, sad: &SadView<'_>) -> bool {
+        let at = offset as usize;
+        let Some(&[caps, claims, proofs]) = self.lists.get(at..at + 3) else {
+            return false;
+        };
+        let (caps, claims, proofs) = (caps as usize, claims as usize, proofs as usize);
+        let Some(l) = self.lists.get(at + 3..at + 3 + caps + claims + 2 * proofs) else {
+            return false;
+        };
+        let (caps, l) = l.split_at(caps);
+        let (claims, l) = l.split_at(claims);
+        let (proof_claims, scores) = l.split_at(proofs);
+        caps.binary_search(&sad.class()).is_ok()
+            && sad
+                .extra_capabilities()
+                .all(|c| caps.binary_search(&c).is_ok())
+            && sad
+                .required_claims()
+                .all(|c| claims.binary_search(&c).is_ok())
+            && sad.required_proofs().all(|need| {
+                proof_claims
+                    .binary_search(&need.claim)
+                    .is_ok_and(|i| scores.get(i).is_some_and(|&s| s >= need.min_score))
+            })
+    }
+
     /// Every endpoint that satisfies `sad` and is not saturated, by a plain scan of all
     /// advertisements with [`Advertisement::satisfies`]: the reference the index is tested
     /// against, and the linear-scan peer in the benches.
@@ -604,19 +838,12 @@ impl Resolver {
             if self.is_saturated(idx, &l) {
                 continue;
             }
-            let cand = Cand {
+            let cand = Cand::new(
                 idx,
-                family: a.model_family,
-                ctx: a.context_window,
-                lat: a.latency_sla_ms.unwrap_or(ANY),
-                cost: a
-                    .cost_micros
-                    .map_or(ANY, |c| c.min(u64::from(ANY - 1)) as u32),
-                weight: a.weight,
-                bloom: 0,
-                modalities: a.modalities.0,
-                trust: a.trust as u8,
-            };
+                a,
+                self.capacity.get(i).copied().unwrap_or(1),
+                &self.config,
+            );
             feasible.push((idx, self.score(&cand, &l)));
         }
         if feasible.is_empty() {
@@ -637,5 +864,38 @@ impl Resolver {
             feasible.swap_remove(chosen);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_exact_for_a_small_vocabulary_and_bloom_beyond() {
+        let small: Vec<Vec<Key>> = (0..64).map(|i| vec![Key::Capability(i)]).collect();
+        let t = Tags::new(small.iter().map(Vec::as_slice));
+        let bits: Vec<u64> = (0..64)
+            .map(|i| t.bit(Key::Capability(i)).expect("known").0)
+            .collect();
+        assert!((0..64).all(|i| t.bit(Key::Capability(i)).is_some_and(|b| b.1)));
+        assert_eq!(
+            bits.iter().fold(0u64, |a, b| a | b),
+            u64::MAX,
+            "one bit each"
+        );
+        assert_eq!(t.bit(Key::Claim(0)), None, "nobody has it");
+
+        // 100 keys; the 48 most common get exact bits, the rest a Bloom bit above them.
+        let wide: Vec<Vec<Key>> = (0..100u32)
+            .map(|i| (0..=i).map(Key::Claim).collect())
+            .collect();
+        let t = Tags::new(wide.iter().map(Vec::as_slice));
+        for k in 0..100 {
+            let (bit, exact) = t.bit(Key::Claim(k)).expect("bloom or exact");
+            assert_eq!(exact, k < 48, "claim {k}");
+            assert_eq!(bit >= 1 << 48, !exact, "claim {k}");
+        }
+        assert!(t.bit(Key::Proof(1_000)).is_some_and(|b| !b.1));
     }
 }

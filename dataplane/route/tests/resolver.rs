@@ -292,3 +292,156 @@ fn long_posting_lists_still_find_a_rare_match() {
     }
     assert_eq!(seen.keys().copied().collect::<Vec<_>>(), [4_321]);
 }
+
+/// A domain with more list keys (capabilities, claims, proofs) than the index has exact tag
+/// bits: the rare ones share Bloom bits and are checked against the endpoint's lists.
+fn wide_advert(i: usize, caps: &[usize], claims: &[usize], fam: usize, w: u32) -> Advertisement {
+    let mut ids: Vec<u32> = caps
+        .iter()
+        .map(|c| capability_id(&format!("cap-{c}")))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut claim_ids: Vec<u32> = claims
+        .iter()
+        .map(|c| claim_id(&format!("claim-{c}")))
+        .collect();
+    claim_ids.sort_unstable();
+    claim_ids.dedup();
+    let mut a = advert(i, &[], fam, 131_072, 100, 1_000, w);
+    // A proof of each claim too (besides `advert`'s safety-eval on every third endpoint).
+    a.proofs.extend(claim_ids.iter().map(|&claim| ProofBound {
+        claim,
+        min_score: 8_500 + 100 * (i as u32 % 10),
+    }));
+    a.proofs.sort_by_key(|p| p.claim);
+    a.capabilities = ids;
+    a.claims = claim_ids;
+    a
+}
+
+const WIDE_CAPS: usize = 90;
+const WIDE_CLAIMS: usize = 12;
+
+prop_compose! {
+    fn arb_wide_advert(i: usize)(
+        caps in proptest::collection::vec(
+            // Skewed: a few capabilities are common (exact bits), most are rare (Bloom bits).
+            prop_oneof![3 => 0..8usize, 1 => 0..WIDE_CAPS],
+            1..6,
+        ),
+        claims in proptest::collection::vec(0..WIDE_CLAIMS, 0..3),
+        fam in 0..FAMILIES.len(),
+        w in prop::sample::select(vec![0u32, 1, 100]),
+    ) -> Advertisement {
+        wide_advert(i, &caps, &claims, fam, w)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// With more keys than exact tag bits (and posting lists of extra capabilities shorter
+    /// than the class's), the index finds a feasible endpoint whenever the linear scan does,
+    /// and never picks one that fails the descriptor.
+    #[test]
+    fn wide_vocabularies_agree_with_the_linear_scan(
+        adverts in (20usize..200).prop_flat_map(|n| (0..n).map(arb_wide_advert).collect::<Vec<_>>()),
+        class in prop_oneof![0..8usize, 0..WIDE_CAPS],
+        extra in proptest::collection::vec(0..WIDE_CAPS, 0..3),
+        claims in proptest::collection::vec(0..WIDE_CLAIMS, 0..2),
+        fam in proptest::option::of(0..FAMILIES.len()),
+        proof in proptest::option::of(prop::sample::select(vec![0u32, 9_000, 9_300])),
+        claim_proof in proptest::option::of((0..WIDE_CLAIMS, prop::sample::select(vec![0u32, 8_700, 9_100]))),
+        fan_out in 1u8..4,
+        random in any::<u64>(),
+        scan_limit in prop::sample::select(vec![4usize, 128]),
+    ) {
+        let r = Resolver::new(adverts, ResolverConfig { scan_limit, ..ResolverConfig::default() });
+        let class_id = capability_id(&format!("cap-{class}"));
+        let mut d = Descriptor::for_class(class_id);
+        let mut extra: Vec<u32> = extra.iter().map(|e| capability_id(&format!("cap-{e}"))).filter(|&e| e != class_id).collect();
+        extra.sort_unstable();
+        extra.dedup();
+        d.extra_capabilities = extra;
+        let mut claims: Vec<u32> = claims.iter().map(|c| claim_id(&format!("claim-{c}"))).collect();
+        claims.sort_unstable();
+        claims.dedup();
+        d.required_claims = claims;
+        d.model_family = fam.map_or(0, |f| family_id(FAMILIES[f]));
+        let mut proofs: Vec<ProofBound> = proof.map(|p| ProofBound { claim: claim_id("safety-eval"), min_score: p }).into_iter().collect();
+        proofs.extend(claim_proof.map(|(c, p)| ProofBound { claim: claim_id(&format!("claim-{c}")), min_score: p }));
+        proofs.sort_by_key(|p| p.claim);
+        proofs.dedup_by_key(|p| p.claim);
+        d.required_proofs = proofs;
+        d.fan_out = fan_out;
+        let b = bytes(&d);
+        let sad = SadView::parse_exact(&b).expect("valid");
+        let load = r.new_load_table();
+        let feasible = r.feasible_linear(&sad, &load);
+        let mut out = Vec::new();
+        let res = r.resolve(&sad, &load, random, &mut Scratch::default(), &mut out);
+        for &p in &out {
+            let a = &r.advertisements()[p as usize];
+            prop_assert!(a.satisfies(&sad), "picked {} which fails the descriptor", a.name);
+        }
+        prop_assert_eq!(res.is_err(), feasible.is_empty());
+        prop_assert_eq!(out.len(), usize::from(d.fan_out).min(feasible.len()));
+    }
+}
+
+/// The class must be checked on endpoints found through an extra capability's (shorter)
+/// posting list, however densely their tag bits are set.
+fn extra_list_checks_the_class(class_endpoints: usize, popular: usize) {
+    // `popular` endpoints with capabilities cap-10..cap-69, more common than the class when
+    // `popular > class_endpoints` (the class then falls in the Bloom bits); the class cap-0 on
+    // `class_endpoints`; cap-1 on 5 endpoints that lack the class but have the 60 others.
+    let fillers: Vec<usize> = (10..70).collect();
+    let mut adverts: Vec<Advertisement> = (0..popular)
+        .map(|i| wide_advert(i, &fillers, &[], 0, 10))
+        .collect();
+    adverts.extend(
+        (popular..popular + class_endpoints).map(|i| wide_advert(i, &[0, 70 + i % 20], &[], 0, 10)),
+    );
+    let n = adverts.len();
+    let with_extra: Vec<usize> = (n..n + 5).collect();
+    adverts.extend(with_extra.iter().map(|&i| {
+        let mut caps = fillers.clone();
+        caps.push(1);
+        wide_advert(i, &caps, &[], 0, 10)
+    }));
+    let r = Resolver::new(adverts, ResolverConfig::default());
+    let load = r.new_load_table();
+    let mut d = Descriptor::for_class(capability_id("cap-0"));
+    d.extra_capabilities = vec![capability_id("cap-1")];
+    let b = bytes(&d);
+    let sad = SadView::parse_exact(&b).expect("valid");
+    let mut out = Vec::new();
+    for seed in 0..20 {
+        assert_eq!(
+            r.resolve(&sad, &load, seed, &mut Scratch::default(), &mut out),
+            Err(NoRoute::NoMatch),
+            "picked {out:?}"
+        );
+    }
+    // One endpoint with both: always found.
+    let mut adverts = r.advertisements().to_vec();
+    adverts[with_extra[2]]
+        .capabilities
+        .push(capability_id("cap-0"));
+    adverts[with_extra[2]].capabilities.sort_unstable();
+    let r = Resolver::new(adverts, ResolverConfig::default());
+    for seed in 0..20 {
+        r.resolve(&sad, &load, seed, &mut Scratch::default(), &mut out)
+            .expect("routable");
+        assert_eq!(out, [with_extra[2] as u32]);
+    }
+}
+
+#[test]
+fn an_extra_capabilitys_list_is_checked_for_the_class() {
+    // The class common enough for a tag bit of its own.
+    extra_list_checks_the_class(300, 0);
+    // The class among the Bloom bits (60 more common capabilities).
+    extra_list_checks_the_class(100, 200);
+}
