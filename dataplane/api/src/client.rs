@@ -240,6 +240,10 @@ impl Client {
         s.send_msg(&serde_json::to_vec(req)?)
             .await
             .map_err(map_stream_error)?;
+        // Nothing follows the request: finish now, so the server takes the FIN with it rather
+        // than stopping an open stream (a STOP_SENDING and our RESET_STREAM per generation).
+        // Cancelling later needs only the receive half ([`TokenStream::cancel`]).
+        s.send.finish().map_err(map_stream_error)?;
         Ok(TokenStream { stream: s })
     }
 

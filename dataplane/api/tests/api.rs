@@ -96,7 +96,7 @@ async fn unary_inference_capabilities_and_jsonrpc() {
 /// dropped their receive half unread and quinn sent STOP_SENDING (answered with
 /// RESET_STREAM) for every call.
 #[tokio::test]
-async fn unary_calls_end_their_streams_without_stop_sending_or_resets() {
+async fn completed_calls_end_their_streams_without_stop_sending_or_resets() {
     let (_s, client_ep, metrics, addr) = start(DemoModel::default()).await;
     let client = Client::connect(&client_ep, addr).await.unwrap();
     let req = InferRequest {
@@ -108,6 +108,16 @@ async fn unary_calls_end_their_streams_without_stop_sending_or_resets() {
         client.infer(&req).await.unwrap();
     }
     assert_eq!(metrics.calls("infer", "ok"), 20);
+    for _ in 0..5 {
+        let mut t = client.stream_tokens(&req).await.unwrap();
+        let mut n = 0;
+        while let Some(tok) = t.next().await {
+            tok.unwrap();
+            n += 1;
+        }
+        assert_eq!(n, 4);
+    }
+    assert_eq!(metrics.calls("tokens", "ok"), 5);
     let stats = client.session().connection().stats();
     assert_eq!(
         stats.frame_tx.stop_sending, 0,
