@@ -44,23 +44,70 @@ pub fn lookup(
     flow: u32,
 ) -> Result<SocketAddrV4, LookupError> {
     let loaded = target.loaded().ok_or(LookupError::NoTables)?;
-    let domain = match domain.map(|d| d.split_once('/')) {
-        None => 0,
-        Some(Some((ns, name))) => nexus_route::id::domain_id(ns, name),
-        Some(None) => return Err(LookupError::BadDomain),
-    };
-    nexus_p4::packet::next_hop(
-        &loaded,
-        nexus_route::id::tenant_id(tenant),
-        nexus_route::id::capability_id(capability),
-        domain,
-        flow,
+    pick(&loaded, &Probe::new(tenant, capability, domain)?, flow)
+        .map_err(|e| named(e, tenant, capability))
+}
+
+/// `e` with the tenant and capability by name rather than by id.
+fn named(e: LookupError, tenant: &str, capability: &str) -> LookupError {
+    match e {
+        LookupError::NoRoute { verdict, .. } => LookupError::NoRoute {
+            capability: capability.to_owned(),
+            tenant: tenant.to_owned(),
+            verdict,
+        },
+        e => e,
+    }
+}
+
+/// What a lookup asks, as the tables' ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Probe {
+    tenant: u32,
+    capability: u32,
+    domain: u32,
+}
+
+impl Probe {
+    fn new(tenant: &str, capability: &str, domain: Option<&str>) -> Result<Self, LookupError> {
+        let domain = match domain.map(|d| d.split_once('/')) {
+            None => 0,
+            Some(Some((ns, name))) => nexus_route::id::domain_id(ns, name),
+            Some(None) => return Err(LookupError::BadDomain),
+        };
+        Ok(Self {
+            tenant: nexus_route::id::tenant_id(tenant),
+            capability: nexus_route::id::capability_id(capability),
+            domain,
+        })
+    }
+}
+
+/// Runs a probe frame for `probe` and `flow` through the pipeline.
+fn pick(loaded: &nexus_p4::Loaded, probe: &Probe, flow: u32) -> Result<SocketAddrV4, LookupError> {
+    nexus_p4::packet::next_hop(loaded, probe.tenant, probe.capability, probe.domain, flow).map_err(
+        |v| LookupError::NoRoute {
+            capability: format!("capability id {:#x}", probe.capability),
+            tenant: format!("tenant id {:#x}", probe.tenant),
+            verdict: format!("{v:?}"),
+        },
     )
-    .map_err(|v| LookupError::NoRoute {
-        capability: capability.to_owned(),
-        tenant: tenant.to_owned(),
-        verdict: format!("{v:?}"),
-    })
+}
+
+/// Flows that calls without a `flow` of their own are spread over: the selector's weighted
+/// choice among next hops is sampled this finely.
+const FLOW_BUCKETS: u32 = 64;
+/// Most remembered picks (the capability comes from callers, so the memo is bounded).
+const MEMO_CAP: usize = 4096;
+
+/// Picks remembered for one published table batch: the pipeline is a pure function of the
+/// tables and the probe frame, so a pick holds until the next batch.
+#[derive(Debug, Default)]
+struct Memo {
+    /// The batch the picks were made in (held, so its address cannot be reused by a newer
+    /// batch while it is compared against).
+    tables: Option<Arc<nexus_p4::Snapshot>>,
+    picks: HashMap<(Probe, u32), SocketAddrV4>,
 }
 
 /// Routes capability-addressed streams with this node's tables: a stream whose pick is this
@@ -75,6 +122,7 @@ pub struct TableRouter {
     endpoint: Endpoint,
     sessions: tokio::sync::Mutex<HashMap<SocketAddr, Session>>,
     next_flow: AtomicU32,
+    memo: std::sync::Mutex<Memo>,
 }
 
 impl TableRouter {
@@ -87,6 +135,7 @@ impl TableRouter {
             endpoint,
             sessions: tokio::sync::Mutex::default(),
             next_flow: AtomicU32::new(0),
+            memo: std::sync::Mutex::default(),
         }
     }
 
@@ -106,13 +155,37 @@ impl TableRouter {
         Ok(s)
     }
 
-    async fn route(&self, tenant: &str, meta: &Meta) -> Result<Hop, ApiError> {
+    /// The pick for a call: remembered per table batch for calls without a flow of their
+    /// own (spread over [`FLOW_BUCKETS`]); computed for calls that name a flow.
+    fn pick(&self, tenant: &str, meta: &Meta) -> Result<SocketAddrV4, LookupError> {
+        let loaded = self.target.loaded().ok_or(LookupError::NoTables)?;
         let capability = meta.get("capability").unwrap_or_default();
-        let flow = meta
-            .get("flow")
-            .and_then(|f| f.parse().ok())
-            .unwrap_or_else(|| self.next_flow.fetch_add(1, Ordering::Relaxed));
-        let hop = lookup(&self.target, tenant, capability, meta.get("domain"), flow)
+        let probe = Probe::new(tenant, capability, meta.get("domain"))?;
+        let explain = |e| named(e, tenant, capability);
+        if let Some(flow) = meta.get("flow").and_then(|f| f.parse().ok()) {
+            return pick(&loaded, &probe, flow).map_err(explain);
+        }
+        let bucket = self.next_flow.fetch_add(1, Ordering::Relaxed) % FLOW_BUCKETS;
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        let same_batch = memo
+            .tables
+            .as_ref()
+            .is_some_and(|t| Arc::ptr_eq(t, &loaded.snapshot));
+        if !same_batch || memo.picks.len() >= MEMO_CAP {
+            memo.tables = Some(Arc::clone(&loaded.snapshot));
+            memo.picks.clear();
+        }
+        if let Some(hop) = memo.picks.get(&(probe, bucket)) {
+            return Ok(*hop);
+        }
+        let hop = pick(&loaded, &probe, bucket).map_err(explain)?;
+        memo.picks.insert((probe, bucket), hop);
+        Ok(hop)
+    }
+
+    async fn route(&self, tenant: &str, meta: &Meta) -> Result<Hop, ApiError> {
+        let hop = self
+            .pick(tenant, meta)
             .map_err(|e| ApiError::Refused(e.to_string()))?;
         let hop = SocketAddr::V4(hop);
         if hop == self.here {

@@ -235,6 +235,26 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     })
     .await;
 
+    // A new table batch takes effect on the next call (picks are remembered per batch, for
+    // 64 flow buckets: 64 calls remember every one of them first). code-generation moves
+    // to A, so A now serves it itself.
+    let coder = Client::connect_dir_in(&caller_mic, a.udp, DOMAIN)
+        .await
+        .unwrap()
+        .route_by("code-generation");
+    let relayed = infer_calls(a.http, "relayed").await;
+    for _ in 0..64 {
+        coder.infer(&request(1)).await.unwrap();
+    }
+    assert_eq!(infer_calls(a.http, "relayed").await, relayed + 64.0);
+    program(&a, vec![advert("on-a", a.udp, "code-generation")]).await;
+    let served = infer_calls(a.http, "ok").await;
+    for _ in 0..64 {
+        coder.infer(&request(1)).await.unwrap();
+    }
+    assert_eq!(infer_calls(a.http, "ok").await, served + 64.0);
+    assert_eq!(infer_calls(a.http, "relayed").await, relayed + 64.0);
+
     a.drain(Duration::from_millis(200)).await;
     b.drain(Duration::from_millis(200)).await;
 }
