@@ -659,6 +659,11 @@ pub struct KubeArgs {
     /// Seconds the dataplane may drain after SIGTERM before it is killed.
     #[arg(long, default_value_t = 15)]
     pub dataplane_grace: u64,
+    /// This node's address as routing domains name its endpoints (in the DaemonSet: the
+    /// host's IP, reached through the hostPort): the dataplane advertises it with the
+    /// Fabric's UDP port, so calls routed to this node by capability are served here.
+    #[arg(long, env = "NEXUS_AGENT_ADVERTISE_IP")]
+    pub dataplane_advertise_ip: Option<std::net::IpAddr>,
 }
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
@@ -698,6 +703,7 @@ fn run_kube(sim_dir: PathBuf, k: KubeArgs) -> anyhow::Result<()> {
             let mut launch = crate::supervise::Launch::new(bin, k.dataplane_http);
             launch.args = k.dataplane_args.clone();
             launch.grace = Duration::from_secs(k.dataplane_grace);
+            launch.advertise_ip = k.dataplane_advertise_ip;
             agent = agent.with_dataplane(launch);
         }
         // Recovery first, before any spec is read; the first status write reports it.

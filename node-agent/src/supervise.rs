@@ -51,8 +51,13 @@ impl Wanted {
     /// The `nexus-dataplane` flags this configuration sets. In `native` mode the NIC's P4
     /// pipeline carries NexLink; the process still terminates NexStream sessions for the
     /// node's models, so it runs the same way.
-    pub fn args(&self) -> Vec<String> {
-        vec![
+    ///
+    /// With `advertise_ip` (the node's address, where routing domains name this node's
+    /// endpoints), the dataplane also learns `--advertise=<ip>:<udp port>`, so a call routed to
+    /// this node by capability is served here rather than relayed to itself through the node's
+    /// address.
+    pub fn args(&self, advertise_ip: Option<std::net::IpAddr>) -> Vec<String> {
+        let mut args = vec![
             format!("--listen=0.0.0.0:{}", self.udp_port),
             format!(
                 "--mtu-upper-bound={}",
@@ -60,7 +65,14 @@ impl Wanted {
                     .saturating_sub(IP_UDP_OVERHEAD)
                     .min(u32::from(u16::MAX))
             ),
-        ]
+        ];
+        if let Some(ip) = advertise_ip {
+            args.push(format!(
+                "--advertise={}",
+                SocketAddr::new(ip, self.udp_port)
+            ));
+        }
+        args
     }
 }
 
@@ -204,6 +216,8 @@ pub struct Launch {
     pub grace: Duration,
     /// Time between readiness probes.
     pub probe_every: Duration,
+    /// The node's address, given to the dataplane as the host part of `--advertise`.
+    pub advertise_ip: Option<std::net::IpAddr>,
 }
 
 impl Launch {
@@ -214,6 +228,7 @@ impl Launch {
             http,
             grace: Duration::from_secs(15),
             probe_every: Duration::from_secs(2),
+            advertise_ip: None,
         }
     }
 }
@@ -319,7 +334,7 @@ async fn drive(
             Decision::Start(w) => {
                 let mut cmd = Command::new(&launch.binary);
                 cmd.args(&launch.args)
-                    .args(w.args())
+                    .args(w.args(launch.advertise_ip))
                     .arg(format!("--http-listen={}", launch.http))
                     .kill_on_drop(true);
                 match cmd.spawn() {
@@ -477,8 +492,18 @@ mod tests {
         let mut want = w(7400);
         want.mtu = 9000;
         assert_eq!(
-            want.args(),
+            want.args(None),
             vec!["--listen=0.0.0.0:7400", "--mtu-upper-bound=8952"]
+        );
+        let mut want = w(7500);
+        want.mtu = 1500;
+        assert_eq!(
+            want.args(Some("10.20.0.17".parse().unwrap())),
+            vec![
+                "--listen=0.0.0.0:7500",
+                "--mtu-upper-bound=1452",
+                "--advertise=10.20.0.17:7500"
+            ]
         );
     }
 
