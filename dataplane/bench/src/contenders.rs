@@ -942,15 +942,29 @@ pub async fn run_all(
         trace_id: 0,
     };
     let mbps = |d: Duration| TENSOR as f64 / d.as_secs_f64() / 1e6;
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let ack = nexus.send_tensor(&header, &data).await?;
-        ensure!(ack.bytes == TENSOR as u64);
-        best = best.max(mbps(t.elapsed()));
+    // The default shard size, then fewer and larger shards: how much the parallel streams
+    // cost or gain over loopback.
+    for (shard, label) in [
+        (
+            nexus_api::client::DEFAULT_SHARD,
+            format!(
+                "Nexus ({} × {} MiB shards on parallel streams, the default)",
+                TENSOR as u32 / nexus_api::client::DEFAULT_SHARD,
+                nexus_api::client::DEFAULT_SHARD >> 20
+            ),
+        ),
+        (16 << 20, "Nexus (4 × 16 MiB shards)".to_owned()),
+        (TENSOR as u32, "Nexus (1 × 64 MiB shard)".to_owned()),
+    ] {
+        let mut best = 0f64;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let ack = nexus.send_tensor_sharded(&header, &data, shard).await?;
+            ensure!(ack.bytes == TENSOR as u64);
+            best = best.max(mbps(t.elapsed()));
+        }
+        r.tensor.push((label, best));
     }
-    r.tensor
-        .push(("Nexus (16 × 4 MiB shards on parallel streams)".into(), best));
     let qc = qep.connect(s.quinn, PLAIN_NAME)?.await?;
     let mut best = 0f64;
     for _ in 0..3 {

@@ -139,6 +139,10 @@ pub struct Args {
     /// any other pick is relayed.
     #[arg(long, env = "NEXUS_DATAPLANE_ADVERTISE")]
     pub advertise: Option<SocketAddr>,
+    /// Write a qlog trace (JSON-SEQ `.sqlog`) of every NexStream session into this directory
+    /// (default: `$QLOGDIR`, if set; created if missing).
+    #[arg(long, env = "NEXUS_DATAPLANE_QLOG_DIR")]
+    pub qlog_dir: Option<PathBuf>,
     /// This node's name: usage events name it in their idempotency keys, so it must be unique
     /// among the dataplanes reporting to one cloud API (default: $HOSTNAME).
     #[arg(long, env = "NEXUS_DATAPLANE_NODE_NAME")]
@@ -407,6 +411,11 @@ pub async fn start(args: &Args) -> anyhow::Result<Running> {
     let endpoint = Endpoint::server(args.listen, &identity, &config, Arc::clone(&stream_metrics))
         .with_context(|| format!("binding {}", args.listen))?;
     let health = Arc::new(Health::default());
+    if let Some(dir) = &args.qlog_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the qlog directory {}", dir.display()))?;
+        endpoint.set_qlog_dir(Some(dir.clone()));
+    }
 
     if let Some(source) = &args.crl {
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));

@@ -231,3 +231,55 @@ async fn a_renewed_mic_is_presented_without_a_restart() {
     assert_eq!(s.peer().await.unwrap().serial, new_serial.unwrap());
     node.drain(Duration::from_millis(100)).await;
 }
+
+/// `--qlog-dir`: the node writes a qlog trace of each session it serves.
+#[tokio::test]
+async fn qlog_dir_traces_served_sessions() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mic, caller, qlog) = (
+        dir.path().join("mic"),
+        dir.path().join("caller"),
+        dir.path().join("qlog"),
+    );
+    pki.issue("nexus://acme/coder@1.0.0")
+        .unwrap()
+        .write_dir(&mic)
+        .unwrap();
+    pki.issue("nexus://acme/caller@1.0.0")
+        .unwrap()
+        .write_dir(&caller)
+        .unwrap();
+    let node = start(&args(
+        &mic,
+        &["--demo-model", "--qlog-dir", qlog.to_str().unwrap()],
+    ))
+    .await
+    .unwrap();
+    let client = Client::connect_dir(&caller, node.udp).await.unwrap();
+    client
+        .infer(&InferRequest {
+            model: String::new(),
+            prompt: "hi".into(),
+            max_tokens: 2,
+        })
+        .await
+        .unwrap();
+    drop(client);
+    let mut text = String::new();
+    for _ in 0..100 {
+        let files: Vec<_> = std::fs::read_dir(&qlog).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "one trace for the one session");
+        assert!(files[0].file_name().to_string_lossy().ends_with(".sqlog"));
+        text = std::fs::read_to_string(files[0].path()).unwrap();
+        if text.contains("connectivity:connection_closed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(text.contains("connectivity:connection_started"), "{text}");
+    assert!(text.contains("nexus://acme/caller@1.0.0"), "{text}");
+    assert!(text.contains("connectivity:connection_closed"), "{text}");
+    node.drain(Duration::from_millis(100)).await;
+}

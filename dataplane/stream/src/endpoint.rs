@@ -160,6 +160,8 @@ struct Shared {
     zero_rtt: bool,
     certificate: Arc<nexus_tls::ReloadingCertificate>,
     live: AtomicUsize,
+    /// Where sessions write qlog traces (`None`: not traced).
+    qlog_dir: std::sync::RwLock<Option<std::path::PathBuf>>,
 }
 
 /// A NexStream endpoint: one UDP socket, serving and/or dialing.
@@ -275,6 +277,7 @@ impl Endpoint {
                 zero_rtt: config.zero_rtt,
                 certificate,
                 live: AtomicUsize::new(0),
+                qlog_dir: std::sync::RwLock::new(crate::qlog::dir_from_env()),
             }),
             shutdown,
         })
@@ -293,6 +296,17 @@ impl Endpoint {
             .certificate
             .replace(identity.chain.clone(), identity.key.clone_key())
             .map_err(|e| StreamError::Tls(e.to_string()))
+    }
+
+    /// Writes a qlog trace of every session started from now on into `dir` (`None`: stops
+    /// tracing new sessions). The default is the `QLOGDIR` environment variable's directory,
+    /// if set. See [`crate::qlog`] for what is traced.
+    pub fn set_qlog_dir(&self, dir: Option<std::path::PathBuf>) {
+        *self
+            .shared
+            .qlog_dir
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = dir;
     }
 
     /// The verification policy (to load CRLs, change the requirement).
@@ -327,6 +341,7 @@ impl Endpoint {
             Some(peer),
             Arc::clone(&self.shared),
             self.shutdown.subscribe(),
+            crate::qlog::Side::Client,
         ))
     }
 
@@ -345,6 +360,7 @@ impl Endpoint {
                     None,
                     Arc::clone(&self.shared),
                     self.shutdown.subscribe(),
+                    crate::qlog::Side::Client,
                 );
                 let s = session.clone();
                 tokio::spawn(async move {
@@ -367,6 +383,7 @@ impl Endpoint {
                     Some(peer),
                     Arc::clone(&self.shared),
                     self.shutdown.subscribe(),
+                    crate::qlog::Side::Client,
                 ))
             }
         }
@@ -519,8 +536,13 @@ impl Accepting {
                         // issued only to a MIC it verified; the MIC itself is verified again
                         // when the handshake completes (and the session closed if refused).
                         // Until then only 0-RTT idempotent streams are served.
-                        let session =
-                            Session::start(conn, None, Arc::clone(&shared), self.shutdown);
+                        let session = Session::start(
+                            conn,
+                            None,
+                            Arc::clone(&shared),
+                            self.shutdown,
+                            crate::qlog::Side::Server,
+                        );
                         let s = session.clone();
                         tokio::spawn(async move {
                             let _ = accepted.await;
@@ -541,7 +563,13 @@ impl Accepting {
             }
         };
         let peer = verify_peer(&shared, &conn)?;
-        Ok(Session::start(conn, Some(peer), shared, self.shutdown))
+        Ok(Session::start(
+            conn,
+            Some(peer),
+            shared,
+            self.shutdown,
+            crate::qlog::Side::Server,
+        ))
     }
 }
 
@@ -628,6 +656,7 @@ impl Session {
         peer: Option<VerifiedMic>,
         shared: Arc<Shared>,
         shutdown: watch::Receiver<bool>,
+        side: crate::qlog::Side,
     ) -> Self {
         let (tx, rx) = mpsc::channel(shared.limits.incoming_queue.max(1));
         let (peer_tx, _) = watch::channel(peer.map(|p| Ok(Arc::new(p))));
@@ -643,6 +672,14 @@ impl Session {
                 tally: Arc::clone(&tally),
             }),
         };
+        let qlog_dir = shared
+            .qlog_dir
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(dir) = qlog_dir {
+            crate::qlog::spawn(conn.clone(), session.inner.peer.subscribe(), &dir, side);
+        }
         tokio::spawn(dispatch(
             conn,
             Counting { shared, tally },

@@ -29,6 +29,7 @@ pub mod frame;
 pub mod linkem;
 pub mod metrics;
 pub mod partial;
+pub mod qlog;
 pub mod testing;
 pub mod trust;
 

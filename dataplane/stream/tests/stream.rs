@@ -595,3 +595,111 @@ async fn drain_closes_sessions() {
     );
     assert!(p.client.connect(addr).await.is_err());
 }
+
+/// Reads every record of a JSON-SEQ file (RFC 7464: RS, JSON text, LF).
+fn sqlog_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .split(|b| *b == 0x1e)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            assert_eq!(r.last(), Some(&b'\n'), "a record ends with LF");
+            serde_json::from_slice(r).unwrap()
+        })
+        .collect()
+}
+
+/// With a qlog directory, each end writes a trace of the session that qlog tools read: the
+/// header, the connection's start, its recovery metrics, the peer's MIC and the close with its
+/// reason; without one, nothing is written.
+#[tokio::test]
+async fn sessions_write_qlog_traces_on_demand() {
+    let pki = TestPki::new().unwrap();
+    let mut p = pair(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_dir, client_dir) = (dir.path().join("server"), dir.path().join("client"));
+    std::fs::create_dir_all(&server_dir).unwrap();
+    std::fs::create_dir_all(&client_dir).unwrap();
+    p.server.set_qlog_dir(Some(server_dir.clone()));
+    p.client.set_qlog_dir(Some(client_dir.clone()));
+
+    let c = p
+        .client
+        .connect(p.server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let s = p.server_sessions.recv().await.unwrap().unwrap();
+    let mut o = c.open_ordered(&b"op=echo"[..], false).await.unwrap();
+    o.send_msg(b"hello").await.unwrap();
+    let mut got = next_ordered(&s).await;
+    assert_eq!(&got.recv_msg().await.unwrap().unwrap()[..], b"hello");
+    // Long enough for a few samples of the recovery metrics.
+    tokio::time::sleep(nexus_stream::qlog::SAMPLE_EVERY * 3).await;
+    c.close(codes::OK, "done");
+    s.closed().await;
+    drop((o, got));
+
+    for (dir, side, peer) in [
+        (&server_dir, "server", "nexus://acme/client@1.0.0"),
+        (&client_dir, "client", "nexus://acme/server@1.0.0"),
+    ] {
+        // The trace is complete once its close is written.
+        let mut records = Vec::new();
+        for _ in 0..100 {
+            let files: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().collect();
+            assert_eq!(files.len(), 1, "one trace per session");
+            records = sqlog_records(&files[0].path());
+            if records
+                .last()
+                .is_some_and(|r| r["name"] == "connectivity:connection_closed")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let header = &records[0];
+        assert_eq!(header["qlog_format"], "JSON-SEQ", "{header}");
+        assert_eq!(header["trace"]["vantage_point"]["type"], side);
+        let names: Vec<&str> = records[1..]
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names[0], "connectivity:connection_started", "{names:?}");
+        assert!(names.contains(&"recovery:metrics_updated"), "{names:?}");
+        let mic = records
+            .iter()
+            .find(|r| r["name"] == "nexus:mic_verified")
+            .expect("the peer's MIC is traced");
+        assert_eq!(mic["data"]["model"], peer);
+        let closed = records.last().unwrap();
+        assert_eq!(closed["name"], "connectivity:connection_closed");
+        assert!(
+            closed["data"]["reason"].as_str().unwrap().contains("done") || side == "client",
+            "{closed}"
+        );
+        let metrics = records
+            .iter()
+            .find(|r| r["name"] == "recovery:metrics_updated")
+            .unwrap();
+        assert!(metrics["data"]["smoothed_rtt"].as_f64().unwrap() > 0.0);
+        assert!(metrics["data"]["packets_sent"].as_u64().unwrap() > 0);
+        let times: Vec<f64> = records[1..]
+            .iter()
+            .map(|r| r["time"].as_f64().unwrap())
+            .collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    }
+
+    // Tracing off: a new session writes nothing.
+    p.server.set_qlog_dir(None);
+    p.client.set_qlog_dir(None);
+    let c2 = p
+        .client
+        .connect(p.server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let _s2 = p.server_sessions.recv().await.unwrap().unwrap();
+    c2.close(codes::OK, "done");
+    assert_eq!(std::fs::read_dir(&server_dir).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&client_dir).unwrap().count(), 1);
+}
