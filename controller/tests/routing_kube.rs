@@ -307,6 +307,38 @@ async fn endpoints_are_admitted_served_programmed_and_withdrawn_when_revoked_or_
     for url in w.p4.iter().flatten() {
         assert_eq!(programmed(url).await.as_deref(), Some(v1.as_str()));
     }
+    // Node 0's dataplane restarts: no pipeline, empty tables (here: another controller loads
+    // a fresh pipeline, which clears them). Its agent notices the pipeline it loaded is gone
+    // and programs the same version again — the spec did not change.
+    {
+        let url = w.p4[0].clone().unwrap();
+        let mut c = nexus_p4::client::Controller::connect(url.clone(), 1, 99)
+            .await
+            .unwrap();
+        c.set_pipeline(nexus_p4::p4info::nexroute_p4info().unwrap(), 7)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.programmed_version().await.unwrap(),
+            None,
+            "no tables left"
+        );
+        drop(c);
+        // Read with election id 0, below the agent's: never in its way.
+        let mut again = None;
+        for _ in 0..100 {
+            let mut r = nexus_p4::client::Controller::connect(url.clone(), 1, 0)
+                .await
+                .unwrap();
+            again = r.programmed_version().await.unwrap();
+            if again.is_some() {
+                break;
+            }
+            drop(r);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(again.as_deref(), Some(v1.as_str()), "programmed again");
+    }
     for n in w.fake.list::<NexusNode>() {
         let r = n.status.unwrap().routing.unwrap();
         assert_eq!(r.programmed_version.as_deref(), Some(v1.as_str()));

@@ -449,6 +449,29 @@ impl KubeAgent {
 
     /// Fetches and programs `spec.routing` when it names a version not handled yet.
     async fn program_routing(&mut self, spec: &NexusNodeSpec) {
+        // A version this agent programmed that the dataplane no longer runs (it restarted
+        // empty): forget it, so it is programmed again now rather than never.
+        let programmed = self
+            .memory
+            .routing
+            .as_ref()
+            .and_then(|r| r.programmed_version.clone());
+        let wanted = spec.routing.as_ref().map(|r| &r.version);
+        if let (
+            Some(v),
+            Some(RoutingSetup {
+                target: Some(target),
+                ..
+            }),
+        ) = (&programmed, &self.routing)
+            && wanted == Some(v)
+            && target.still_programmed().await == Some(false)
+        {
+            tracing::warn!(version = %v, node = %self.node, "the dataplane lost its routing tables (restarted?); programming them again");
+            if let Some(r) = self.memory.routing.as_mut() {
+                r.programmed_version = None;
+            }
+        }
         let Some(version) = routing_to_program(spec, &self.memory) else {
             return;
         };

@@ -16,6 +16,10 @@ use nexus_p4::p4info::nexroute_p4info;
 use nexus_p4::proto::p4::v1 as p4;
 use prost::Message;
 
+/// Times the agent tries to become the device's primary controller before it refuses a
+/// version (250 ms apart).
+const PRIMARY_ATTEMPTS: u32 = 20;
+
 /// Pipeline cookie the agent loads the committed NexRoute P4Info with.
 pub const PIPELINE_COOKIE: u64 = 0x4e58_5254; // "NXRT"
 
@@ -50,19 +54,30 @@ impl P4RuntimeTables {
                     .map_err(|e| format!("pushed entity {i} does not decode: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let mut c = tokio::time::timeout(
-            Duration::from_secs(10),
-            Controller::connect(self.endpoint.clone(), self.device_id, self.election_id),
-        )
-        .await
-        .map_err(|_| format!("P4Runtime at {} did not answer", self.endpoint))?
-        .map_err(|e| format!("P4Runtime at {}: {e}", self.endpoint))?;
-        if !c.is_primary() {
-            return Err(format!(
-                "another controller is primary for device {} (election id {} lost)",
-                self.device_id, self.election_id
-            ));
-        }
+        // Another controller may hold the device for a moment (a reader with a higher
+        // election id, a controller failing over): wait for it a little before refusing.
+        let mut attempts = 0;
+        let mut c = loop {
+            let c = tokio::time::timeout(
+                Duration::from_secs(10),
+                Controller::connect(self.endpoint.clone(), self.device_id, self.election_id),
+            )
+            .await
+            .map_err(|_| format!("P4Runtime at {} did not answer", self.endpoint))?
+            .map_err(|e| format!("P4Runtime at {}: {e}", self.endpoint))?;
+            if c.is_primary() {
+                break c;
+            }
+            attempts += 1;
+            if attempts >= PRIMARY_ATTEMPTS {
+                return Err(format!(
+                    "another controller is primary for device {} (election id {} lost)",
+                    self.device_id, self.election_id
+                ));
+            }
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
         let loaded = c
             .pipeline_cookie()
             .await
@@ -92,5 +107,19 @@ impl RoutingTarget for P4RuntimeTables {
         let n = self.program_once(tables).await?;
         tracing::info!(version = %tables.version, updates = n, "routing tables written over P4Runtime");
         Ok(())
+    }
+
+    /// The device still runs the NexRoute pipeline this agent loaded (its cookie). A
+    /// restarted dataplane has no pipeline, hence no tables.
+    async fn still_programmed(&self) -> Option<bool> {
+        let mut c = tokio::time::timeout(
+            Duration::from_secs(5),
+            Controller::connect(self.endpoint.clone(), self.device_id, self.election_id),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let cookie = c.pipeline_cookie().await.ok()?;
+        Some(cookie == Some(PIPELINE_COOKIE))
     }
 }

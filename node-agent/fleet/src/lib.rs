@@ -80,6 +80,13 @@ pub trait RoutingTarget: Send + Sync + 'static {
     /// Programs `tables` as one atomic change. `Err(reason)`: refused, and the tables the
     /// dataplane ran before are still in place.
     async fn program(&self, tables: &RoutingTables) -> Result<(), String>;
+
+    /// Whether the dataplane still runs what this agent programmed: `Some(false)` when it
+    /// visibly lost it (a dataplane restarted with no pipeline and empty tables), so the agent
+    /// programs its version again; `None` when it cannot tell (unreachable now; the default).
+    async fn still_programmed(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// The version the selected NICs run, if they all run the same one.
