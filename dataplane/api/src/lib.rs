@@ -134,8 +134,10 @@ pub struct TensorAck {
     pub bytes: u64,
     /// Shards received.
     pub shards: u32,
-    /// FNV-1a 64 of the payload, so the sender can check the reassembly.
-    pub fnv64: u64,
+    /// FNV-1a 64 of the payload, when the sender asked for it (metadata `checksum=fnv64`,
+    /// [`Client::send_tensor_checked`]), so it can check the reassembly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fnv64: Option<u64>,
 }
 
 /// JSON-RPC binding carried on a stream.

@@ -255,12 +255,18 @@ async fn tensors_are_split_across_streams_and_reassembled() {
     let len = 9 << 20;
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
     let ack = client
-        .send_tensor_sharded(&header(len as u32), &data, 1 << 20)
+        .send_tensor_checked(&header(len as u32), &data, 1 << 20)
         .await
         .unwrap();
     assert_eq!(ack.bytes, len as u64);
     assert_eq!(ack.shards, 9);
-    assert_eq!(ack.fnv64, fnv64(&data));
+    assert_eq!(ack.fnv64, Some(fnv64(&data)));
+    // Unchecked (the default): no checksum pass on either side.
+    let ack = client
+        .send_tensor_sharded(&header(len as u32), &data, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!((ack.bytes, ack.fnv64), (len as u64, None));
 
     // Oversized: refused from the header alone, before any shard is read.
     let big = 32 << 20;

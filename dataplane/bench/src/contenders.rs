@@ -948,13 +948,16 @@ pub async fn run_all(
         (
             nexus_api::client::DEFAULT_SHARD,
             format!(
-                "Nexus ({} × {} MiB shards on parallel streams, the default)",
-                TENSOR as u32 / nexus_api::client::DEFAULT_SHARD,
+                "Nexus (the default: {} shard(s) of {} MiB)",
+                (TENSOR as u32).div_ceil(nexus_api::client::DEFAULT_SHARD),
                 nexus_api::client::DEFAULT_SHARD >> 20
             ),
         ),
+        (
+            4 << 20,
+            "Nexus (16 × 4 MiB shards on parallel streams)".to_owned(),
+        ),
         (16 << 20, "Nexus (4 × 16 MiB shards)".to_owned()),
-        (TENSOR as u32, "Nexus (1 × 64 MiB shard)".to_owned()),
     ] {
         let mut best = 0f64;
         for _ in 0..3 {

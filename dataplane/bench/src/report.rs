@@ -166,7 +166,7 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(s, "## Not measured in this run\n");
     let _ = writeln!(
         s,
-        "- A profile of the tensor path (see ARCHITECTURE.md, Dataplane: where the time goes and GSO/GRO)."
+        "- A CPU profile of the tensor path: the shard-size rows above and ARCHITECTURE.md (Dataplane: where the time goes, GSO/GRO) say what was found instead."
     );
     for n in &r.notes {
         let _ = writeln!(s, "- {n}");
