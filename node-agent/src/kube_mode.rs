@@ -457,6 +457,7 @@ impl KubeAgent {
             .as_ref()
             .and_then(|r| r.programmed_version.clone());
         let wanted = spec.routing.as_ref().map(|r| &r.version);
+        let mut lost = false;
         if let (
             Some(v),
             Some(RoutingSetup {
@@ -471,6 +472,7 @@ impl KubeAgent {
             if let Some(r) = self.memory.routing.as_mut() {
                 r.programmed_version = None;
             }
+            lost = true;
         }
         let Some(version) = routing_to_program(spec, &self.memory) else {
             return;
@@ -498,6 +500,12 @@ impl KubeAgent {
                 Ok(tables) => target.program(&tables).await,
             },
         };
+        if lost && result.is_err() {
+            // The dataplane ran this version until it lost it: a failure now is its restart's
+            // (not up yet, another controller briefly primary), not a refusal. Try next round.
+            tracing::warn!(%version, node = %self.node, error = ?result, "re-programming lost tables failed; retrying");
+            return;
+        }
         match &result {
             Ok(()) => tracing::info!(%version, node = %self.node, "routing tables programmed"),
             Err(why) => {

@@ -277,9 +277,9 @@ impl Client {
         shard: u32,
     ) -> Result<TensorAck, ApiError> {
         let ack = self.send_tensor_with(header, data, shard, true).await?;
-        if ack.fnv64 != Some(crate::fnv64(data)) {
+        if ack.fnv64 != crate::fnv64(data) {
             return Err(ApiError::BadMessage(format!(
-                "the receiver's checksum {:?} differs from the data sent",
+                "the receiver's checksum {:#x} differs from the data sent",
                 ack.fnv64
             )));
         }

@@ -134,10 +134,10 @@ pub struct TensorAck {
     pub bytes: u64,
     /// Shards received.
     pub shards: u32,
-    /// FNV-1a 64 of the payload, when the sender asked for it (metadata `checksum=fnv64`,
-    /// [`Client::send_tensor_checked`]), so it can check the reassembly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fnv64: Option<u64>,
+    /// FNV-1a 64 of the payload when the sender asked for it (metadata `checksum=fnv64`,
+    /// [`Client::send_tensor_checked`]), so it can check the reassembly; 0 otherwise. Always
+    /// present, so acks stay readable by clients that predate the opt-in.
+    pub fnv64: u64,
 }
 
 /// JSON-RPC binding carried on a stream.

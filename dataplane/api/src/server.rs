@@ -360,6 +360,11 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
             Err(e) => Err(e.into()),
         },
     };
+    if op == "tensor" && !matches!(hop, Ok(Hop::Here)) {
+        // Not received here: its shards, already on their way, are stopped rather than left
+        // holding flow-control credit and a pending-tensor slot.
+        refuse_tensor(&meta, &tensors).await;
+    }
     let relayed = matches!(hop, Ok(Hop::Relay(_)));
     let result = match hop {
         Ok(Hop::Here) => match op {
@@ -372,7 +377,7 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
             "jsonrpc" => jsonrpc(&mut stream, &*model, &meta).await,
             _ => Err(ApiError::Refused("unknown operation".into())),
         },
-        Ok(Hop::Relay(upstream)) => relay(&mut stream, &upstream, op, meta).await,
+        Ok(Hop::Relay(upstream)) => relay(&mut stream, &session, &upstream, op, meta).await,
         Err(e) => Err(e),
     };
     match result {
@@ -405,6 +410,7 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
 /// back as the error its code names. The caller's session is billed here, by the relay.
 async fn relay(
     stream: &mut OrderedStream,
+    caller: &Session,
     upstream: &Session,
     op: &'static str,
     meta: Meta,
@@ -454,9 +460,33 @@ async fn relay(
         }
         Ok(())
     };
+    // A caller that goes away ends the relay at once, whether or not the endpoint is
+    // sending (dropping the upstream halves stops and resets its stream).
+    let gone = async {
+        caller.closed().await;
+        Err(ApiError::Cancelled(codes::CANCELLED.into_inner()))
+    };
     tokio::select! {
         r = back => r,
         r = forward => r,
+        r = gone => r,
+    }
+}
+
+/// Leaves a tombstone for a tensor this node will not receive (see [`receive_tensor`]):
+/// shards already queued are stopped, and late ones are refused when they arrive.
+async fn refuse_tensor(meta: &Meta, tensors: &Tensors) {
+    let Some(id) = meta.get("id").and_then(|v| v.parse::<u64>().ok()) else {
+        return;
+    };
+    if let Some(TensorSlotHandle {
+        rx: Some(mut rx), ..
+    }) = tensor_channel(tensors, id, true).await
+    {
+        rx.close();
+        while let Ok((_, mut recv)) = rx.try_recv() {
+            let _ = recv.stop(codes::REFUSED);
+        }
     }
 }
 
@@ -546,7 +576,11 @@ async fn receive_tensor<M: Model>(
         bytes: data.len() as u64,
         shards: plan.shards,
         // Only on request: a serial pass over every byte, on the transfer's critical path.
-        fnv64: (meta.get("checksum") == Some("fnv64")).then(|| fnv64(&data)),
+        fnv64: if meta.get("checksum") == Some("fnv64") {
+            fnv64(&data)
+        } else {
+            0
+        },
     };
     model.tensor(plan.header, data).await?;
     stream.send_msg(&serde_json::to_vec(&ack)?).await?;

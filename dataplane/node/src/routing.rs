@@ -97,6 +97,8 @@ fn pick(loaded: &nexus_p4::Loaded, probe: &Probe, flow: u32) -> Result<SocketAdd
 /// Flows that calls without a `flow` of their own are spread over: the selector's weighted
 /// choice among next hops is sampled this finely.
 const FLOW_BUCKETS: u32 = 64;
+/// How long a relay waits for the picked endpoint's handshake.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most remembered picks (the capability comes from callers, so the memo is bounded).
 const MEMO_CAP: usize = 4096;
 
@@ -139,18 +141,32 @@ impl TableRouter {
         }
     }
 
-    /// An open session to `hop`, reused while it lives.
+    /// An open session to `hop`, reused while it lives. Dialled outside the lock (with a
+    /// timeout), so an unreachable hop delays only the calls routed to it.
     async fn session_to(&self, hop: SocketAddr) -> Result<Session, ApiError> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(&hop)
-            && s.connection().close_reason().is_none()
         {
-            return Ok(s.clone());
+            let sessions = self.sessions.lock().await;
+            if let Some(s) = sessions.get(&hop)
+                && s.connection().close_reason().is_none()
+            {
+                return Ok(s.clone());
+            }
         }
-        let s = self.endpoint.connect(hop).await.map_err(|e| {
-            tracing::info!(%hop, error = %e, "relay: cannot reach the picked endpoint");
-            ApiError::Refused(format!("the picked endpoint {hop} is unreachable: {e}"))
-        })?;
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(hop))
+            .await
+            .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| {
+                tracing::info!(%hop, error = %e, "relay: cannot reach the picked endpoint");
+                ApiError::Refused(format!("the picked endpoint {hop} is unreachable: {e}"))
+            })?;
+        let mut sessions = self.sessions.lock().await;
+        // Another call may have dialled it meanwhile: keep one session per hop.
+        if let Some(other) = sessions.get(&hop)
+            && other.connection().close_reason().is_none()
+        {
+            return Ok(other.clone());
+        }
         sessions.insert(hop, s.clone());
         Ok(s)
     }

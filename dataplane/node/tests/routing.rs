@@ -187,10 +187,22 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
         .route_by("translation");
     let e = nowhere.infer(&request(1)).await.unwrap_err();
     assert!(matches!(e, ApiError::Refused(_)), "{e}");
-    let header = nexus_api::Header::opaque(1, 0, 16);
-    let e = coder.send_tensor(&header, &[0u8; 16]).await.unwrap_err();
-    assert!(matches!(e, ApiError::Refused(_)), "{e}");
-    coder.infer(&request(2)).await.unwrap();
+    // Ten refused 20 MiB tensors: their first 8 MiB each (the stream window) exceed the
+    // connection's 64 MiB receive window, so shards left unread would stall the session; A
+    // stops them instead.
+    let big = vec![7u8; 20 << 20];
+    let header = nexus_api::Header::opaque(1, 0, big.len() as u32);
+    for _ in 0..10 {
+        let e = tokio::time::timeout(Duration::from_secs(30), coder.send_tensor(&header, &big))
+            .await
+            .expect("a refused tensor does not stall the session")
+            .unwrap_err();
+        assert!(matches!(e, ApiError::Refused(_)), "{e}");
+    }
+    tokio::time::timeout(Duration::from_secs(30), coder.infer(&request(2)))
+        .await
+        .expect("the session still carries calls after refused tensors")
+        .unwrap();
 
     // Billing: the relay bills the caller under its domain; B leaves the relayed leg (its
     // peer presents the fabric's own identity) unbilled and counts it apart.
