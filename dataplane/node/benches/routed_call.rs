@@ -12,73 +12,15 @@
 //! calls per contender, default 20,000).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::SocketAddr;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use nexus_api::{Client, InferRequest};
-use nexus_dataplane::{Args, Running, start};
-use nexus_p4::client::Controller;
-use nexus_p4::compile::{DomainInput, compile};
-use nexus_p4::p4info::nexroute_p4info;
-use nexus_route::id::{capability_id, domain_id, family_id, tenant_id};
-use nexus_route::{Advertisement, Modalities, TrustLevel};
+use nexus_dataplane::start;
 use nexus_stream::testing::TestPki;
-
-const DOMAIN: &str = "default/demo";
-
-fn node(mic: &std::path::Path) -> Args {
-    Args::try_parse_from([
-        "nexus-dataplane",
-        "--listen=127.0.0.1:0",
-        "--http-listen=127.0.0.1:0",
-        "--p4runtime-listen=127.0.0.1:0",
-        &format!("--mic-dir={}", mic.display()),
-        "--demo-model",
-        "--mic-reload=0",
-    ])
-    .unwrap()
-}
-
-fn advert(name: &str, at: SocketAddr, capability: &str) -> Advertisement {
-    Advertisement {
-        name: name.into(),
-        address: at.to_string(),
-        capability_names: vec![capability.into()],
-        capabilities: vec![capability_id(capability)],
-        model_family_name: "llm".into(),
-        model_family: family_id("llm"),
-        context_window: 131_072,
-        modalities: Modalities::TEXT,
-        latency_sla_ms: Some(150),
-        cost_micros: None,
-        weight: 100,
-        max_in_flight: None,
-        trust: TrustLevel::from_u8(1).unwrap(),
-        claims: vec![],
-        proofs: vec![],
-    }
-}
-
-async fn program(node: &Running, endpoints: Vec<Advertisement>) {
-    let url = format!("http://{}", node.p4runtime.unwrap());
-    let mut c = Controller::connect(url, 1, 1).await.unwrap();
-    c.set_pipeline(nexroute_p4info().unwrap(), 1).await.unwrap();
-    let schema = nexus_p4::Schema::new(nexroute_p4info().unwrap()).unwrap();
-    let (ns, name) = DOMAIN.split_once('/').unwrap();
-    let tables = compile(
-        &schema,
-        &[DomainInput {
-            name: DOMAIN.into(),
-            tenant_id: tenant_id("acme"),
-            domain_id: domain_id(ns, name),
-            default_for_tenant: true,
-            endpoints,
-        }],
-    )
-    .unwrap();
-    c.apply(&tables).await.unwrap();
-}
+use support::{DOMAIN, advert, node, program};
 
 fn pct(sorted: &[u64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q) as usize] as f64 / 1000.0
@@ -107,8 +49,8 @@ fn main() {
             .unwrap()
             .write_dir(&caller)
             .unwrap();
-        let a = start(&node(&fabric)).await.unwrap();
-        let b = start(&node(&fabric)).await.unwrap();
+        let a = start(&node(&fabric, &["--mic-reload=0"])).await.unwrap();
+        let b = start(&node(&fabric, &["--mic-reload=0"])).await.unwrap();
         // code-generation lives on B only: B's tables pick B, A's pick B too.
         let tables = vec![advert("on-b", b.udp, "code-generation")];
         program(&a, tables.clone()).await;

@@ -4,94 +4,14 @@
 //! the call billed once — by the relay, to the caller.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+mod support;
+
 use std::time::Duration;
 
-use clap::Parser;
 use nexus_api::{ApiError, Client, InferRequest, Meta};
-use nexus_dataplane::{Args, Running, start};
-use nexus_p4::client::Controller;
-use nexus_p4::compile::{DomainInput, compile};
-use nexus_p4::p4info::nexroute_p4info;
-use nexus_route::id::{capability_id, domain_id, family_id, tenant_id};
-use nexus_route::{Advertisement, Modalities, TrustLevel};
+use nexus_dataplane::start;
 use nexus_stream::testing::TestPki;
-
-const DOMAIN: &str = "default/demo";
-
-fn node(mic: &std::path::Path) -> Args {
-    Args::try_parse_from([
-        "nexus-dataplane",
-        "--listen=127.0.0.1:0",
-        "--http-listen=127.0.0.1:0",
-        "--p4runtime-listen=127.0.0.1:0",
-        &format!("--mic-dir={}", mic.display()),
-        "--demo-model",
-        "--demo-token-ms=20",
-    ])
-    .unwrap()
-}
-
-fn advert(name: &str, at: SocketAddr, capability: &str) -> Advertisement {
-    Advertisement {
-        name: name.into(),
-        address: at.to_string(),
-        capability_names: vec![capability.into()],
-        capabilities: vec![capability_id(capability)],
-        model_family_name: "llm".into(),
-        model_family: family_id("llm"),
-        context_window: 131_072,
-        modalities: Modalities::TEXT,
-        latency_sla_ms: Some(150),
-        cost_micros: None,
-        weight: 100,
-        max_in_flight: None,
-        trust: TrustLevel::from_u8(1).unwrap(),
-        claims: vec![],
-        proofs: vec![],
-    }
-}
-
-/// Programs `node`'s tables the way its node agent does: primary controller, pipeline, one
-/// atomic batch.
-async fn program(node: &Running, endpoints: Vec<Advertisement>) {
-    let url = format!("http://{}", node.p4runtime.unwrap());
-    let mut c = Controller::connect(url, 1, 1).await.unwrap();
-    c.set_pipeline(nexroute_p4info().unwrap(), 1).await.unwrap();
-    let schema = nexus_p4::Schema::new(nexroute_p4info().unwrap()).unwrap();
-    let (ns, name) = DOMAIN.split_once('/').unwrap();
-    let tables = compile(
-        &schema,
-        &[DomainInput {
-            name: DOMAIN.into(),
-            tenant_id: tenant_id("acme"),
-            domain_id: domain_id(ns, name),
-            default_for_tenant: true,
-            endpoints,
-        }],
-    )
-    .unwrap();
-    c.apply(&tables).await.unwrap();
-}
-
-/// The value of the first `/metrics` sample named `name` with every label in `want` (0 when
-/// absent), summed over matches.
-async fn sample(http: SocketAddr, name: &str, want: &[&str]) -> f64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter(|l| want.iter().all(|w| l.contains(w)))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
+use support::{DOMAIN, advert, node, program, sample};
 
 fn request(max_tokens: u32) -> InferRequest {
     InferRequest {
@@ -124,8 +44,12 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
         .unwrap()
         .write_dir(&caller_mic)
         .unwrap();
-    let a = start(&node(&fabric_mic)).await.unwrap();
-    let b = start(&node(&fabric_mic)).await.unwrap();
+    let a = start(&node(&fabric_mic, &["--demo-token-ms=20"]))
+        .await
+        .unwrap();
+    let b = start(&node(&fabric_mic, &["--demo-token-ms=20"]))
+        .await
+        .unwrap();
     let tables = vec![
         advert("on-b", b.udp, "code-generation"),
         advert("on-a", a.udp, "summarization"),

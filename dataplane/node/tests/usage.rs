@@ -3,6 +3,8 @@
 //! outage and a restart of the dataplane with usage still in its spool.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -66,17 +68,7 @@ fn node(mic: &Path, spool: &Path, name: &str, usage_url: &str) -> Args {
 
 /// Sum of `nexus_dataplane_traffic_bytes` series matching every `want` label.
 async fn metered(http: std::net::SocketAddr, want: &[&str]) -> u64 {
-    let text = reqwest::get(format!("http://{http}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("nexus_dataplane_traffic_bytes_total{"))
-        .filter(|l| want.iter().all(|w| l.contains(w)))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    support::sample(http, "nexus_dataplane_traffic_bytes_total", want).await as u64
 }
 
 /// (events, summed quantity) of `traffic_bytes` stored for a tenant slug.
