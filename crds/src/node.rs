@@ -307,4 +307,8 @@ pub mod condition {
     pub const FIRMWARE_CURRENT: &str = "FirmwareCurrent";
     /// The P4 pipeline in the spec is loaded.
     pub const PIPELINE_LOADED: &str = "PipelineLoaded";
+    /// Peers on other nodes can reach the dataplane: the UDP port the Fabric names is the one
+    /// the agent's pod forwards from the node (its hostPort). Set only by agents told which
+    /// port that is (`--dataplane-host-port`).
+    pub const DATAPLANE_REACHABLE: &str = "DataplaneReachable";
 }

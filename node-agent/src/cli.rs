@@ -664,6 +664,11 @@ pub struct KubeArgs {
     /// Fabric's UDP port, so calls routed to this node by capability are served here.
     #[arg(long, env = "NEXUS_AGENT_ADVERTISE_IP")]
     pub dataplane_advertise_ip: Option<std::net::IpAddr>,
+    /// The UDP port the node forwards to this pod (the DaemonSet's hostPort). With it, the
+    /// NexusNode's `DataplaneReachable` condition says whether the Fabric's `udpPort` is that
+    /// port, i.e. whether peers on other nodes can reach the dataplane.
+    #[arg(long)]
+    pub dataplane_host_port: Option<u16>,
 }
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
@@ -704,6 +709,7 @@ fn run_kube(sim_dir: PathBuf, k: KubeArgs) -> anyhow::Result<()> {
             launch.args = k.dataplane_args.clone();
             launch.grace = Duration::from_secs(k.dataplane_grace);
             launch.advertise_ip = k.dataplane_advertise_ip;
+            launch.host_port = k.dataplane_host_port;
             agent = agent.with_dataplane(launch);
         }
         // Recovery first, before any spec is read; the first status write reports it.

@@ -279,7 +279,17 @@ pub fn node_status(
         last_flash: memory.last_flash.clone(),
         agent_version: Some(agent_version().to_string()),
         heartbeat: Some(t),
-        conditions: vec![ready, firmware_current],
+        // Conditions other parts of the agent own (DataplaneReachable, the supervisor's) are
+        // carried over as they were.
+        conditions: [ready, firmware_current]
+            .into_iter()
+            .chain(
+                previous
+                    .iter()
+                    .filter(|c| c.type_ == condition::DATAPLANE_REACHABLE)
+                    .cloned(),
+            )
+            .collect(),
         routing: memory.routing.clone(),
         dataplane: None,
     }
@@ -601,6 +611,29 @@ impl KubeAgent {
         let api: Api<NexusNode> = Api::all(self.client.clone());
         let mut status = status.clone();
         status.dataplane = self.supervisor.as_ref().map(|s| s.status());
+        // DataplaneReachable is the supervisor's: computed here, its transition time kept
+        // from the condition published before (node_status carries it over).
+        let reachable = self
+            .supervisor
+            .as_ref()
+            .and_then(|s| s.reachability())
+            .map(|(ok, reason, message)| {
+                if !ok {
+                    tracing::warn!(node = %self.node, %message, "dataplane not reachable from other nodes");
+                }
+                cond(
+                    &status.conditions,
+                    condition::DATAPLANE_REACHABLE,
+                    ok,
+                    reason,
+                    message,
+                    &to_time(Utc::now()),
+                )
+            });
+        status
+            .conditions
+            .retain(|c| c.type_ != condition::DATAPLANE_REACHABLE);
+        status.conditions.extend(reachable);
         let body = serde_json::json!({
             "apiVersion": "nexus.dev/v1alpha1",
             "kind": "NexusNode",

@@ -218,6 +218,39 @@ pub struct Launch {
     pub probe_every: Duration,
     /// The node's address, given to the dataplane as the host part of `--advertise`.
     pub advertise_ip: Option<std::net::IpAddr>,
+    /// The UDP port the node forwards to this pod (the DaemonSet's hostPort), when the agent
+    /// runs behind one: a Fabric naming another `udpPort` leaves the dataplane unreachable
+    /// from other nodes, which [`reachability`] reports.
+    pub host_port: Option<u16>,
+}
+
+/// Whether peers on other nodes reach a dataplane run as `wanted` behind a node that
+/// forwards UDP `host_port` to it: `(reachable, reason, message)` for the NexusNode's
+/// `DataplaneReachable` condition; `None` when no dataplane is wanted or the forwarded port
+/// is not known (no condition is published then).
+pub fn reachability(
+    wanted: Option<&Wanted>,
+    host_port: Option<u16>,
+) -> Option<(bool, &'static str, String)> {
+    let (wanted, host_port) = (wanted?, host_port?);
+    Some(if wanted.udp_port == host_port {
+        (
+            true,
+            "PortForwarded",
+            format!("the node forwards UDP {host_port} to the dataplane"),
+        )
+    } else {
+        (
+            false,
+            "PortNotForwarded",
+            format!(
+                "the Fabric's dataplane.udpPort is {} but the node forwards only UDP {host_port} \
+                 to this agent's pod (its hostPort): peers on other nodes cannot reach the \
+                 dataplane; set the agent DaemonSet's hostPort and containerPort to {}",
+                wanted.udp_port, wanted.udp_port
+            ),
+        )
+    })
 }
 
 impl Launch {
@@ -229,6 +262,7 @@ impl Launch {
             grace: Duration::from_secs(15),
             probe_every: Duration::from_secs(2),
             advertise_ip: None,
+            host_port: None,
         }
     }
 }
@@ -239,6 +273,7 @@ pub struct Supervisor {
     wanted: watch::Sender<Option<Wanted>>,
     status: Arc<Mutex<NodeDataplaneStatus>>,
     task: tokio::task::JoinHandle<()>,
+    host_port: Option<u16>,
 }
 
 impl Supervisor {
@@ -246,12 +281,19 @@ impl Supervisor {
     pub fn spawn(launch: Launch) -> Self {
         let (wanted, rx) = watch::channel(None);
         let status = Arc::new(Mutex::new(NodeDataplaneStatus::default()));
+        let host_port = launch.host_port;
         let task = tokio::spawn(drive(launch, rx, Arc::clone(&status)));
         Supervisor {
             wanted,
             status,
             task,
+            host_port,
         }
+    }
+
+    /// The `DataplaneReachable` condition's verdict ([`reachability`]) for what it runs now.
+    pub fn reachability(&self) -> Option<(bool, &'static str, String)> {
+        reachability(self.wanted.borrow().as_ref(), self.host_port)
     }
 
     /// What the dataplane should run with (`None`: stop it).
@@ -261,6 +303,11 @@ impl Supervisor {
             *w = wanted;
             changed
         });
+    }
+
+    /// What it was last asked to run with.
+    pub fn wanted(&self) -> Option<Wanted> {
+        self.wanted.borrow().clone()
     }
 
     /// What it is doing now.
@@ -425,6 +472,22 @@ mod tests {
 
     fn t(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn reachability_compares_the_fabrics_port_with_the_forwarded_one() {
+        assert_eq!(reachability(None, Some(7400)), None, "nothing wanted");
+        assert_eq!(reachability(Some(&w(7400)), None), None, "port unknown");
+        let (ok, reason, _) = reachability(Some(&w(7400)), Some(7400)).unwrap();
+        assert!(ok);
+        assert_eq!(reason, "PortForwarded");
+        let (ok, reason, message) = reachability(Some(&w(7500)), Some(7400)).unwrap();
+        assert!(!ok);
+        assert_eq!(reason, "PortNotForwarded");
+        assert!(
+            message.contains("7500") && message.contains("7400"),
+            "{message}"
+        );
     }
 
     #[test]

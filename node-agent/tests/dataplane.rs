@@ -133,7 +133,19 @@ async fn the_agent_supervises_the_dataplane_with_the_fabrics_configuration() {
     ];
     launch.grace = Duration::from_secs(5);
     launch.probe_every = Duration::from_millis(100);
+    // The pod's forwarded port (the DaemonSet's hostPort) is the first one.
+    launch.host_port = Some(first);
     let mut agent = KubeAgent::new(fake.client(), NODE, &sim, trust).with_dataplane(launch);
+    let reachable = |fake: &FakeApiServer| {
+        let n: NexusNode = fake.get(None, NODE).unwrap();
+        n.status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "DataplaneReachable")
+            .map(|c| (c.status, c.reason, c.message, c.last_transition_time))
+            .unwrap()
+    };
 
     // Started on the Fabric's port, ready, serving.
     let s = until(&mut agent, &fake, "Running", |d| {
@@ -144,6 +156,11 @@ async fn the_agent_supervises_the_dataplane_with_the_fabrics_configuration() {
     assert_eq!(s.restarts, 0);
     let pid = s.pid.unwrap();
     call(&caller_mic, first).await;
+    let (status, reason, ..) = reachable(&fake);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "PortForwarded")
+    );
 
     // SIGKILL: an unplanned exit, counted, restarted after the first backoff step.
     let p = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
@@ -171,6 +188,19 @@ async fn the_agent_supervises_the_dataplane_with_the_fabrics_configuration() {
     assert!(s.last_exit.as_deref().unwrap().contains("code 0"), "{s:?}");
     assert!(!alive(second_pid));
     call(&caller_mic, moved).await;
+    // …which the node does not forward: the NexusNode says so, naming both ports.
+    let (status, reason, message, moved_since) = reachable(&fake);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "PortNotForwarded")
+    );
+    assert!(
+        message.contains(&moved.to_string()) && message.contains(&first.to_string()),
+        "{message}"
+    );
+    // A later round keeps the condition's transition time.
+    agent.step(chrono::Utc::now()).await.unwrap();
+    assert_eq!(reachable(&fake).3, moved_since);
 
     // The agent stops: the dataplane drains (SIGTERM) and exits.
     let last = s.pid.unwrap();

@@ -87,6 +87,39 @@ pub fn next_hop(
     domain_id: u32,
     stream: u32,
 ) -> Result<SocketAddrV4, crate::Verdict> {
+    pick(loaded, tenant_id, class_id, domain_id, stream).map(|p| p.hop)
+}
+
+/// A routed lookup's result, to be remembered by a caller that does not run the same probe
+/// through the same tables again: the tables are a pure function of the frame, so the next
+/// hop holds until the next table batch, and [`Pick::replay`] counts what the run counted
+/// (the tenant's `tenant_traffic` cell), so remembered picks stay visible in the counters a
+/// P4Runtime controller reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// The endpoint the tables picked.
+    pub hop: SocketAddrV4,
+    tenant_index: usize,
+    frame_len: usize,
+}
+
+impl Pick {
+    /// Counts this lookup again in `loaded`'s counters, as running its frame would.
+    pub fn replay(&self, loaded: &crate::Loaded) {
+        loaded
+            .snapshot
+            .count_tenant(&loaded.counters, self.tenant_index, self.frame_len);
+    }
+}
+
+/// [`next_hop`] with what [`Pick::replay`] needs.
+pub fn pick(
+    loaded: &crate::Loaded,
+    tenant_id: u32,
+    class_id: u32,
+    domain_id: u32,
+    stream: u32,
+) -> Result<Pick, crate::Verdict> {
     let mut d = nexus_route::Descriptor::for_class(class_id);
     d.domain = domain_id;
     let sad = d
@@ -103,15 +136,24 @@ pub fn next_hop(
         payload,
     )
     .map_err(|_| crate::Verdict::Dropped(crate::DropReason::Malformed))?;
+    let frame_len = frame.len();
     match loaded.process(&mut frame) {
         crate::Verdict::Routed { .. } => {
             let (Some(ip), Some(port)) = (frame.get(30..34), frame.get(36..38)) else {
                 return Err(crate::Verdict::Passed);
             };
-            Ok(SocketAddrV4::new(
-                [ip[0], ip[1], ip[2], ip[3]].into(),
-                u16::from_be_bytes([port[0], port[1]]),
-            ))
+            let tenant_index = loaded
+                .snapshot
+                .tenant_index(tenant_id)
+                .ok_or(crate::Verdict::Passed)?;
+            Ok(Pick {
+                hop: SocketAddrV4::new(
+                    [ip[0], ip[1], ip[2], ip[3]].into(),
+                    u16::from_be_bytes([port[0], port[1]]),
+                ),
+                tenant_index,
+                frame_len,
+            })
         }
         other => Err(other),
     }

@@ -371,6 +371,32 @@ fn ipv4_checksum(h: &mut [u8]) {
 }
 
 impl Snapshot {
+    /// Counts a packet of `bytes` in cell `tenant_index` of `tenant_traffic`: what
+    /// [`Snapshot::process`] counts for every packet of an admitted tenant, and what a caller
+    /// that remembers a routed packet's verdict instead of running it again replays
+    /// ([`crate::packet::Pick`]).
+    pub fn count_tenant(&self, counters: &Counters, tenant_index: usize, bytes: usize) {
+        counters.count(self.bindings.tenant_traffic, tenant_index, bytes);
+    }
+
+    /// The `tenant` table's verdict for a NexLink tenant id: its `tenant_traffic` cell, or
+    /// `None` for a tenant without an entry (its packets are dropped).
+    pub fn tenant_index(&self, tenant_id: u32) -> Option<usize> {
+        let b = &self.bindings;
+        // The key is the field's wire bytes (little-endian on the wire).
+        let e = self
+            .store
+            .table(b.tenant)?
+            .entries
+            .get(tenant_id.to_le_bytes().as_slice())?;
+        match &e.action {
+            EntryAction::Direct(c) if c.action_id == b.set_tenant => {
+                Some(param::<16>(c, 0) as usize)
+            }
+            _ => None,
+        }
+    }
+
     /// Runs one packet (an Ethernet frame) through the program, rewriting it in place.
     pub fn process(&self, counters: &Counters, pkt: &mut [u8]) -> Verdict {
         let b = &self.bindings;
@@ -400,18 +426,10 @@ impl Snapshot {
         } else {
             (0, 0)
         };
-        // tenant: the key is the field's wire bytes (little-endian on the wire).
-        let Some(tenant_t) = self.store.table(b.tenant) else {
+        let Some(tenant_index) = self.tenant_index(tenant_id) else {
             return self.drop(counters, DropReason::UnknownTenant);
         };
-        let tenant_index = match tenant_t.entries.get(tenant_id.to_le_bytes().as_slice()) {
-            Some(e) => match &e.action {
-                EntryAction::Direct(c) if c.action_id == b.set_tenant => param::<16>(c, 0) as usize,
-                _ => return self.drop(counters, DropReason::UnknownTenant),
-            },
-            None => return self.drop(counters, DropReason::UnknownTenant),
-        };
-        counters.count(b.tenant_traffic, tenant_index, pkt.len());
+        self.count_tenant(counters, tenant_index, pkt.len());
         if !routed {
             return Verdict::Delivered;
         }

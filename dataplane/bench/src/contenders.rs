@@ -47,6 +47,13 @@ pub struct Results {
     pub loss: Vec<(String, f64, f64, f64)>,
     pub handshakes: Vec<(String, f64, f64)>,
     pub hol: Vec<(String, Lat)>,
+    /// Per peer of the warm unary scenario: the median over rounds of Nexus p50 / its p50,
+    /// and every round's ratio (sorted).
+    pub unary_round_ratios: Vec<(String, f64, String)>,
+    /// Per round of the head-of-line scenario: Nexus small-call p99 / gRPC's (sorted).
+    pub hol_round_ratios: Vec<f64>,
+    /// Per round: MIC full-handshake time / plain X.509's (sorted).
+    pub handshake_round_ratios: Vec<f64>,
     pub notes: Vec<String>,
 }
 
@@ -693,7 +700,7 @@ pub async fn run_all(
     let req = Bytes::from(vec![1u8; REQ]);
 
     // ---- warm unary
-    eprintln!("warm unary");
+    let mut warm: Vec<(&str, CallFn)> = Vec::new();
     let nep = Endpoint::client(local, &cid, &nexus_config(), Arc::new(Metrics::new()))?;
     let nexus = Arc::new(Client::without_hello(nep.connect(s.nexus).await?));
     let f = {
@@ -706,7 +713,7 @@ pub async fn run_all(
             }
         }
     };
-    warm(&mut r, "Nexus (NexAPI over NexStream)", args, f).await?;
+    warm.push(("Nexus (NexAPI over NexStream)", boxed(f)));
 
     let qep = quinn_client(&p)?;
     let qc = qep.connect(s.quinn, PLAIN_NAME)?.await?;
@@ -720,7 +727,7 @@ pub async fn run_all(
             }
         }
     };
-    warm(&mut r, "raw quinn (QUIC stream per call)", args, f).await?;
+    warm.push(("raw quinn (QUIC stream per call)", boxed(f)));
 
     let g = grpc::client(s.grpc, &p.ca_pem).await?;
     let f = {
@@ -733,7 +740,7 @@ pub async fn run_all(
             }
         }
     };
-    warm(&mut r, "gRPC + TLS (tonic, HTTP/2)", args, f).await?;
+    warm.push(("gRPC + TLS (tonic, HTTP/2)", boxed(f)));
 
     let hcfg = Arc::new(tls_client(&p, &[b"http/1.1"], false)?);
     let pool: Pool<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = Arc::default();
@@ -753,7 +760,7 @@ pub async fn run_all(
             }
         }
     };
-    warm(&mut r, "HTTP/1.1 + JSON + TLS (hyper)", args, f).await?;
+    warm.push(("HTTP/1.1 + JSON + TLS (hyper)", boxed(f)));
 
     let tpool: Pool<TcpStream> = Arc::default();
     let f = {
@@ -776,45 +783,316 @@ pub async fn run_all(
             }
         }
     };
-    warm(&mut r, "plaintext TCP (length-prefixed)", args, f).await?;
+    warm.push(("plaintext TCP (length-prefixed)", boxed(f)));
+    if args.wants("unary") {
+        eprintln!("warm unary");
+        warm_rounds(&mut r, args, &warm).await?;
+    }
 
     // ---- cold calls over a 20 ms RTT
-    eprintln!("cold calls");
+    if args.wants("cold") {
+        eprintln!("cold calls");
+        r.cold = cold_calls(&cid, &p, &req, links.udp_rtt20, links.tcp_rtt20).await?;
+        // The same straight to the servers: the fixed processing cost inside each row above
+        // (handshake cryptography, certificate checks, the call), apart from round trips.
+        let direct = cold_calls(&cid, &p, &req, s.nexus, s.https).await?;
+        let shown: Vec<String> = direct
+            .iter()
+            .map(|(n, l)| format!("{n} {:.2} ms", l.p50 / 1000.0))
+            .collect();
+        r.notes.push(format!(
+            "Cold calls without the emulated link (p50, processing only): {}.",
+            shown.join("; ")
+        ));
+    }
+
+    // ---- token streams
+    if args.wants("tokens") {
+        eprintln!("token streams");
+        let mut h = hist();
+        let mut ts = nexus
+            .stream_tokens(&InferRequest {
+                model: String::new(),
+                prompt: String::new(),
+                max_tokens: TOKENS,
+            })
+            .await?;
+        let mut last: Option<Instant> = None;
+        while let Some(t) = ts.next().await {
+            t?;
+            let now = Instant::now();
+            if let Some(l) = last {
+                h.record((now - l).as_micros() as u64)?;
+            }
+            last = Some(now);
+        }
+        r.tokens.push(("Nexus token stream".into(), Lat::of(&h)));
+        let g = grpc::client(s.grpc, &p.ca_pem).await?;
+        let mut st = grpc::tokens(g.clone(), TOKENS).await?;
+        let mut h = hist();
+        let mut last: Option<Instant> = None;
+        while let Some(t) = st.message().await? {
+            let _ = t;
+            let now = Instant::now();
+            if let Some(l) = last {
+                h.record((now - l).as_micros() as u64)?;
+            }
+            last = Some(now);
+        }
+        r.tokens.push(("gRPC server streaming".into(), Lat::of(&h)));
+    }
+
+    // ---- head-of-line blocking: small calls beside a bulk transfer, 2% loss, 15 ms RTT
+    if args.wants("hol") {
+        eprintln!("head-of-line blocking");
+        hol(&mut r, args, links, &cid, &p, &req).await?;
+    }
+
+    // ---- 64 MiB tensor
+    if args.wants("tensor") {
+        eprintln!("tensor");
+        tensor(&mut r, s, &nexus, &qep, &p).await?;
+    }
+
+    // ---- loss: goodput per mode
+    if args.wants("loss") {
+        eprintln!("loss");
+        for (loss, addr) in &links.udp_loss {
+            let m = Arc::new(Metrics::new());
+            let ep = Endpoint::client(local, &cid, &nexus_config(), Arc::clone(&m))?;
+            let sess = ep.connect(*addr).await?;
+            let c = Client::without_hello(sess.clone());
+            let n = 500usize;
+            let msg = vec![5u8; REQ];
+            // Reliable-ordered: request/response calls, all must succeed.
+            let t = Instant::now();
+            let mut ok = 0;
+            for _ in 0..n {
+                if c.infer_raw(&msg, false).await.is_ok() {
+                    ok += 1;
+                }
+            }
+            r.loss.push((
+                "reliable-ordered (calls)".into(),
+                *loss,
+                ok as f64 / n as f64,
+                (n * (REQ + RESP)) as f64 / t.elapsed().as_secs_f64() / 1e6,
+            ));
+            // Reliable-unordered: every message delivered (the sender sees each stream finish).
+            let t = Instant::now();
+            let mut ok = 0;
+            let sends = (0..n).map(|_| sess.send_unordered(Bytes::new(), &msg));
+            for res in futures::future::join_all(sends).await {
+                if res.is_ok() {
+                    ok += 1;
+                }
+            }
+            // Round trip to make sure the last ones arrived.
+            let _ = c.infer_raw(&msg, false).await;
+            r.loss.push((
+                "reliable-unordered".into(),
+                *loss,
+                ok as f64 / n as f64,
+                (ok * REQ) as f64 / t.elapsed().as_secs_f64() / 1e6,
+            ));
+            // Partially reliable with a 50 ms deadline (1 ms one-way link delay).
+            let t = Instant::now();
+            let sends = (0..n).map(|_| {
+                sess.send_partial(
+                    Bytes::new(),
+                    &msg,
+                    Expiry::Within(Duration::from_millis(50)),
+                )
+            });
+            let mut ok = 0;
+            // At most 32 in flight, so the deadline measures the link, not a self-made queue.
+            let results: Vec<_> = futures::StreamExt::collect(
+                futures::StreamExt::buffer_unordered(futures::stream::iter(sends), 32),
+            )
+            .await;
+            for res in results {
+                if matches!(res, Ok(Delivery::Delivered)) {
+                    ok += 1;
+                }
+            }
+            r.loss.push((
+                "partially reliable (50 ms deadline)".into(),
+                *loss,
+                ok as f64 / n as f64,
+                (ok * REQ) as f64 / t.elapsed().as_secs_f64() / 1e6,
+            ));
+            // Best-effort: datagrams are never acknowledged, so delivery is what the server's
+            // endpoint counted as received. The sender paces itself (16 datagrams per
+            // millisecond, well inside the link) so that the loss measured is the link's, not
+            // datagrams QUIC drops locally beyond its congestion window.
+            let received = || s.nexus_metrics.messages(Mode::BestEffort, "received");
+            let before = received();
+            let t = Instant::now();
+            for i in 0..n {
+                let _ = sess.send_datagram(i as u16, &msg);
+                if i % 16 == 15 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            // Datagrams wait for the congestion window, which loss shrinks: read the server's
+            // counter until it stops moving (200 ms without an arrival, 10 s at most); goodput
+            // runs to the last arrival.
+            let (mut got, mut last_change) = (received(), t.elapsed());
+            let mut quiet = Duration::ZERO;
+            while quiet < Duration::from_millis(200) && t.elapsed() < Duration::from_secs(10) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let now = received();
+                if now == got {
+                    quiet += Duration::from_millis(20);
+                } else {
+                    (got, last_change, quiet) = (now, t.elapsed(), Duration::ZERO);
+                }
+            }
+            let got = got.saturating_sub(before);
+            let elapsed = last_change.as_secs_f64();
+            r.loss.push((
+                "best-effort (datagrams, received by the server)".into(),
+                *loss,
+                got as f64 / n as f64,
+                (got as usize * REQ) as f64 / elapsed / 1e6,
+            ));
+        }
+    }
+
+    // ---- handshakes per second: MIC vs plain X.509 (both mutual TLS over quinn)
+    if args.wants("handshakes") {
+        eprintln!("handshakes");
+        handshakes(&mut r, args, s, &cid, &p).await?;
+    }
+    Ok(r)
+}
+
+/// Full and resumed handshakes per second, MIC against plain X.509, in `args.rounds` rounds
+/// of the four measurements in a fresh random order; rates pooled over rounds, and the
+/// median of the per-round full-handshake cost ratios.
+async fn handshakes(
+    r: &mut Results,
+    args: &Args,
+    s: &Servers,
+    cid: &nexus_stream::Identity,
+    p: &Plain,
+) -> anyhow::Result<()> {
+    use rand::seq::SliceRandom;
+    let n = 40;
+    let local: SocketAddr = "127.0.0.1:0".parse()?;
+    // Resumption needs a ticket: one connection each first.
+    let nep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
+    nep.connect(s.nexus).await?;
+    let qep = quinn_client(p)?;
+    qep.connect(s.quinn, PLAIN_NAME)?.await?;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Seconds spent and handshakes made, per measurement: MIC full, MIC resumed, plain
+    // full, plain resumed.
+    let mut spent = [0f64; 4];
+    let mut ratios = Vec::new();
+    let mut order = [0usize, 1, 2, 3];
+    let mut rng = rand::rng();
+    for _ in 0..args.rounds.max(1) {
+        order.shuffle(&mut rng);
+        let mut this = [0f64; 4];
+        for &k in &order {
+            let t = Instant::now();
+            for _ in 0..n {
+                match k {
+                    0 => {
+                        let ep = Endpoint::client(
+                            local,
+                            cid,
+                            &nexus_config(),
+                            Arc::new(Metrics::new()),
+                        )?;
+                        ep.connect(s.nexus)
+                            .await?
+                            .close(quinn::VarInt::from_u32(0), "");
+                    }
+                    1 => nep
+                        .connect(s.nexus)
+                        .await?
+                        .close(quinn::VarInt::from_u32(0), ""),
+                    2 => {
+                        let ep = quinn_client(p)?;
+                        ep.connect(s.quinn, PLAIN_NAME)?
+                            .await?
+                            .close(quinn::VarInt::from_u32(0), b"");
+                    }
+                    _ => qep
+                        .connect(s.quinn, PLAIN_NAME)?
+                        .await?
+                        .close(quinn::VarInt::from_u32(0), b""),
+                }
+            }
+            this[k] = t.elapsed().as_secs_f64();
+        }
+        for k in 0..4 {
+            spent[k] += this[k];
+        }
+        ratios.push(this[0] / this[2]);
+    }
+    let total = f64::from(n * args.rounds.max(1));
+    r.handshakes.push((
+        "MIC (nexus-mic verifier)".into(),
+        total / spent[0],
+        total / spent[1],
+    ));
+    r.handshakes.push((
+        "plain X.509 (webpki verifier)".into(),
+        total / spent[2],
+        total / spent[3],
+    ));
+    ratios.sort_by(f64::total_cmp);
+    r.handshake_round_ratios = ratios;
+    Ok(())
+}
+
+/// New connection to first response, `samples` times per variant: Nexus full and resumed
+/// (request in 0-RTT) through `udp`, HTTPS full and resumed through `tcp`.
+async fn cold_calls(
+    cid: &nexus_stream::Identity,
+    p: &Plain,
+    req: &Bytes,
+    udp: SocketAddr,
+    tcp: SocketAddr,
+) -> anyhow::Result<Vec<(String, Lat)>> {
     let samples = 12;
+    let local: SocketAddr = "127.0.0.1:0".parse()?;
+    let mut out = Vec::new();
     let mut h = hist();
     for _ in 0..samples {
-        let ep = Endpoint::client(local, &cid, &nexus_config(), Arc::new(Metrics::new()))?;
+        let ep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
         let t = Instant::now();
-        let c = Client::without_hello(ep.connect(links.udp_rtt20).await?);
-        ensure!(c.infer_raw(&req, true).await?.len() == RESP);
+        let c = Client::without_hello(ep.connect(udp).await?);
+        ensure!(c.infer_raw(req, true).await?.len() == RESP);
         h.record(t.elapsed().as_micros() as u64)?;
     }
-    r.cold
-        .push(("Nexus, full handshake (QUIC 1-RTT)".into(), Lat::of(&h)));
-    let ep = Endpoint::client(local, &cid, &nexus_config(), Arc::new(Metrics::new()))?;
+    out.push(("Nexus, full handshake (QUIC 1-RTT)".into(), Lat::of(&h)));
+    let ep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
     {
-        let c = Client::without_hello(ep.connect(links.udp_rtt20).await?);
-        c.infer_raw(&req, true).await?;
+        let c = Client::without_hello(ep.connect(udp).await?);
+        c.infer_raw(req, true).await?;
     }
     let mut h = hist();
     for _ in 0..samples {
         let t = Instant::now();
-        let c = Client::without_hello(ep.connect_early(links.udp_rtt20).await?);
-        ensure!(c.infer_raw(&req, true).await?.len() == RESP);
+        let c = Client::without_hello(ep.connect_early(udp).await?);
+        ensure!(c.infer_raw(req, true).await?.len() == RESP);
         h.record(t.elapsed().as_micros() as u64)?;
         // Let the new ticket arrive before the next sample.
         let _ = c.session().peer().await;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
-    r.cold
-        .push(("Nexus, resumed, request in 0-RTT".into(), Lat::of(&h)));
+    out.push(("Nexus, resumed, request in 0-RTT".into(), Lat::of(&h)));
     for (name, shared) in [
         ("HTTPS (TCP + TLS 1.3 full)", false),
         ("HTTPS (TCP + TLS 1.3 resumed)", true),
     ] {
-        let cfg = Arc::new(tls_client(&p, &[b"http/1.1"], false)?);
+        let cfg = Arc::new(tls_client(p, &[b"http/1.1"], false)?);
         if shared {
-            let mut c = https_conn(links.tcp_rtt20, cfg.clone()).await?;
+            let mut c = https_conn(tcp, cfg.clone()).await?;
             https_call(&mut c, json_body()).await?;
         }
         let mut h = hist();
@@ -822,52 +1100,30 @@ pub async fn run_all(
             let cfg = if shared {
                 cfg.clone()
             } else {
-                Arc::new(tls_client(&p, &[b"http/1.1"], false)?)
+                Arc::new(tls_client(p, &[b"http/1.1"], false)?)
             };
             let t = Instant::now();
-            let mut c = https_conn(links.tcp_rtt20, cfg).await?;
+            let mut c = https_conn(tcp, cfg).await?;
             ensure!(https_call(&mut c, json_body()).await? == RESP);
             h.record(t.elapsed().as_micros() as u64)?;
         }
-        r.cold.push((name.into(), Lat::of(&h)));
+        out.push((name.into(), Lat::of(&h)));
     }
+    Ok(out)
+}
 
-    // ---- token streams
-    eprintln!("token streams");
-    let mut h = hist();
-    let mut ts = nexus
-        .stream_tokens(&InferRequest {
-            model: String::new(),
-            prompt: String::new(),
-            max_tokens: TOKENS,
-        })
-        .await?;
-    let mut last: Option<Instant> = None;
-    while let Some(t) = ts.next().await {
-        t?;
-        let now = Instant::now();
-        if let Some(l) = last {
-            h.record((now - l).as_micros() as u64)?;
-        }
-        last = Some(now);
-    }
-    r.tokens.push(("Nexus token stream".into(), Lat::of(&h)));
-    let g = grpc::client(s.grpc, &p.ca_pem).await?;
-    let mut st = grpc::tokens(g.clone(), TOKENS).await?;
-    let mut h = hist();
-    let mut last: Option<Instant> = None;
-    while let Some(t) = st.message().await? {
-        let _ = t;
-        let now = Instant::now();
-        if let Some(l) = last {
-            h.record((now - l).as_micros() as u64)?;
-        }
-        last = Some(now);
-    }
-    r.tokens.push(("gRPC server streaming".into(), Lat::of(&h)));
-
-    // ---- head-of-line blocking: small calls beside a bulk transfer, 2% loss, 15 ms RTT
-    eprintln!("head-of-line blocking");
+/// Small calls beside a 16 MiB transfer on the same connection, over the lossy 15 ms link:
+/// `args.rounds` rounds, Nexus and gRPC in alternating order, 50 calls per second for one
+/// second each; latencies pooled per contender (a single second gives 50 samples, too few
+/// for a p99).
+async fn hol(
+    r: &mut Results,
+    args: &Args,
+    links: &Links,
+    cid: &nexus_stream::Identity,
+    p: &Plain,
+    req: &Bytes,
+) -> anyhow::Result<()> {
     let bulk_len = 16usize << 20;
     let hol_header = Header {
         mode: DeliveryMode::ReliableUnordered,
@@ -881,53 +1137,84 @@ pub async fn run_all(
         payload_len: bulk_len as u32,
         trace_id: 0,
     };
-    let hep = Endpoint::client(local, &cid, &nexus_config(), Arc::new(Metrics::new()))?;
+    let local: SocketAddr = "127.0.0.1:0".parse()?;
+    let hep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
     let hc = Arc::new(Client::without_hello(hep.connect(links.udp_hol).await?));
-    let bulk_client = Arc::clone(&hc);
-    let bulk = tokio::spawn(async move {
-        bulk_client
-            .send_tensor(&hol_header, &vec![3u8; bulk_len])
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    let f = {
-        let (c, req) = (Arc::clone(&hc), req.clone());
-        move || {
-            let (c, req) = (Arc::clone(&c), req.clone());
-            async move {
-                ensure!(c.infer_raw(&req, false).await?.len() == RESP);
-                Ok(())
-            }
-        }
-    };
-    let lat = open_loop(50, 1.0, f).await?;
-    bulk.await??;
-    r.hol
-        .push(("Nexus (tensor on its own streams)".into(), lat));
     let hg = grpc::client(links.tcp_hol, &p.ca_pem).await?;
-    let bulk_g = hg.clone();
-    let bulk =
-        tokio::spawn(async move { grpc::unary(bulk_g, Bytes::from(vec![3u8; bulk_len])).await });
-    tokio::time::sleep(Duration::from_millis(30)).await;
-    let f = {
-        let req = req.clone();
-        move || {
-            let (g, req) = (hg.clone(), req.clone());
-            async move {
-                ensure!(grpc::unary(g, req).await?.len() == RESP);
-                Ok(())
+    let (mut nexus_h, mut grpc_h) = (hist(), hist());
+    let mut ratios = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let mut p99 = [0f64; 2];
+        for k in [round % 2, 1 - round % 2] {
+            if k == 0 {
+                let bulk_client = Arc::clone(&hc);
+                let bulk = tokio::spawn(async move {
+                    bulk_client
+                        .send_tensor(&hol_header, &vec![3u8; bulk_len])
+                        .await
+                });
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let f = {
+                    let (c, req) = (Arc::clone(&hc), req.clone());
+                    move || {
+                        let (c, req) = (Arc::clone(&c), req.clone());
+                        async move {
+                            ensure!(c.infer_raw(&req, false).await?.len() == RESP);
+                            Ok(())
+                        }
+                    }
+                };
+                let h = open_loop(50, 1.0, f).await?;
+                bulk.await??;
+                p99[0] = h.value_at_quantile(0.99) as f64;
+                nexus_h.add(&h)?;
+            } else {
+                let bulk_g = hg.clone();
+                let bulk = tokio::spawn(async move {
+                    grpc::unary(bulk_g, Bytes::from(vec![3u8; bulk_len])).await
+                });
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                let f = {
+                    let (hg, req) = (hg.clone(), req.clone());
+                    move || {
+                        let (g, req) = (hg.clone(), req.clone());
+                        async move {
+                            ensure!(grpc::unary(g, req).await?.len() == RESP);
+                            Ok(())
+                        }
+                    }
+                };
+                let h = open_loop(50, 1.0, f).await?;
+                bulk.await??;
+                p99[1] = h.value_at_quantile(0.99) as f64;
+                grpc_h.add(&h)?;
             }
         }
-    };
-    let lat = open_loop(50, 1.0, f).await?;
-    bulk.await??;
+        ratios.push(p99[0] / p99[1].max(1.0));
+    }
+    r.hol.push((
+        "Nexus (tensor on its own streams)".into(),
+        Lat::of(&nexus_h),
+    ));
     r.hol.push((
         "gRPC + TLS (one HTTP/2 connection, modelled TCP loss)".into(),
-        lat,
+        Lat::of(&grpc_h),
     ));
+    ratios.sort_by(f64::total_cmp);
+    r.hol_round_ratios = ratios;
+    Ok(())
+}
 
-    // ---- 64 MiB tensor
-    eprintln!("tensor");
+/// 64 MiB in one call, best of three rounds per contender, each round running every
+/// contender once in a fresh random order.
+async fn tensor(
+    r: &mut Results,
+    s: &Servers,
+    nexus: &Client,
+    qep: &quinn::Endpoint,
+    p: &Plain,
+) -> anyhow::Result<()> {
+    use rand::seq::SliceRandom;
     let data = vec![3u8; TENSOR];
     let header = Header {
         mode: DeliveryMode::ReliableUnordered,
@@ -942,220 +1229,128 @@ pub async fn run_all(
         trace_id: 0,
     };
     let mbps = |d: Duration| TENSOR as f64 / d.as_secs_f64() / 1e6;
-    // The default shard size, then fewer and larger shards: how much the parallel streams
-    // cost or gain over loopback.
-    for (shard, label) in [
-        (
-            nexus_api::client::DEFAULT_SHARD,
-            format!(
-                "Nexus (the default: {} shard(s) of {} MiB)",
-                (TENSOR as u32).div_ceil(nexus_api::client::DEFAULT_SHARD),
-                nexus_api::client::DEFAULT_SHARD >> 20
-            ),
+    // The default shard size, then smaller shards on more parallel streams: how much the
+    // parallel streams cost or gain over loopback.
+    let shards = [nexus_api::client::DEFAULT_SHARD, 4 << 20, 16 << 20];
+    let labels = [
+        format!(
+            "Nexus (the default: {} shard(s) of {} MiB)",
+            (TENSOR as u32).div_ceil(nexus_api::client::DEFAULT_SHARD),
+            nexus_api::client::DEFAULT_SHARD >> 20
         ),
-        (
-            4 << 20,
-            "Nexus (16 × 4 MiB shards on parallel streams)".to_owned(),
-        ),
-        (16 << 20, "Nexus (4 × 16 MiB shards)".to_owned()),
-    ] {
-        let mut best = 0f64;
-        for _ in 0..3 {
-            let t = Instant::now();
-            let ack = nexus.send_tensor_sharded(&header, &data, shard).await?;
-            ensure!(ack.bytes == TENSOR as u64);
-            best = best.max(mbps(t.elapsed()));
-        }
-        r.tensor.push((label, best));
-    }
+        "Nexus (16 × 4 MiB shards on parallel streams)".to_owned(),
+        "Nexus (4 × 16 MiB shards)".to_owned(),
+        "raw quinn (one stream)".to_owned(),
+        "gRPC + TLS (one message)".to_owned(),
+        "plaintext TCP".to_owned(),
+    ];
     let qc = qep.connect(s.quinn, PLAIN_NAME)?.await?;
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t = Instant::now();
-        quinn_call(&qc, &data).await?;
-        best = best.max(mbps(t.elapsed()));
-    }
-    r.tensor.push(("raw quinn (one stream)".into(), best));
+    let g = grpc::client(s.grpc, &p.ca_pem).await?;
     let body = Bytes::from(data.clone());
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t = Instant::now();
-        grpc::unary(g.clone(), body.clone()).await?;
-        best = best.max(mbps(t.elapsed()));
-    }
-    r.tensor.push(("gRPC + TLS (one message)".into(), best));
     let mut tc = TcpStream::connect(s.tcp).await?;
     tc.set_nodelay(true)?;
-    let mut best = 0f64;
+    let mut best = [0f64; 6];
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    let mut rng = rand::rng();
     for _ in 0..3 {
-        let t = Instant::now();
-        tcp_call(&mut tc, &data).await?;
-        best = best.max(mbps(t.elapsed()));
-    }
-    r.tensor.push(("plaintext TCP".into(), best));
-
-    // ---- loss: goodput per mode
-    eprintln!("loss");
-    for (loss, addr) in &links.udp_loss {
-        let m = Arc::new(Metrics::new());
-        let ep = Endpoint::client(local, &cid, &nexus_config(), Arc::clone(&m))?;
-        let sess = ep.connect(*addr).await?;
-        let c = Client::without_hello(sess.clone());
-        let n = 500usize;
-        let msg = vec![5u8; REQ];
-        // Reliable-ordered: request/response calls, all must succeed.
-        let t = Instant::now();
-        let mut ok = 0;
-        for _ in 0..n {
-            if c.infer_raw(&msg, false).await.is_ok() {
-                ok += 1;
+        order.shuffle(&mut rng);
+        for &k in &order {
+            let t = Instant::now();
+            match k {
+                0..=2 => {
+                    let ack = nexus.send_tensor_sharded(&header, &data, shards[k]).await?;
+                    ensure!(ack.bytes == TENSOR as u64);
+                }
+                3 => {
+                    quinn_call(&qc, &data).await?;
+                }
+                4 => {
+                    grpc::unary(g.clone(), body.clone()).await?;
+                }
+                _ => {
+                    tcp_call(&mut tc, &data).await?;
+                }
             }
+            best[k] = best[k].max(mbps(t.elapsed()));
         }
-        r.loss.push((
-            "reliable-ordered (calls)".into(),
-            *loss,
-            ok as f64 / n as f64,
-            (n * (REQ + RESP)) as f64 / t.elapsed().as_secs_f64() / 1e6,
-        ));
-        // Reliable-unordered: every message delivered (the sender sees each stream finish).
-        let t = Instant::now();
-        let mut ok = 0;
-        let sends = (0..n).map(|_| sess.send_unordered(Bytes::new(), &msg));
-        for res in futures::future::join_all(sends).await {
-            if res.is_ok() {
-                ok += 1;
-            }
-        }
-        // Round trip to make sure the last ones arrived.
-        let _ = c.infer_raw(&msg, false).await;
-        r.loss.push((
-            "reliable-unordered".into(),
-            *loss,
-            ok as f64 / n as f64,
-            (ok * REQ) as f64 / t.elapsed().as_secs_f64() / 1e6,
-        ));
-        // Partially reliable with a 50 ms deadline (1 ms one-way link delay).
-        let t = Instant::now();
-        let sends = (0..n).map(|_| {
-            sess.send_partial(
-                Bytes::new(),
-                &msg,
-                Expiry::Within(Duration::from_millis(50)),
-            )
-        });
-        let mut ok = 0;
-        // At most 32 in flight, so the deadline measures the link, not a self-made queue.
-        let results: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
-            futures::stream::iter(sends),
-            32,
-        ))
-        .await;
-        for res in results {
-            if matches!(res, Ok(Delivery::Delivered)) {
-                ok += 1;
-            }
-        }
-        r.loss.push((
-            "partially reliable (50 ms deadline)".into(),
-            *loss,
-            ok as f64 / n as f64,
-            (ok * REQ) as f64 / t.elapsed().as_secs_f64() / 1e6,
-        ));
-        // Best-effort: datagrams are never acknowledged, so delivery is what the server's
-        // endpoint counted as received. The sender paces itself (16 datagrams per
-        // millisecond, well inside the link) so that the loss measured is the link's, not
-        // datagrams QUIC drops locally beyond its congestion window.
-        let received = || s.nexus_metrics.messages(Mode::BestEffort, "received");
-        let before = received();
-        let t = Instant::now();
-        for i in 0..n {
-            let _ = sess.send_datagram(i as u16, &msg);
-            if i % 16 == 15 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-        // Datagrams wait for the congestion window, which loss shrinks: read the server's
-        // counter until it stops moving (200 ms without an arrival, 10 s at most); goodput
-        // runs to the last arrival.
-        let (mut got, mut last_change) = (received(), t.elapsed());
-        let mut quiet = Duration::ZERO;
-        while quiet < Duration::from_millis(200) && t.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let now = received();
-            if now == got {
-                quiet += Duration::from_millis(20);
-            } else {
-                (got, last_change, quiet) = (now, t.elapsed(), Duration::ZERO);
-            }
-        }
-        let got = got.saturating_sub(before);
-        let elapsed = last_change.as_secs_f64();
-        r.loss.push((
-            "best-effort (datagrams, received by the server)".into(),
-            *loss,
-            got as f64 / n as f64,
-            (got as usize * REQ) as f64 / elapsed / 1e6,
-        ));
     }
-
-    // ---- handshakes per second: MIC vs plain X.509 (both mutual TLS over quinn)
-    eprintln!("handshakes");
-    let n = 60;
-    let t = Instant::now();
-    for _ in 0..n {
-        let ep = Endpoint::client(local, &cid, &nexus_config(), Arc::new(Metrics::new()))?;
-        let sess = ep.connect(s.nexus).await?;
-        sess.close(quinn::VarInt::from_u32(0), "");
+    for (label, mbps) in labels.into_iter().zip(best) {
+        r.tensor.push((label, mbps));
     }
-    let full = n as f64 / t.elapsed().as_secs_f64();
-    let ep = Endpoint::client(local, &cid, &nexus_config(), Arc::new(Metrics::new()))?;
-    ep.connect(s.nexus).await?;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let t = Instant::now();
-    for _ in 0..n {
-        let sess = ep.connect(s.nexus).await?;
-        sess.close(quinn::VarInt::from_u32(0), "");
-    }
-    let resumed = n as f64 / t.elapsed().as_secs_f64();
-    r.handshakes
-        .push(("MIC (nexus-mic verifier)".into(), full, resumed));
-    let t = Instant::now();
-    for _ in 0..n {
-        let ep = quinn_client(&p)?;
-        let c = ep.connect(s.quinn, PLAIN_NAME)?.await?;
-        c.close(quinn::VarInt::from_u32(0), b"");
-    }
-    let full = n as f64 / t.elapsed().as_secs_f64();
-    let qep = quinn_client(&p)?;
-    qep.connect(s.quinn, PLAIN_NAME)?.await?;
-    let t = Instant::now();
-    for _ in 0..n {
-        let c = qep.connect(s.quinn, PLAIN_NAME)?.await?;
-        c.close(quinn::VarInt::from_u32(0), b"");
-    }
-    let resumed = n as f64 / t.elapsed().as_secs_f64();
-    r.handshakes
-        .push(("plain X.509 (webpki verifier)".into(), full, resumed));
-    Ok(r)
+    Ok(())
 }
 
-async fn warm<F, Fut>(r: &mut Results, name: &str, args: &Args, f: F) -> anyhow::Result<()>
+/// One call of a warm-unary contender.
+type CallFn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
+fn boxed<F, Fut>(f: F) -> CallFn
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
+    F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
-    // Warm-up, then open-loop latency, then closed-loop throughput.
-    for _ in 0..200 {
-        f().await.context(name.to_owned())?;
+    Arc::new(move || Box::pin(f()))
+}
+
+/// The warm unary scenario: every contender warmed up, then `args.rounds` rounds of
+/// open-loop load, each running every contender once in a fresh random order (so drifting
+/// background load on a shared machine falls on all alike); latencies pooled per contender,
+/// the per-round p50 ratios of Nexus to each peer kept for their median. Then closed-loop
+/// throughput.
+async fn warm_rounds(
+    r: &mut Results,
+    args: &Args,
+    contenders: &[(&str, CallFn)],
+) -> anyhow::Result<()> {
+    use rand::seq::SliceRandom;
+    for (name, f) in contenders {
+        for _ in 0..200 {
+            f().await.context(name.to_string())?;
+        }
     }
-    let lat = open_loop(args.rate, args.seconds, f.clone())
-        .await
-        .context(name.to_owned())?;
-    let tput = closed_loop(16, 1.0, f).await.context(name.to_owned())?;
-    eprintln!(
-        "  {name}: p50 {:.0} µs p99 {:.0} µs, {tput:.0} calls/s",
-        lat.p50, lat.p99
-    );
-    r.unary.push((name.into(), lat, tput));
+    let mut pooled: Vec<_> = contenders.iter().map(|_| hist()).collect();
+    let mut per_round: Vec<Vec<f64>> = contenders.iter().map(|_| Vec::new()).collect();
+    let mut order: Vec<usize> = (0..contenders.len()).collect();
+    let mut rng = rand::rng();
+    for round in 0..args.rounds.max(1) {
+        order.shuffle(&mut rng);
+        for &i in &order {
+            let (name, f) = &contenders[i];
+            let f = Arc::clone(f);
+            let h = open_loop(args.rate, args.seconds, move || f())
+                .await
+                .context(name.to_string())?;
+            pooled[i].add(&h)?;
+            per_round[i].push(h.value_at_quantile(0.5) as f64);
+        }
+        eprintln!("  round {} of {}", round + 1, args.rounds.max(1));
+    }
+    for (i, (name, f)) in contenders.iter().enumerate() {
+        let f = Arc::clone(f);
+        let tput = closed_loop(16, 1.0, move || f())
+            .await
+            .context(name.to_string())?;
+        let lat = Lat::of(&pooled[i]);
+        eprintln!(
+            "  {name}: p50 {:.0} µs p99 {:.0} µs, {tput:.0} calls/s",
+            lat.p50, lat.p99
+        );
+        r.unary.push(((*name).into(), lat, tput));
+    }
+    // Median over rounds of (Nexus p50 / peer p50), Nexus being the first contender.
+    for (i, (name, _)) in contenders.iter().enumerate().skip(1) {
+        let mut ratios: Vec<f64> = per_round[0]
+            .iter()
+            .zip(&per_round[i])
+            .map(|(n, p)| n / p.max(1.0))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let shown: Vec<String> = ratios.iter().map(|x| format!("{x:.2}")).collect();
+        r.unary_round_ratios
+            .push(((*name).into(), ratios[ratios.len() / 2], shown.join(", ")));
+    }
     Ok(())
 }

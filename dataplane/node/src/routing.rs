@@ -45,6 +45,7 @@ pub fn lookup(
 ) -> Result<SocketAddrV4, LookupError> {
     let loaded = target.loaded().ok_or(LookupError::NoTables)?;
     pick(&loaded, &Probe::new(tenant, capability, domain)?, flow)
+        .map(|p| p.hop)
         .map_err(|e| named(e, tenant, capability))
 }
 
@@ -84,8 +85,12 @@ impl Probe {
 }
 
 /// Runs a probe frame for `probe` and `flow` through the pipeline.
-fn pick(loaded: &nexus_p4::Loaded, probe: &Probe, flow: u32) -> Result<SocketAddrV4, LookupError> {
-    nexus_p4::packet::next_hop(loaded, probe.tenant, probe.capability, probe.domain, flow).map_err(
+fn pick(
+    loaded: &nexus_p4::Loaded,
+    probe: &Probe,
+    flow: u32,
+) -> Result<nexus_p4::packet::Pick, LookupError> {
+    nexus_p4::packet::pick(loaded, probe.tenant, probe.capability, probe.domain, flow).map_err(
         |v| LookupError::NoRoute {
             capability: format!("capability id {:#x}", probe.capability),
             tenant: format!("tenant id {:#x}", probe.tenant),
@@ -103,26 +108,29 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const MEMO_CAP: usize = 4096;
 
 /// Picks remembered for one published table batch: the pipeline is a pure function of the
-/// tables and the probe frame, so a pick holds until the next batch.
+/// tables and the probe frame, so a pick holds until the next batch. A remembered pick is
+/// replayed into the pipeline's counters, so the per-tenant counters a controller reads count
+/// every routed call, remembered or not.
 #[derive(Debug, Default)]
 struct Memo {
     /// The batch the picks were made in (held, so its address cannot be reused by a newer
     /// batch while it is compared against).
     tables: Option<Arc<nexus_p4::Snapshot>>,
-    picks: HashMap<(Probe, u32), SocketAddrV4>,
+    picks: HashMap<(Probe, u32), nexus_p4::packet::Pick>,
 }
 
 /// Routes capability-addressed streams with this node's tables: a stream whose pick is this
 /// node (`here`) is served here; any other is relayed over a session this node keeps open to
-/// the picked endpoint, dialled from its own endpoint (so it presents the node's MIC, renewed
-/// with it). Calls without a `flow` are spread over the pick's weighted next hops by a
+/// the picked endpoint for the caller's tenant, dialled from its own endpoint (so it presents
+/// the node's MIC, renewed with it). Calls without a `flow` are spread over the pick's weighted next hops by a
 /// per-node counter; calls of one flow go to one endpoint.
 #[derive(Debug)]
 pub struct TableRouter {
     target: Arc<nexus_p4::Target>,
     here: SocketAddr,
     endpoint: Endpoint,
-    sessions: tokio::sync::Mutex<HashMap<SocketAddr, Session>>,
+    /// Relay sessions by picked endpoint and caller tenant.
+    sessions: tokio::sync::Mutex<HashMap<(SocketAddr, String), Session>>,
     next_flow: AtomicU32,
     memo: std::sync::Mutex<Memo>,
 }
@@ -141,12 +149,16 @@ impl TableRouter {
         }
     }
 
-    /// An open session to `hop`, reused while it lives. Dialled outside the lock (with a
-    /// timeout), so an unreachable hop delays only the calls routed to it.
-    async fn session_to(&self, hop: SocketAddr) -> Result<Session, ApiError> {
+    /// An open session to `hop` for callers of `tenant`, reused while it lives. Each tenant
+    /// gets its own relay session to a hop: a session's stream credit and flow-control
+    /// windows are shared by everything on it, so one tenant's burst of long token streams
+    /// or large messages must not hold up another tenant's relayed calls. Dialled outside the
+    /// lock (with a timeout), so an unreachable hop delays only the calls routed to it.
+    async fn session_to(&self, hop: SocketAddr, tenant: &str) -> Result<Session, ApiError> {
+        let key = (hop, tenant.to_owned());
         {
             let sessions = self.sessions.lock().await;
-            if let Some(s) = sessions.get(&hop)
+            if let Some(s) = sessions.get(&key)
                 && s.connection().close_reason().is_none()
             {
                 return Ok(s.clone());
@@ -161,13 +173,14 @@ impl TableRouter {
                 ApiError::Refused(format!("the picked endpoint {hop} is unreachable: {e}"))
             })?;
         let mut sessions = self.sessions.lock().await;
-        // Another call may have dialled it meanwhile: keep one session per hop.
-        if let Some(other) = sessions.get(&hop)
-            && other.connection().close_reason().is_none()
-        {
+        // Sessions whose connection ended are dropped here, so tenants that stopped calling
+        // do not accumulate (a relay session closes after the idle timeout).
+        sessions.retain(|_, s| s.connection().close_reason().is_none());
+        // Another call may have dialled it meanwhile: keep one session per hop and tenant.
+        if let Some(other) = sessions.get(&key) {
             return Ok(other.clone());
         }
-        sessions.insert(hop, s.clone());
+        sessions.insert(key, s.clone());
         Ok(s)
     }
 
@@ -179,7 +192,7 @@ impl TableRouter {
         let probe = Probe::new(tenant, capability, meta.get("domain"))?;
         let explain = |e| named(e, tenant, capability);
         if let Some(flow) = meta.get("flow").and_then(|f| f.parse().ok()) {
-            return pick(&loaded, &probe, flow).map_err(explain);
+            return pick(&loaded, &probe, flow).map(|p| p.hop).map_err(explain);
         }
         let bucket = self.next_flow.fetch_add(1, Ordering::Relaxed) % FLOW_BUCKETS;
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,12 +204,13 @@ impl TableRouter {
             memo.tables = Some(Arc::clone(&loaded.snapshot));
             memo.picks.clear();
         }
-        if let Some(hop) = memo.picks.get(&(probe, bucket)) {
-            return Ok(*hop);
+        if let Some(p) = memo.picks.get(&(probe, bucket)) {
+            p.replay(&loaded);
+            return Ok(p.hop);
         }
-        let hop = pick(&loaded, &probe, bucket).map_err(explain)?;
-        memo.picks.insert((probe, bucket), hop);
-        Ok(hop)
+        let p = pick(&loaded, &probe, bucket).map_err(explain)?;
+        memo.picks.insert((probe, bucket), p);
+        Ok(p.hop)
     }
 
     async fn route(&self, tenant: &str, meta: &Meta) -> Result<Hop, ApiError> {
@@ -207,7 +221,7 @@ impl TableRouter {
         if hop == self.here {
             return Ok(Hop::Here);
         }
-        Ok(Hop::Relay(self.session_to(hop).await?))
+        Ok(Hop::Relay(self.session_to(hop, tenant).await?))
     }
 }
 

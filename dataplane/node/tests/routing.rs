@@ -11,7 +11,7 @@ use std::time::Duration;
 use nexus_api::{ApiError, Client, InferRequest, Meta};
 use nexus_dataplane::start;
 use nexus_stream::testing::TestPki;
-use support::{DOMAIN, advert, node, program, sample};
+use support::{DOMAIN, advert, node, program, program_domains, sample, tenant_packets};
 
 fn request(max_tokens: u32) -> InferRequest {
     InferRequest {
@@ -185,11 +185,91 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     assert_eq!(infer_calls(a.http, "relayed").await, relayed + 64.0);
     program(&a, vec![advert("on-a", a.udp, "code-generation")]).await;
     let served = infer_calls(a.http, "ok").await;
-    for _ in 0..64 {
+    let counted = tenant_packets(&a).await;
+    for _ in 0..128 {
         coder.infer(&request(1)).await.unwrap();
     }
-    assert_eq!(infer_calls(a.http, "ok").await, served + 64.0);
+    assert_eq!(infer_calls(a.http, "ok").await, served + 128.0);
     assert_eq!(infer_calls(a.http, "relayed").await, relayed + 64.0);
+    // Every routed call shows in the tenant's pipeline counter, the 64 whose pick was
+    // remembered as well as the 64 that ran the probe through the tables.
+    assert_eq!(tenant_packets(&a).await, counted + 128);
+
+    a.drain(Duration::from_millis(200)).await;
+    b.drain(Duration::from_millis(200)).await;
+}
+
+/// Relayed calls of different tenants do not share a connection: one tenant's long streams
+/// or large messages cannot use up the stream credit or windows another tenant's relayed
+/// calls need. Calls of one tenant reuse its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_is_relayed_over_its_own_session() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fabric_mic = dir.path().join("fabric");
+    pki.issue("nexus://acme/coder@1.0.0")
+        .unwrap()
+        .write_dir(&fabric_mic)
+        .unwrap();
+    let mut callers = Vec::new();
+    for tenant in ["acme", "globex"] {
+        let mic = dir.path().join(tenant);
+        pki.issue(&format!("nexus://{tenant}/caller@1.0.0"))
+            .unwrap()
+            .write_dir(&mic)
+            .unwrap();
+        callers.push(mic);
+    }
+    let a = start(&node(&fabric_mic, &[])).await.unwrap();
+    let b = start(&node(&fabric_mic, &[])).await.unwrap();
+    let globex_domain = "default/globex";
+    for n in [&a, &b] {
+        program_domains(
+            n,
+            vec![
+                (
+                    "acme",
+                    DOMAIN,
+                    vec![advert("on-b", b.udp, "code-generation")],
+                ),
+                (
+                    "globex",
+                    globex_domain,
+                    vec![advert("on-b", b.udp, "code-generation")],
+                ),
+            ],
+        )
+        .await;
+    }
+    let acme = Client::connect_dir_in(&callers[0], a.udp, DOMAIN)
+        .await
+        .unwrap()
+        .route_by("code-generation");
+    let globex = Client::connect_dir_in(&callers[1], a.udp, globex_domain)
+        .await
+        .unwrap()
+        .route_by("code-generation");
+    let on_b = async || sample(b.http, "nexstream_connections", &[]).await;
+    let before = on_b().await;
+    acme.infer(&request(1)).await.unwrap();
+    assert_eq!(on_b().await, before + 1.0, "A dials B for acme");
+    globex.infer(&request(1)).await.unwrap();
+    assert_eq!(on_b().await, before + 2.0, "and again for globex");
+    acme.infer(&request(1)).await.unwrap();
+    globex.infer(&request(1)).await.unwrap();
+    assert_eq!(
+        on_b().await,
+        before + 2.0,
+        "each tenant's session is reused"
+    );
+    let relayed = sample(
+        a.http,
+        "nexapi_calls_total",
+        &["op=\"infer\"", "result=\"relayed\""],
+    )
+    .await;
+    assert_eq!(relayed, 4.0);
 
     a.drain(Duration::from_millis(200)).await;
     b.drain(Duration::from_millis(200)).await;

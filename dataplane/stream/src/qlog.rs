@@ -27,6 +27,11 @@ pub(crate) type PeerWatch = watch::Receiver<Option<Result<Arc<VerifiedMic>, Stri
 /// Interval between samples of the recovery metrics.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
+/// Most bytes one trace file holds. A sample is a few hundred bytes, so a connection whose
+/// metrics change at every sample fills this in about nine hours; then the trace ends with a
+/// `nexus:trace_truncated` record rather than growing without bound on the node's disk.
+pub const MAX_TRACE_BYTES: u64 = 8 << 20;
+
 /// Which end of the connection a trace is written by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
@@ -50,11 +55,53 @@ pub(crate) fn dir_from_env() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-/// One record: RS, the JSON text, LF (RFC 7464).
-fn record(out: &mut impl Write, v: &Value) -> std::io::Result<()> {
-    out.write_all(&[0x1e])?;
-    serde_json::to_writer(&mut *out, v)?;
-    out.write_all(b"\n")
+/// A trace file's writer: RFC 7464 records (RS, the JSON text, LF), at most `cap` bytes of
+/// them. The writes are small and buffered, so they are made in place rather than handed to
+/// a blocking thread.
+struct Records<W: Write> {
+    out: W,
+    written: u64,
+    cap: u64,
+}
+
+impl<W: Write> Records<W> {
+    fn new(out: W, cap: u64) -> Self {
+        Self {
+            out,
+            written: 0,
+            cap,
+        }
+    }
+
+    /// Writes `v`; `false` once the cap is reached: then, instead of `v`, a last
+    /// `nexus:trace_truncated` record (at `v`'s time) ends the trace.
+    fn record(&mut self, v: &Value) -> std::io::Result<bool> {
+        let text = serde_json::to_vec(v)?;
+        if self.written + text.len() as u64 + 2 > self.cap {
+            let last = json!({
+                "time": v.get("time").cloned().unwrap_or(Value::Null),
+                "name": "nexus:trace_truncated",
+                "data": {"cap_bytes": self.cap},
+            });
+            self.write(&serde_json::to_vec(&last)?)?;
+            self.out.flush()?;
+            return Ok(false);
+        }
+        self.write(&text)?;
+        Ok(true)
+    }
+
+    fn write(&mut self, text: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(&[0x1e])?;
+        self.out.write_all(text)?;
+        self.out.write_all(b"\n")?;
+        self.written += text.len() as u64 + 2;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Traces connection `conn` (whose verified peer `peer` announces) into a new file in `dir`
@@ -88,39 +135,39 @@ async fn trace(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut out = Records::new(
+        std::io::BufWriter::new(std::fs::File::create(path)?),
+        MAX_TRACE_BYTES,
+    );
     let t0 = Instant::now();
     let time = |t0: Instant| t0.elapsed().as_secs_f64() * 1000.0;
-    record(
-        &mut out,
-        &json!({
-            "qlog_version": "0.4",
-            "qlog_format": "JSON-SEQ",
-            "title": "NexStream session",
-            "trace": {
-                "vantage_point": {"type": side.label(), "name": "nexus"},
-                "common_fields": {
-                    "protocol_type": ["QUIC"],
-                    "time_format": "relative",
-                    "reference_time": started as f64,
-                    "group_id": conn.stable_id().to_string(),
-                },
+    let header = json!({
+        "qlog_version": "0.4",
+        "qlog_format": "JSON-SEQ",
+        "title": "NexStream session",
+        "trace": {
+            "vantage_point": {"type": side.label(), "name": "nexus"},
+            "common_fields": {
+                "protocol_type": ["QUIC"],
+                "time_format": "relative",
+                "reference_time": started as f64,
+                "group_id": conn.stable_id().to_string(),
             },
-        }),
-    )?;
-    record(
-        &mut out,
-        &json!({
-            "time": time(t0),
-            "name": "connectivity:connection_started",
-            "data": {
-                "dst_ip": conn.remote_address().ip().to_string(),
-                "dst_port": conn.remote_address().port(),
-                "protocol": "QUIC",
-                "alpn": "nexus/1",
-            },
-        }),
-    )?;
+        },
+    });
+    let started_event = json!({
+        "time": time(t0),
+        "name": "connectivity:connection_started",
+        "data": {
+            "dst_ip": conn.remote_address().ip().to_string(),
+            "dst_port": conn.remote_address().port(),
+            "protocol": "QUIC",
+            "alpn": "nexus/1",
+        },
+    });
+    if !out.record(&header)? || !out.record(&started_event)? {
+        return Ok(());
+    }
     out.flush()?;
     let mut verified = false;
     let mut last: Option<Value> = None;
@@ -140,14 +187,14 @@ async fn trace(
         if let Some(result) = verified_peer {
             verified = true;
             if let Ok(peer) = result {
-                record(
-                    &mut out,
-                    &json!({
-                        "time": time(t0),
-                        "name": "nexus:mic_verified",
-                        "data": {"model": peer.model.to_string(), "serial": peer.serial},
-                    }),
-                )?;
+                let event = json!({
+                    "time": time(t0),
+                    "name": "nexus:mic_verified",
+                    "data": {"model": peer.model.to_string(), "serial": peer.serial},
+                });
+                if !out.record(&event)? {
+                    return Ok(());
+                }
             }
         }
         let s = conn.stats();
@@ -161,21 +208,61 @@ async fn trace(
             "mtu": s.path.current_mtu,
         });
         if last.as_ref() != Some(&metrics) {
-            record(
-                &mut out,
-                &json!({"time": time(t0), "name": "recovery:metrics_updated", "data": metrics}),
-            )?;
+            let event =
+                json!({"time": time(t0), "name": "recovery:metrics_updated", "data": metrics});
+            if !out.record(&event)? {
+                return Ok(());
+            }
             out.flush()?;
             last = Some(metrics);
         }
     };
-    record(
-        &mut out,
-        &json!({
-            "time": time(t0),
-            "name": "connectivity:connection_closed",
-            "data": {"reason": reason},
-        }),
-    )?;
+    out.record(&json!({
+        "time": time(t0),
+        "name": "connectivity:connection_closed",
+        "data": {"reason": reason},
+    }))?;
     out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Vec<Value> {
+        bytes
+            .split(|b| *b == 0x1e)
+            .filter(|r| !r.is_empty())
+            .map(|r| serde_json::from_slice(r).expect("each record is JSON"))
+            .collect()
+    }
+
+    #[test]
+    fn a_trace_at_its_cap_ends_with_a_truncation_record() {
+        let mut buf = Vec::new();
+        let mut out = Records::new(&mut buf, 200);
+        let event = |i: u32| json!({"time": f64::from(i), "name": "recovery:metrics_updated", "data": {"n": i}});
+        let mut kept = 0;
+        while out.record(&event(kept)).expect("writes") {
+            kept += 1;
+        }
+        assert!(kept > 0);
+        let records = parse(&buf);
+        assert_eq!(records.len(), kept as usize + 1);
+        let last = records.last().expect("a record");
+        assert_eq!(last["name"], "nexus:trace_truncated");
+        assert_eq!(last["time"], f64::from(kept));
+        assert_eq!(last["data"]["cap_bytes"], 200);
+        // Everything before the truncation record fits in the cap.
+        let before = buf.len() - serde_json::to_vec(last).expect("json").len() - 2;
+        assert!(before <= 200, "{before}");
+    }
+
+    #[test]
+    fn records_are_rfc_7464_sequences() {
+        let mut buf = Vec::new();
+        let mut out = Records::new(&mut buf, MAX_TRACE_BYTES);
+        assert!(out.record(&json!({"a": 1})).expect("writes"));
+        assert_eq!(buf, b"\x1e{\"a\":1}\n");
+    }
 }

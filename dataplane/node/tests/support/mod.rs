@@ -54,24 +54,32 @@ pub fn advert(name: &str, at: SocketAddr, capability: &str) -> Advertisement {
 }
 
 /// Programs `node`'s tables the way its node agent does: primary controller, pipeline, one
-/// atomic batch.
+/// atomic batch; [`DOMAIN`] of tenant `acme`.
 pub async fn program(node: &Running, endpoints: Vec<Advertisement>) {
+    program_domains(node, vec![("acme", DOMAIN, endpoints)]).await;
+}
+
+/// [`program`] with several domains, each `(tenant, namespace/name, endpoints)` and its
+/// tenant's default domain.
+pub async fn program_domains(node: &Running, domains: Vec<(&str, &str, Vec<Advertisement>)>) {
     let url = format!("http://{}", node.p4runtime.unwrap());
     let mut c = Controller::connect(url, 1, 1).await.unwrap();
     c.set_pipeline(nexroute_p4info().unwrap(), 1).await.unwrap();
     let schema = nexus_p4::Schema::new(nexroute_p4info().unwrap()).unwrap();
-    let (ns, name) = DOMAIN.split_once('/').unwrap();
-    let tables = compile(
-        &schema,
-        &[DomainInput {
-            name: DOMAIN.into(),
-            tenant_id: tenant_id("acme"),
-            domain_id: domain_id(ns, name),
-            default_for_tenant: true,
-            endpoints,
-        }],
-    )
-    .unwrap();
+    let inputs: Vec<DomainInput> = domains
+        .into_iter()
+        .map(|(tenant, domain, endpoints)| {
+            let (ns, name) = domain.split_once('/').unwrap();
+            DomainInput {
+                name: domain.into(),
+                tenant_id: tenant_id(tenant),
+                domain_id: domain_id(ns, name),
+                default_for_tenant: true,
+                endpoints,
+            }
+        })
+        .collect();
+    let tables = compile(&schema, &inputs).unwrap();
     c.apply(&tables).await.unwrap();
 }
 
@@ -91,5 +99,31 @@ pub async fn sample(http: SocketAddr, name: &str, want: &[&str]) -> f64 {
         })
         .filter(|l| want.iter().all(|w| l.contains(w)))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// Packets counted so far in every cell of the pipeline's `tenant_traffic` counter, read over
+/// P4Runtime as a controller reads it.
+pub async fn tenant_packets(node: &Running) -> i64 {
+    use nexus_p4::proto::p4::v1 as pb;
+    let url = format!("http://{}", node.p4runtime.unwrap());
+    let mut c = Controller::connect(url, 1, 1).await.unwrap();
+    let schema = nexus_p4::Schema::new(nexroute_p4info().unwrap()).unwrap();
+    let cells = c
+        .read(vec![pb::Entity {
+            entity: Some(pb::entity::Entity::CounterEntry(pb::CounterEntry {
+                counter_id: schema.id("tenant_traffic").unwrap(),
+                index: None,
+                data: None,
+            })),
+        }])
+        .await
+        .unwrap();
+    cells
+        .iter()
+        .map(|e| match &e.entity {
+            Some(pb::entity::Entity::CounterEntry(e)) => e.data.map_or(0, |d| d.packet_count),
+            _ => 0,
+        })
         .sum()
 }
