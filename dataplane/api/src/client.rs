@@ -47,6 +47,9 @@ pub struct Client {
     next_tensor: AtomicU64,
     domain: Option<String>,
     capability: Option<String>,
+    /// The metadata of every unary call (`op=infer` with the domain and capability), encoded
+    /// once: calls send it as is.
+    infer_meta: bytes::Bytes,
 }
 
 fn my_capabilities() -> Capabilities {
@@ -146,6 +149,7 @@ impl Client {
         let mut c = Self::without_hello(session);
         c._endpoint = endpoint;
         c.domain = domain;
+        c.refresh_meta();
         let mut s = c.open("hello", Meta::op("hello"), false).await?;
         s.send_msg(&serde_json::to_vec(&my_capabilities())?)
             .await
@@ -170,7 +174,26 @@ impl Client {
             next_tensor: AtomicU64::new(1),
             domain: None,
             capability: None,
+            infer_meta: bytes::Bytes::from(Meta::op("infer").encode()),
         }
+    }
+
+    /// `meta` with what every stream of `op` from this client carries: the domain, and the
+    /// capability it is addressed by (not on `hello`, which the connected node answers).
+    fn decorate(&self, op: &str, meta: Meta) -> Meta {
+        let meta = match &self.domain {
+            Some(d) => meta.with("domain", d),
+            None => meta,
+        };
+        match &self.capability {
+            Some(c) if op != "hello" => meta.with("capability", c),
+            _ => meta,
+        }
+    }
+
+    /// Encodes the unary calls' metadata again after the domain or capability changed.
+    fn refresh_meta(&mut self) {
+        self.infer_meta = bytes::Bytes::from(self.decorate("infer", Meta::op("infer")).encode());
     }
 
     /// The peer's advertised capabilities (empty without `hello`).
@@ -196,6 +219,7 @@ impl Client {
     /// the endpoint itself).
     pub fn route_by(mut self, capability: &str) -> Self {
         self.capability = Some(capability.to_owned());
+        self.refresh_meta();
         self
     }
 
@@ -205,15 +229,21 @@ impl Client {
         meta: Meta,
         idempotent: bool,
     ) -> Result<OrderedStream, ApiError> {
-        let meta = match &self.domain {
-            Some(d) => meta.with("domain", d),
-            None => meta,
-        };
-        let meta = match &self.capability {
-            Some(c) if op != "hello" => meta.with("capability", c),
-            _ => meta,
-        };
-        Ok(self.session.open_ordered(meta.encode(), idempotent).await?)
+        self.open_with(op, meta, idempotent, None).await
+    }
+
+    /// [`Client::open`] with the stream's first message written together with its preamble.
+    async fn open_with(
+        &self,
+        op: &str,
+        meta: Meta,
+        idempotent: bool,
+        first: Option<&[u8]>,
+    ) -> Result<OrderedStream, ApiError> {
+        Ok(self
+            .session
+            .open_ordered_with(self.decorate(op, meta).encode(), idempotent, first)
+            .await?)
     }
 
     /// Unary inference with a JSON request.
@@ -224,8 +254,10 @@ impl Client {
 
     /// Unary inference with an opaque body. `idempotent` lets it ride 0-RTT.
     pub async fn infer_raw(&self, body: &[u8], idempotent: bool) -> Result<Bytes, ApiError> {
-        let mut s = self.open("infer", Meta::op("infer"), idempotent).await?;
-        s.send_msg(body).await.map_err(map_stream_error)?;
+        let mut s = self
+            .session
+            .open_ordered_with(self.infer_meta.clone(), idempotent, Some(body))
+            .await?;
         s.send.finish().map_err(map_stream_error)?;
         let reply = s
             .recv_msg()
@@ -239,10 +271,14 @@ impl Client {
 
     /// Opens a token stream: tokens arrive as the model produces them.
     pub async fn stream_tokens(&self, req: &InferRequest) -> Result<TokenStream, ApiError> {
-        let mut s = self.open("tokens", Meta::op("tokens"), false).await?;
-        s.send_msg(&serde_json::to_vec(req)?)
-            .await
-            .map_err(map_stream_error)?;
+        let mut s = self
+            .open_with(
+                "tokens",
+                Meta::op("tokens"),
+                false,
+                Some(&serde_json::to_vec(req)?),
+            )
+            .await?;
         // Nothing follows the request: finish now, so the server takes the FIN with it rather
         // than stopping an open stream (a STOP_SENDING and our RESET_STREAM per generation).
         // Cancelling later needs only the receive half ([`TokenStream::cancel`]).

@@ -24,7 +24,7 @@ pub use client::{Client, TokenStream};
 pub use meta::Meta;
 /// The NexLink header that describes a tensor (dtype, shape), as [`Client::send_tensor`] takes it.
 pub use nexus_firmware::header::Header;
-pub use server::{Hop, Model, Router, TokenSink, serve, serve_routed, serve_session};
+pub use server::{Hop, Model, Route, Router, TokenSink, serve, serve_routed, serve_session};
 
 /// Version of the NexAPI operations.
 pub const API_VERSION: u32 = 1;

@@ -35,11 +35,26 @@ pub enum MetaError {
     TooMany,
 }
 
-/// Parsed metadata, in wire order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Parsed metadata, in wire order: the `key=value;…` text itself, with the byte ranges of
+/// each pair, so parsing a stream's metadata costs one allocation (it is parsed for every
+/// stream a node serves) and lookups are slices of it.
+#[derive(Debug, Clone, Default)]
 pub struct Meta {
-    pairs: Vec<(String, String)>,
+    text: String,
+    /// Per pair: key start, key end (the `=`), value end; the value starts after the `=`.
+    spans: [(u16, u16, u16); MAX_PAIRS],
+    len: u8,
 }
+
+impl PartialEq for Meta {
+    fn eq(&self, other: &Self) -> bool {
+        // The text is canonical (`k=v` pairs joined by `;`, nothing else), so equal texts are
+        // equal pairs in equal order.
+        self.text == other.text
+    }
+}
+
+impl Eq for Meta {}
 
 fn key_ok(k: &str) -> bool {
     (1..=32).contains(&k.len())
@@ -56,14 +71,47 @@ fn value_ok(v: &str) -> bool {
 impl Meta {
     /// Metadata with one `op` pair.
     pub fn op(op: &str) -> Self {
-        Self {
-            pairs: vec![("op".into(), op.into())],
-        }
+        Self::default().with("op", op)
     }
 
-    /// Adds a pair; values that break the syntax are sanitised (forbidden bytes become `_`,
-    /// truncated to [`MAX_VALUE`]) so lifted JSON-RPC names can never corrupt the block.
-    pub fn with(mut self, key: &'static str, value: &str) -> Self {
+    /// The pairs, in wire order.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.spans[..usize::from(self.len)]
+            .iter()
+            .map(|&(k, eq, end)| {
+                (
+                    &self.text[usize::from(k)..usize::from(eq)],
+                    &self.text[usize::from(eq) + 1..usize::from(end)],
+                )
+            })
+    }
+
+    /// Metadata of these pairs, in this order (already valid: built by [`Meta::with`] or
+    /// taken from parsed metadata).
+    fn from_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut m = Meta::default();
+        for (k, v) in pairs {
+            if usize::from(m.len) == MAX_PAIRS {
+                break;
+            }
+            if !m.text.is_empty() {
+                m.text.push(';');
+            }
+            let start = m.text.len();
+            m.text.push_str(k);
+            let eq = m.text.len();
+            m.text.push('=');
+            m.text.push_str(v);
+            m.spans[usize::from(m.len)] = (start as u16, eq as u16, m.text.len() as u16);
+            m.len += 1;
+        }
+        m
+    }
+
+    /// Adds a pair (replacing one of the same key); values that break the syntax are
+    /// sanitised (forbidden bytes become `_`, truncated to [`MAX_VALUE`]) so lifted JSON-RPC
+    /// names can never corrupt the block. Beyond [`MAX_PAIRS`] pairs the pair is dropped.
+    pub fn with(self, key: &'static str, value: &str) -> Self {
         let mut v: String = value
             .chars()
             .map(|c| {
@@ -75,28 +123,26 @@ impl Meta {
             })
             .collect();
         v.truncate(MAX_VALUE);
-        self.pairs.retain(|(k, _)| k != key);
-        self.pairs.push((key.into(), v));
-        self
+        Self::from_pairs(
+            self.pairs()
+                .filter(|(k, _)| *k != key)
+                .chain(std::iter::once((key, v.as_str()))),
+        )
     }
 
     /// Drops the pair of `key`, if any.
-    pub fn without(mut self, key: &str) -> Self {
-        self.pairs.retain(|(k, _)| k != key);
-        self
+    pub fn without(self, key: &str) -> Self {
+        Self::from_pairs(self.pairs().filter(|(k, _)| *k != key))
     }
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.pairs().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
     /// Encodes to bytes.
     pub fn encode(&self) -> Vec<u8> {
-        self.to_string().into_bytes()
+        self.text.as_bytes().to_vec()
     }
 
     /// Parses bytes from the wire.
@@ -105,12 +151,16 @@ impl Meta {
         if !s.is_ascii() {
             return Err(MetaError::NotAscii);
         }
-        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut m = Meta {
+            text: s.to_owned(),
+            ..Meta::default()
+        };
         if s.is_empty() {
-            return Ok(Self { pairs });
+            return Ok(m);
         }
+        let mut at = 0usize;
         for part in s.split(';') {
-            if pairs.len() == MAX_PAIRS {
+            if usize::from(m.len) == MAX_PAIRS {
                 return Err(MetaError::TooMany);
             }
             let (k, v) = part
@@ -122,24 +172,23 @@ impl Meta {
             if !value_ok(v) {
                 return Err(MetaError::BadValue(k.into()));
             }
-            if pairs.iter().any(|(have, _)| have == k) {
+            if m.pairs().any(|(have, _)| have == k) {
                 return Err(MetaError::Duplicate(k.into()));
             }
-            pairs.push((k.into(), v.into()));
+            // Keys are at most 32 bytes and values 256, 16 pairs at most: offsets fit u16.
+            let eq = at + k.len();
+            let end = eq + 1 + v.len();
+            m.spans[usize::from(m.len)] = (at as u16, eq as u16, end as u16);
+            m.len += 1;
+            at = end + 1;
         }
-        Ok(Self { pairs })
+        Ok(m)
     }
 }
 
 impl fmt::Display for Meta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (k, v)) in self.pairs.iter().enumerate() {
-            if i > 0 {
-                f.write_str(";")?;
-            }
-            write!(f, "{k}={v}")?;
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -157,6 +206,47 @@ mod tests {
         assert_eq!(back, m);
         assert_eq!(back.get("name"), Some("evil_op_x_"));
         assert_eq!(back.get("op"), Some("jsonrpc"));
+    }
+
+    #[test]
+    fn with_replaces_and_without_removes_in_order() {
+        let m = Meta::op("infer")
+            .with("domain", "ns/a")
+            .with("capability", "chat")
+            .with("domain", "ns/b");
+        assert_eq!(m.to_string(), "op=infer;capability=chat;domain=ns/b");
+        let m = m.without("capability");
+        assert_eq!(m.to_string(), "op=infer;domain=ns/b");
+        assert_eq!(m.get("domain"), Some("ns/b"));
+        assert_eq!(m.get("capability"), None);
+        assert_eq!(Meta::parse(b"").unwrap(), Meta::default());
+        assert_eq!(Meta::default().get("op"), None);
+        let parsed = Meta::parse(b"a=1;b=;c=3").unwrap();
+        let pairs: Vec<_> = parsed.pairs().collect();
+        assert_eq!(pairs, vec![("a", "1"), ("b", ""), ("c", "3")]);
+    }
+
+    proptest::proptest! {
+        /// Whatever `with` is given, the encoding parses back to the same pairs.
+        #[test]
+        fn built_metadata_always_parses_back(values in proptest::collection::vec(".{0,300}", 0..20)) {
+            const KEYS: [&str; 5] = ["op", "domain", "capability", "name", "method"];
+            let mut m = Meta::default();
+            for (i, v) in values.iter().enumerate() {
+                m = m.with(KEYS[i % KEYS.len()], v);
+            }
+            let back = Meta::parse(&m.encode()).unwrap();
+            proptest::prop_assert_eq!(&back, &m);
+            for (k, v) in m.pairs() {
+                proptest::prop_assert_eq!(back.get(k), Some(v));
+            }
+        }
+
+        /// Arbitrary bytes parse or are refused; they never panic.
+        #[test]
+        fn parsing_never_panics(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = Meta::parse(&b);
+        }
     }
 
     #[test]

@@ -133,10 +133,20 @@ impl ApiMetrics {
     }
 }
 
-/// Where a capability-addressed stream goes, as the serving node's routing tables decide.
+/// Where a capability-addressed stream goes, as the serving node's routing tables decide
+/// ([`Router::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// This node is the endpoint the tables picked: serve the call here.
+    Here,
+    /// Relay the call to the endpoint at this address.
+    Relay(std::net::SocketAddr),
+}
+
+/// A decided stream: served here, or relayed over a session to the picked endpoint.
 #[derive(Debug)]
 pub enum Hop {
-    /// This node is the endpoint the tables picked: serve the call here.
+    /// Serve the call here.
     Here,
     /// Relay the call over this session (to the endpoint the tables picked).
     Relay(Session),
@@ -150,14 +160,20 @@ pub const RELAYED_ACCOUNT: &str = "relayed";
 /// Decides where streams whose metadata names a `capability` go ([`serve_routed`]). The
 /// dataplane implements it with its NexRoute tables (the software P4 pipeline); NexAPI only
 /// carries out the decision, so it knows nothing of tables.
+///
+/// The decision is synchronous (the tables are in memory, and it runs for every
+/// capability-addressed stream); only a relay waits, for its session.
 pub trait Router: Send + Sync + 'static {
-    /// The hop for a stream from a peer of `tenant` (its verified MIC's) with metadata `meta`;
-    /// an error refuses the stream with its reason.
-    fn hop<'a>(
+    /// The route for a stream from a peer of `tenant` (its verified MIC's) with metadata
+    /// `meta`; an error refuses the stream with its reason.
+    fn route(&self, tenant: &str, meta: &Meta) -> Result<Route, ApiError>;
+
+    /// The session to relay `tenant`'s stream over to the endpoint at `to`.
+    fn relay_session<'a>(
         &'a self,
         tenant: &'a str,
-        meta: &'a Meta,
-    ) -> Pin<Box<dyn Future<Output = Result<Hop, ApiError>> + Send + 'a>>;
+        to: std::net::SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Result<Session, ApiError>> + Send + 'a>>;
 }
 
 /// Accepts connections on `endpoint` until it drains, serving `model` on each.
@@ -356,7 +372,14 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
             "this node does not route by capability".into(),
         )),
         (Some(_), Some(router)) => match session.peer().await {
-            Ok(peer) => router.hop(peer.model.tenant(), &meta).await,
+            Ok(peer) => {
+                let tenant = peer.model.tenant();
+                match router.route(tenant, &meta) {
+                    Ok(Route::Here) => Ok(Hop::Here),
+                    Ok(Route::Relay(to)) => router.relay_session(tenant, to).await.map(Hop::Relay),
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e.into()),
         },
     };
@@ -426,10 +449,13 @@ async fn relay(
         .without("flow")
         .with("relay", "1");
     let idempotent = stream.preamble.flags & nexus_stream::frame::FLAG_IDEMPOTENT != 0;
+    // The caller's first message (its request) goes upstream with the preamble, in one write.
+    let first = stream.recv.recv_msg().await.map_err(map_stream_error)?;
     let up = upstream
-        .open_ordered(forwarded.encode(), idempotent)
+        .open_ordered_with(forwarded.encode(), idempotent, first.as_deref())
         .await
         .map_err(map_stream_error)?;
+    let caller_done = first.is_none();
     let OrderedStream {
         send: mut up_send,
         recv: mut up_recv,
@@ -439,6 +465,10 @@ async fn relay(
     // Caller → endpoint. Its end (FIN) is passed on and then waits: the exchange ends when
     // the endpoint finishes. Its error (the caller reset) ends the relay.
     let forward = async {
+        if caller_done {
+            up_send.finish().map_err(map_stream_error)?;
+            return std::future::pending::<Result<(), ApiError>>().await;
+        }
         loop {
             match down_recv.recv_msg().await {
                 Ok(Some(m)) => up_send.send_msg(&m).await.map_err(map_stream_error)?,
@@ -511,7 +541,7 @@ async fn hello<M: Model>(stream: &mut OrderedStream, model: &M) -> Result<(), Ap
 async fn infer<M: Model>(stream: &mut OrderedStream, model: &M) -> Result<(), ApiError> {
     let req = request(stream).await?;
     let resp = model.infer(req).await?;
-    stream.send_msg(&resp).await?;
+    stream.send.send_last(&resp).await?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use nexus_api::{ApiError, Hop, Meta, Router};
+use nexus_api::{ApiError, Meta, Route, Router};
 use nexus_stream::{Endpoint, Session};
 
 /// Why a capability found no endpoint.
@@ -212,25 +212,26 @@ impl TableRouter {
         memo.picks.insert((probe, bucket), p);
         Ok(p.hop)
     }
+}
 
-    async fn route(&self, tenant: &str, meta: &Meta) -> Result<Hop, ApiError> {
+impl Router for TableRouter {
+    fn route(&self, tenant: &str, meta: &Meta) -> Result<Route, ApiError> {
         let hop = self
             .pick(tenant, meta)
             .map_err(|e| ApiError::Refused(e.to_string()))?;
         let hop = SocketAddr::V4(hop);
-        if hop == self.here {
-            return Ok(Hop::Here);
-        }
-        Ok(Hop::Relay(self.session_to(hop, tenant).await?))
+        Ok(if hop == self.here {
+            Route::Here
+        } else {
+            Route::Relay(hop)
+        })
     }
-}
 
-impl Router for TableRouter {
-    fn hop<'a>(
+    fn relay_session<'a>(
         &'a self,
         tenant: &'a str,
-        meta: &'a Meta,
-    ) -> Pin<Box<dyn Future<Output = Result<Hop, ApiError>> + Send + 'a>> {
-        Box::pin(self.route(tenant, meta))
+        to: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = Result<Session, ApiError>> + Send + 'a>> {
+        Box::pin(self.session_to(to, tenant))
     }
 }

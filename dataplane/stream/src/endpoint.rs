@@ -702,6 +702,10 @@ impl Session {
 
     /// The verified peer MIC, waiting for the handshake when the session started in 0-RTT.
     pub async fn peer(&self) -> Result<Arc<VerifiedMic>, StreamError> {
+        // Verified already (every stream after the handshake): no subscription to wait on.
+        if let Some(Ok(p)) = &*self.inner.peer.borrow() {
+            return Ok(Arc::clone(p));
+        }
         let mut rx = self.inner.peer.subscribe();
         let r = rx
             .wait_for(Option::is_some)
@@ -768,22 +772,48 @@ impl Session {
         meta: impl Into<Bytes>,
         idempotent: bool,
     ) -> Result<OrderedStream, StreamError> {
+        self.open_ordered_with(meta, idempotent, None).await
+    }
+
+    /// [`Session::open_ordered`], sending `first` as the stream's first message in the same
+    /// write as the preamble: a request goes out as one STREAM frame, and the connection's
+    /// driver is woken once for it rather than once per write (on a multi-threaded runtime
+    /// it may otherwise send the preamble alone before the message is written).
+    pub async fn open_ordered_with(
+        &self,
+        meta: impl Into<Bytes>,
+        idempotent: bool,
+        first: Option<&[u8]>,
+    ) -> Result<OrderedStream, StreamError> {
         self.gate(idempotent).await?;
         let mut preamble = Preamble::new(Mode::ReliableOrdered, meta);
         if idempotent {
             preamble.flags |= frame::FLAG_IDEMPOTENT;
         }
-        let mut buf = BytesMut::new();
+        let max = self.limits().max_message;
+        let first_len = match first {
+            Some(m) if m.len() as u64 > max => {
+                return Err(FrameError::MessageTooLarge {
+                    len: m.len() as u64,
+                    max,
+                }
+                .into());
+            }
+            Some(m) => frame::LEN_PREFIX + m.len(),
+            None => 0,
+        };
+        let mut buf = BytesMut::with_capacity(preamble.encoded_len() + first_len);
         preamble.encode(&mut buf, self.limits().max_meta)?;
+        if let Some(m) = first {
+            frame::encode_message(m, &mut buf, max)?;
+        }
         let (mut send, recv) = self.inner.conn.open_bi().await?;
         send.write_all(&buf).await?;
-        Ok(OrderedStream::new(
-            send,
-            recv,
-            preamble,
-            self.counting(),
-            false,
-        ))
+        let stream = OrderedStream::new(send, recv, preamble, self.counting(), false);
+        if let Some(m) = first {
+            stream.send.counting.sent(Mode::ReliableOrdered, m.len());
+        }
+        Ok(stream)
     }
 
     /// Sends one message on its own unidirectional stream (reliable-unordered): it is
@@ -1259,6 +1289,13 @@ impl OrderedSend {
     /// Ends the stream cleanly.
     pub fn finish(&mut self) -> Result<(), StreamError> {
         Ok(self.inner.finish()?)
+    }
+
+    /// Sends `msg` and ends the stream right after it, so the FIN usually shares the
+    /// message's packet (a reply, or a request nothing follows).
+    pub async fn send_last(&mut self, msg: &[u8]) -> Result<(), StreamError> {
+        self.send_msg(msg).await?;
+        self.finish()
     }
 
     /// Abandons the stream (cancellation): the peer's reads fail with `code`.
