@@ -8,6 +8,19 @@ pub fn thread_cpu_ns() -> Option<u64> {
     s.split_whitespace().next()?.parse().ok()
 }
 
+/// Nanoseconds all threads of this process have spent on a CPU (the sum over
+/// `/proc/self/task/*/schedstat`), or `None` where the kernel does not say. Threads that
+/// ended meanwhile are not counted, so measure across work done by long-lived threads.
+pub fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        let s = std::fs::read_to_string(path).ok()?;
+        total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
+}
+
 /// Runs `f` `iterations` times and returns (operations per wall-clock second, operations per
 /// CPU second) for `ops_per_iteration` operations each time.
 pub fn rates(iterations: u64, ops_per_iteration: u64, mut f: impl FnMut()) -> (f64, Option<f64>) {

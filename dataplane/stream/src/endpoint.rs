@@ -960,7 +960,14 @@ async fn dispatch(
         tokio::select! {
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    tokio::spawn(read_bi(send, recv, counting.clone(), tx.clone(), peer.clone()));
+                    // The preamble (and usually the whole request) arrives with the stream's
+                    // first packet: read it here, and only a stream that must wait for more
+                    // gets a task of its own (a spawn and a wake-up less per call).
+                    let mut read =
+                        Box::pin(read_bi(send, recv, counting.clone(), tx.clone(), peer.clone()));
+                    if futures::poll!(read.as_mut()).is_pending() {
+                        tokio::spawn(read);
+                    }
                 }
                 Err(_) => break,
             },
