@@ -240,6 +240,17 @@ impl Target {
             .clone()
     }
 
+    /// Runs `f` on the pipeline the dataplane runs (None until a config is committed) without
+    /// cloning it: for one lookup, where the clone's reference-count traffic would cost more
+    /// than the lookup.
+    pub fn with_loaded<R>(&self, f: impl FnOnce(&Loaded) -> R) -> Option<R> {
+        self.published
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map(f)
+    }
+
     fn publish(&self, l: Option<Loaded>) {
         if let Some(l) = &l {
             self.metrics

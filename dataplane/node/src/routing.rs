@@ -187,12 +187,24 @@ impl TableRouter {
     /// The pick for a call: remembered per table batch for calls without a flow of their
     /// own (spread over [`FLOW_BUCKETS`]); computed for calls that name a flow.
     fn pick(&self, tenant: &str, meta: &Meta) -> Result<SocketAddrV4, LookupError> {
-        let loaded = self.target.loaded().ok_or(LookupError::NoTables)?;
+        // Under the target's read lock rather than on a clone of the pipeline: this runs for
+        // every capability-addressed stream.
+        self.target
+            .with_loaded(|loaded| self.pick_in(loaded, tenant, meta))
+            .unwrap_or(Err(LookupError::NoTables))
+    }
+
+    fn pick_in(
+        &self,
+        loaded: &nexus_p4::Loaded,
+        tenant: &str,
+        meta: &Meta,
+    ) -> Result<SocketAddrV4, LookupError> {
         let capability = meta.get("capability").unwrap_or_default();
         let probe = Probe::new(tenant, capability, meta.get("domain"))?;
         let explain = |e| named(e, tenant, capability);
         if let Some(flow) = meta.get("flow").and_then(|f| f.parse().ok()) {
-            return pick(&loaded, &probe, flow).map(|p| p.hop).map_err(explain);
+            return pick(loaded, &probe, flow).map(|p| p.hop).map_err(explain);
         }
         let bucket = self.next_flow.fetch_add(1, Ordering::Relaxed) % FLOW_BUCKETS;
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
@@ -205,10 +217,10 @@ impl TableRouter {
             memo.picks.clear();
         }
         if let Some(p) = memo.picks.get(&(probe, bucket)) {
-            p.replay(&loaded);
+            p.replay(loaded);
             return Ok(p.hop);
         }
-        let p = pick(&loaded, &probe, bucket).map_err(explain)?;
+        let p = pick(loaded, &probe, bucket).map_err(explain)?;
         memo.picks.insert((probe, bucket), p);
         Ok(p.hop)
     }
