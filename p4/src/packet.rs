@@ -76,20 +76,6 @@ pub fn ipv4_checksum_ok(frame: &[u8]) -> bool {
 /// The default port of host-addressed NexLink traffic.
 pub const DEFAULT_PORT: u16 = NEXLINK_PORT;
 
-/// Where the pipeline sends a capability-addressed call: builds the frame a sender would emit
-/// for `tenant_id`, capability `class_id` in `domain_id` (0: the tenant's default domain) and
-/// flow `stream` (the selector hashes it), runs it through `loaded` and returns the next hop it
-/// was rewritten to — the endpoint the tables pick. Any other verdict is returned as is.
-pub fn next_hop(
-    loaded: &crate::Loaded,
-    tenant_id: u32,
-    class_id: u32,
-    domain_id: u32,
-    stream: u32,
-) -> Result<SocketAddrV4, crate::Verdict> {
-    pick(loaded, tenant_id, class_id, domain_id, stream).map(|p| p.hop)
-}
-
 /// A routed lookup's result, to be remembered by a caller that does not run the same probe
 /// through the same tables again: the tables are a pure function of the frame, so the next
 /// hop holds until the next table batch, and [`Pick::replay`] counts what the run counted
@@ -112,7 +98,11 @@ impl Pick {
     }
 }
 
-/// [`next_hop`] with what [`Pick::replay`] needs.
+/// Where the pipeline sends a capability-addressed call: builds the frame a sender would emit
+/// for `tenant_id`, capability `class_id` in `domain_id` (0: the tenant's default domain) and
+/// flow `stream` (the selector hashes it), runs it through `loaded` and returns the next hop it
+/// was rewritten to — the endpoint the tables pick — with what [`Pick::replay`] needs. Any
+/// other verdict is returned as is.
 pub fn pick(
     loaded: &crate::Loaded,
     tenant_id: u32,

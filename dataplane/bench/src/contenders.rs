@@ -705,17 +705,7 @@ pub async fn run_all(
     let mut warm: Vec<(&str, CallFn)> = Vec::new();
     let nep = Endpoint::client(local, &cid, &nexus_config(), Arc::new(Metrics::new()))?;
     let nexus = Arc::new(Client::without_hello(nep.connect(s.nexus).await?));
-    let f = {
-        let (c, req) = (Arc::clone(&nexus), req.clone());
-        move || {
-            let (c, req) = (Arc::clone(&c), req.clone());
-            async move {
-                ensure!(c.infer_raw(&req, false).await?.len() == RESP);
-                Ok(())
-            }
-        }
-    };
-    warm.push(("Nexus (NexAPI over NexStream)", boxed(f)));
+    warm.push(("Nexus (NexAPI over NexStream)", nexus_unary(&nexus, &req)));
 
     let qep = quinn_client(&p)?;
     let qc = qep.connect(s.quinn, PLAIN_NAME)?.await?;
@@ -732,17 +722,7 @@ pub async fn run_all(
     warm.push(("raw quinn (QUIC stream per call)", boxed(f)));
 
     let g = grpc::client(s.grpc, &p.ca_pem).await?;
-    let f = {
-        let req = req.clone();
-        move || {
-            let (g, req) = (g.clone(), req.clone());
-            async move {
-                ensure!(grpc::unary(g, req).await?.len() == RESP);
-                Ok(())
-            }
-        }
-    };
-    warm.push(("gRPC + TLS (tonic, HTTP/2)", boxed(f)));
+    warm.push(("gRPC + TLS (tonic, HTTP/2)", grpc_unary(&g, &req)));
 
     let hcfg = Arc::new(tls_client(&p, &[b"http/1.1"], false)?);
     let pool: Pool<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = Arc::default();
@@ -1166,17 +1146,8 @@ async fn hol(
                         .await
                 });
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                let f = {
-                    let (c, req) = (Arc::clone(&hc), req.clone());
-                    move || {
-                        let (c, req) = (Arc::clone(&c), req.clone());
-                        async move {
-                            ensure!(c.infer_raw(&req, false).await?.len() == RESP);
-                            Ok(())
-                        }
-                    }
-                };
-                let h = open_loop(50, 1.0, f).await?;
+                let f = nexus_unary(&hc, req);
+                let h = open_loop(50, 1.0, move || f()).await?;
                 bulk.await??;
                 p99[0] = h.value_at_quantile(0.99) as f64;
                 nexus_h.add(&h)?;
@@ -1186,17 +1157,8 @@ async fn hol(
                     grpc::unary(bulk_g, Bytes::from(vec![3u8; bulk_len])).await
                 });
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                let f = {
-                    let (hg, req) = (hg.clone(), req.clone());
-                    move || {
-                        let (g, req) = (hg.clone(), req.clone());
-                        async move {
-                            ensure!(grpc::unary(g, req).await?.len() == RESP);
-                            Ok(())
-                        }
-                    }
-                };
-                let h = open_loop(50, 1.0, f).await?;
+                let f = grpc_unary(&hg, req);
+                let h = open_loop(50, 1.0, move || f()).await?;
                 bulk.await??;
                 p99[1] = h.value_at_quantile(0.99) as f64;
                 grpc_h.add(&h)?;
@@ -1290,6 +1252,30 @@ async fn tensor(
         r.tensor.push((label, mbps));
     }
     Ok(())
+}
+
+/// A unary Nexus call of `req` on `c` (the warm-unary and head-of-line scenarios' call).
+fn nexus_unary(c: &Arc<Client>, req: &Bytes) -> CallFn {
+    let (c, req) = (Arc::clone(c), req.clone());
+    boxed(move || {
+        let (c, req) = (Arc::clone(&c), req.clone());
+        async move {
+            ensure!(c.infer_raw(&req, false).await?.len() == RESP);
+            Ok(())
+        }
+    })
+}
+
+/// The same call over gRPC.
+fn grpc_unary(g: &tonic::client::Grpc<tonic::transport::Channel>, req: &Bytes) -> CallFn {
+    let (g, req) = (g.clone(), req.clone());
+    boxed(move || {
+        let (g, req) = (g.clone(), req.clone());
+        async move {
+            ensure!(grpc::unary(g, req).await?.len() == RESP);
+            Ok(())
+        }
+    })
 }
 
 /// One call of a warm-unary contender.
