@@ -125,7 +125,8 @@ pub struct NexusNodeStatus {
     /// The node's dataplane process, when its agent supervises one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane: Option<NodeDataplaneStatus>,
-    /// `Ready`, `FirmwareCurrent`, `PipelineLoaded`.
+    /// `Ready`, `FirmwareCurrent`, `PipelineLoaded`, and `DataplaneReachable` from agents told
+    /// their pod's hostPort.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
