@@ -32,11 +32,7 @@ use crate::{
     lift_jsonrpc, tensor,
 };
 
-/// Default shard size of tensor transfers: 64 MiB, so most tensors travel on one stream. On
-/// one QUIC connection parallel shards add no bandwidth (one congestion controller for all)
-/// and cost about 15% of throughput on loopback (`dataplane-bench`: 16 × 4 MiB or 4 × 16 MiB
-/// shards against one 64 MiB shard); larger tensors still use several streams.
-pub const DEFAULT_SHARD: u32 = 64 << 20;
+pub use crate::tensor::DEFAULT_SHARD;
 
 /// A connection to a NexAPI endpoint.
 #[derive(Debug)]
@@ -62,6 +58,8 @@ fn my_capabilities() -> Capabilities {
         models: vec![],
         jsonrpc: vec!["mcp".into(), "a2a".into()],
         max_tensor: u64::from(u32::MAX),
+        // Nothing is sent to a client in bulk.
+        stream_window: 0,
     }
 }
 
@@ -287,9 +285,16 @@ impl Client {
     }
 
     /// Sends a tensor described by `header` (its `payload_len` must be `data.len()`), split
-    /// into shards of [`DEFAULT_SHARD`] bytes on parallel streams.
+    /// into shards on parallel streams: [`DEFAULT_SHARD`] bytes each, or one of the peer's
+    /// stream windows each where a single stream could not keep up with the path (a long
+    /// round trip; [`tensor::shard_size`]). The window is what the peer said in `hello`.
     pub async fn send_tensor(&self, header: &Header, data: &[u8]) -> Result<TensorAck, ApiError> {
-        self.send_tensor_sharded(header, data, DEFAULT_SHARD).await
+        let shard = tensor::shard_size(
+            data.len() as u64,
+            self.peer.stream_window,
+            self.session.rtt(),
+        );
+        self.send_tensor_sharded(header, data, shard).await
     }
 
     /// [`Client::send_tensor`] with an explicit shard size.

@@ -87,6 +87,7 @@ impl Model for DemoModel {
             models: vec![self.name.clone()],
             jsonrpc: vec!["mcp".into(), "a2a".into()],
             max_tensor: self.max_tensor,
+            ..Capabilities::default()
         }
     }
 

@@ -82,6 +82,11 @@ pub struct Capabilities {
     pub jsonrpc: Vec<String>,
     /// Largest tensor accepted, bytes.
     pub max_tensor: u64,
+    /// Bytes a sender may have in flight on one stream to this endpoint (its QUIC stream
+    /// receive window); senders size tensor shards by it. Filled in by the server from its
+    /// transport limits; 0 when not said (older peers).
+    #[serde(default)]
+    pub stream_window: u64,
 }
 
 impl Capabilities {
@@ -100,6 +105,8 @@ impl Capabilities {
             models: other.models.clone(),
             jsonrpc: common(&self.jsonrpc, &other.jsonrpc),
             max_tensor: self.max_tensor.min(other.max_tensor),
+            // What matters for sending to the other side is its window.
+            stream_window: other.stream_window,
         }
     }
 }
@@ -212,6 +219,7 @@ mod tests {
             models: vec![],
             jsonrpc: vec!["mcp".into()],
             max_tensor: 100,
+            stream_window: 1 << 20,
         };
         let b = Capabilities {
             agent: "b".into(),
@@ -220,12 +228,15 @@ mod tests {
             models: vec!["toy".into()],
             jsonrpc: vec!["mcp".into(), "a2a".into()],
             max_tensor: 50,
+            stream_window: 8 << 20,
         };
         let n = a.negotiate(&b);
         assert_eq!(n.ops, vec!["infer".to_string()]);
         assert_eq!(n.jsonrpc, vec!["mcp".to_string()]);
         assert_eq!(n.max_tensor, 50);
         assert_eq!(n.models, vec!["toy".to_string()]);
+        // Sending to b is bounded by b's window.
+        assert_eq!(n.stream_window, 8 << 20);
     }
 
     #[test]

@@ -391,7 +391,7 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
     let relayed = matches!(hop, Ok(Hop::Relay(_)));
     let result = match hop {
         Ok(Hop::Here) => match op {
-            "hello" => hello(&mut stream, &*model).await,
+            "hello" => hello(&mut stream, &*model, &session).await,
             "infer" => infer(&mut stream, &*model).await,
             "tokens" => tokens(&mut stream, &*model, &metrics).await,
             "tensor" => {
@@ -529,12 +529,16 @@ async fn request(stream: &mut OrderedStream) -> Result<Bytes, ApiError> {
     Ok(req)
 }
 
-async fn hello<M: Model>(stream: &mut OrderedStream, model: &M) -> Result<(), ApiError> {
+async fn hello<M: Model>(
+    stream: &mut OrderedStream,
+    model: &M,
+    session: &Session,
+) -> Result<(), ApiError> {
     let theirs: Capabilities = serde_json::from_slice(&request(stream).await?)?;
     tracing::debug!(agent = %theirs.agent, "hello");
-    stream
-        .send_msg(&serde_json::to_vec(&model.capabilities())?)
-        .await?;
+    let mut ours = model.capabilities();
+    ours.stream_window = u64::from(session.limits().stream_window);
+    stream.send_msg(&serde_json::to_vec(&ours)?).await?;
     Ok(())
 }
 

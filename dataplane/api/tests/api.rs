@@ -10,14 +10,22 @@ use nexus_api::demo::{DemoModel, complete};
 use nexus_api::server::{ApiMetrics, TokenSink};
 use nexus_api::{ApiError, Binding, Capabilities, Client, InferRequest, Model, fnv64, serve};
 use nexus_firmware::header::{DType, DeliveryMode, Flags, Header};
+use nexus_stream::linkem::{Impairment, UdpLink};
 use nexus_stream::testing::TestPki;
-use nexus_stream::{Config, Endpoint, Metrics};
+use nexus_stream::{Config, Endpoint, Limits, Metrics};
 
 fn any() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
 async fn start<M: Model>(model: M) -> (Endpoint, Endpoint, Arc<ApiMetrics>, SocketAddr) {
+    start_with(model, Config::default()).await
+}
+
+async fn start_with<M: Model>(
+    model: M,
+    server_config: Config,
+) -> (Endpoint, Endpoint, Arc<ApiMetrics>, SocketAddr) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let pki = TestPki::new().unwrap();
     let s = pki
@@ -30,7 +38,7 @@ async fn start<M: Model>(model: M) -> (Endpoint, Endpoint, Arc<ApiMetrics>, Sock
         .unwrap()
         .identity()
         .unwrap();
-    let server = Endpoint::server(any(), &s, &Config::default(), Arc::new(Metrics::new())).unwrap();
+    let server = Endpoint::server(any(), &s, &server_config, Arc::new(Metrics::new())).unwrap();
     let client = Endpoint::client(any(), &c, &Config::default(), Arc::new(Metrics::new())).unwrap();
     let metrics = Arc::new(ApiMetrics::default());
     let addr = server.local_addr().unwrap();
@@ -44,6 +52,11 @@ async fn unary_inference_capabilities_and_jsonrpc() {
     let client = Client::connect(&client_ep, addr).await.unwrap();
     assert_eq!(client.peer_capabilities().models, vec!["demo".to_string()]);
     assert!(client.negotiated().ops.contains(&"tensor".to_string()));
+    // The server says how much one stream may carry in flight (tensor shards are sized by it).
+    assert_eq!(
+        client.peer_capabilities().stream_window,
+        u64::from(Limits::default().stream_window)
+    );
 
     let req = InferRequest {
         model: String::new(),
@@ -241,6 +254,44 @@ fn header(len: u32) -> Header {
         shape: [len / 4 / 256, 256, 0, 0],
         payload_len: len,
         trace_id: 9,
+    }
+}
+
+/// On a path where one stream's window per round trip is slow (here 1 MiB per 20 ms, 52
+/// MB/s), `send_tensor` cuts the tensor into one window per shard, so the shards travel in
+/// parallel; the same tensor to the same server without the delay goes in one shard.
+#[tokio::test]
+async fn tensors_to_a_far_peer_travel_in_one_window_per_shard() {
+    let server_config = Config {
+        limits: Limits {
+            stream_window: 1 << 20,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let (_s, client_ep, _metrics, addr) = start_with(DemoModel::default(), server_config).await;
+    let far = UdpLink::start(
+        addr,
+        Impairment {
+            delay: Duration::from_millis(10),
+            ..Impairment::default()
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    let client = Client::connect(&client_ep, far.addr()).await.unwrap();
+    assert_eq!(client.peer_capabilities().stream_window, 1 << 20);
+    let len = 4u32 << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+    let ack = client.send_tensor(&header(len), &data).await.unwrap();
+    assert_eq!((ack.bytes, ack.shards), (u64::from(len), 4));
+
+    // Loopback: 1 MiB per round trip of well under a millisecond is over 1.25 GB/s.
+    let near = Client::connect(&client_ep, addr).await.unwrap();
+    if near.session().rtt() < Duration::from_micros(800) {
+        let ack = near.send_tensor(&header(len), &data).await.unwrap();
+        assert_eq!((ack.bytes, ack.shards), (u64::from(len), 1));
     }
 }
 

@@ -36,7 +36,7 @@ struct Args {
     /// the per-round ratios.
     #[arg(long, default_value_t = 5)]
     rounds: u32,
-    /// Run only these scenarios (comma-separated: unary, cold, tokens, hol, tensor, loss,
+    /// Run only these scenarios (comma-separated: unary, cold, tokens, hol, tensor, far, loss,
     /// handshakes) and print the table without writing files.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -236,6 +236,8 @@ fn main() -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct Servers {
     pub nexus: SocketAddr,
+    /// A Nexus server granting peers 1 MiB per stream (the long-path tensor scenario).
+    pub nexus_narrow: SocketAddr,
     /// The Nexus server endpoint's counters (what actually arrived, for best-effort delivery).
     pub nexus_metrics: Arc<nexus_stream::Metrics>,
     pub quinn: SocketAddr,

@@ -91,6 +91,7 @@ impl Model for OpenAiUpstream {
             models: vec![self.model.clone()],
             jsonrpc: vec![],
             max_tensor: 0,
+            ..Capabilities::default()
         }
     }
 

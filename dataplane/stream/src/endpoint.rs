@@ -742,7 +742,8 @@ impl Session {
         self.inner.conn.rtt()
     }
 
-    fn limits(&self) -> &Limits {
+    /// The limits this end enforces on the session (what it grants the peer).
+    pub fn limits(&self) -> &Limits {
         &self.inner.shared.limits
     }
 

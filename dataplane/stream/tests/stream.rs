@@ -576,6 +576,69 @@ async fn bad_streams_are_refused_and_the_connection_survives() {
     assert!(server.connection().close_reason().is_none());
 }
 
+/// Bidirectional streams: a bad preamble is refused with its reason, a preamble that never
+/// completes is stopped after the timeout (in a task of its own, so it holds up nothing), and a
+/// good request opened behind both is served.
+#[tokio::test]
+async fn bad_bidirectional_streams_are_refused_and_others_served() {
+    let pki = TestPki::new().unwrap();
+    let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
+    let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
+    let server_cfg = Config {
+        limits: Limits {
+            preamble_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let mut p = pair_with(&s, &c, server_cfg, Config::default()).await;
+    let client = p
+        .client
+        .connect(p.server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let server = p.server_sessions.recv().await.unwrap().unwrap();
+    let m = Arc::clone(p.server.metrics());
+    let (served_tx, mut served) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            if let Incoming::Ordered(mut o) = incoming {
+                let msg = o.recv.recv_msg().await.unwrap().unwrap();
+                o.send.send_last(&msg).await.unwrap();
+                let _ = served_tx.send(o.preamble.meta.clone()).await;
+            }
+        }
+    });
+    let conn = client.connection().clone();
+
+    // Reliable-unordered is a unidirectional mode: refused on a bidirectional stream.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let stopped = send.stopped().await.unwrap().map(|c| c.into_inner());
+    assert_eq!(stopped, Some(codes::UNKNOWN_MODE.into_inner()));
+    assert!(matches!(
+        recv.read_to_end(1024).await,
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c))) if c == codes::UNKNOWN_MODE
+    ));
+    assert_eq!(m.refused_streams("mode_on_wrong_stream"), 1);
+
+    // Half a preamble, then nothing: stopped after the timeout.
+    let (mut stalled, _stalled_recv) = conn.open_bi().await.unwrap();
+    stalled.write_all(&[1]).await.unwrap();
+    let mut good = client.open_ordered(&b"good"[..], false).await.unwrap();
+    good.send_msg(b"hello").await.unwrap();
+    assert_eq!(
+        stalled.stopped().await.unwrap().map(|c| c.into_inner()),
+        Some(codes::STALLED.into_inner())
+    );
+    assert_eq!(m.refused_streams("preamble_timeout"), 1);
+    assert_eq!(&served.recv().await.unwrap()[..], b"good");
+    assert_eq!(&good.recv.recv_msg().await.unwrap().unwrap()[..], b"hello");
+    assert!(client.connection().close_reason().is_none());
+}
+
 /// Draining refuses new connections and lets existing ones finish.
 #[tokio::test]
 async fn drain_closes_sessions() {
