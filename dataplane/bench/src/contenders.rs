@@ -92,8 +92,10 @@ fn plain(pki: &TestPki) -> anyhow::Result<Plain> {
     })
 }
 
+/// Every TLS contender negotiates what Nexus does (AES-128-GCM, SHA-256), so the cipher
+/// suite is not what the ratios measure.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(nexus_stream::trust::session_provider())
 }
 
 fn tls_server(p: &Plain, alpn: &[&[u8]], mtls: bool) -> anyhow::Result<rustls::ServerConfig> {
@@ -133,7 +135,12 @@ fn quinn_transport() -> Arc<quinn::TransportConfig> {
     t.stream_receive_window(quinn::VarInt::from_u32(16 << 20));
     t.receive_window(quinn::VarInt::from_u32(128 << 20));
     t.send_window(128 << 20);
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1024));
+    // The dataplane's default stream limits, as Nexus has them here: quinn sets up state for
+    // every stream a peer may open when the connection starts, so unequal limits would show
+    // up as handshake cost.
+    let streams = Limits::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(streams.max_bidi_streams));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(streams.max_uni_streams));
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(LOOPBACK_MTU);
     t.mtu_discovery_config(Some(mtu));
@@ -152,8 +159,6 @@ fn quinn_client(p: &Plain) -> anyhow::Result<quinn::Endpoint> {
 fn nexus_config() -> Config {
     Config {
         limits: Limits {
-            max_bidi_streams: 1024,
-            max_uni_streams: 1024,
             stream_window: 16 << 20,
             connection_window: 128 << 20,
             max_message: 128 << 20,

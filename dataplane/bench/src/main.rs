@@ -159,7 +159,8 @@ fn pin(core: usize) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // The process default, which tonic's TLS uses: the same suite order as every contender.
+    let _ = nexus_stream::trust::session_provider().install_default();
     let args = Args::parse();
     // Servers: one thread, one current-thread runtime, core 0.
     let (tx, rx) = std::sync::mpsc::channel();

@@ -23,8 +23,9 @@ pub fn markdown(r: &Results) -> String {
         s,
         "Made by `cargo run --release -p nexus-dataplane-bench -- --out docs/bench` on a shared \
          2-core VM (loopback; servers on core 0, clients on core 1, link emulators unpinned; \
-         current-thread runtimes; TCP_NODELAY). Absolute numbers are noisy on this machine; the \
-         ratios are the point.\n"
+         current-thread runtimes; TCP_NODELAY; every TLS contender negotiates Nexus's cipher \
+         suite, TLS_AES_128_GCM_SHA256). Absolute numbers are noisy on this machine; the ratios \
+         are the point.\n"
     );
     let _ = writeln!(
         s,

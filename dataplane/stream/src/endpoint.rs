@@ -222,7 +222,7 @@ impl Endpoint {
             config.requirement.clone(),
             Arc::clone(&metrics),
         )?);
-        let provider = Arc::new(crate::trust::provider());
+        let provider = Arc::new(crate::trust::session_provider());
         let tls = |e: rustls::Error| StreamError::Tls(e.to_string());
         // The MIC both sides present, swappable: a renewed MIC is used by new handshakes
         // without rebinding the socket or dropping sessions (see `Endpoint::reload_identity`).

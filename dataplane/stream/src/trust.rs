@@ -269,6 +269,20 @@ pub fn provider() -> CryptoProvider {
     rustls::crypto::ring::default_provider()
 }
 
+/// The TLS provider of NexStream sessions: [`provider`], preferring AES-128-GCM with SHA-256
+/// (rustls prefers AES-256-GCM with SHA-384). Every packet is sealed and opened with the
+/// negotiated AEAD, and AES-128 runs 10 rounds to AES-256's 14; the handshake's key schedule
+/// hashes with SHA-256, which CPUs accelerate (SHA-NI), where SHA-384 runs in software.
+/// AES-128-GCM is TLS 1.3's mandatory suite and the one QUIC's Initial packets use. Both ends
+/// are NexStream, so this order decides. (`dataplane-bench`: 64 MiB tensor +12%, handshake
+/// CPU about −10%.)
+pub fn session_provider() -> CryptoProvider {
+    let mut p = provider();
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    p
+}
+
 impl ServerCertVerifier for Trust {
     fn verify_server_cert(
         &self,
@@ -351,6 +365,18 @@ impl ClientCertVerifier for Trust {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_prefer_aes_128_gcm_and_keep_every_suite() {
+        let suites = |p: CryptoProvider| -> Vec<rustls::CipherSuite> {
+            p.cipher_suites.iter().map(|s| s.suite()).collect()
+        };
+        let (mut ours, mut all) = (suites(session_provider()), suites(provider()));
+        assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        ours.sort_by_key(|s| u16::from(*s));
+        all.sort_by_key(|s| u16::from(*s));
+        assert_eq!(ours, all, "only the order changes");
+    }
 
     #[test]
     fn refusal_labels_are_found_in_close_reasons() {
