@@ -1163,18 +1163,7 @@ async fn hol(
     req: &Bytes,
 ) -> anyhow::Result<()> {
     let bulk_len = 16usize << 20;
-    let hol_header = Header {
-        mode: DeliveryMode::ReliableUnordered,
-        flags: Flags(0),
-        dtype: DType::F32,
-        rank: 2,
-        stream_id: 2,
-        tenant_id: 1,
-        sequence: 0,
-        shape: [(bulk_len / 4 / 1024) as u32, 1024, 0, 0],
-        payload_len: bulk_len as u32,
-        trace_id: 0,
-    };
+    let hol_header = f32_tensor(bulk_len, 2);
     let local: SocketAddr = "127.0.0.1:0".parse()?;
     let hep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
     let hc = Arc::new(Client::without_hello(hep.connect(links.udp_hol).await?));
@@ -1245,18 +1234,7 @@ async fn tensor(
 ) -> anyhow::Result<()> {
     use rand::seq::SliceRandom;
     let data = vec![3u8; TENSOR];
-    let header = Header {
-        mode: DeliveryMode::ReliableUnordered,
-        flags: Flags(0),
-        dtype: DType::F32,
-        rank: 2,
-        stream_id: 1,
-        tenant_id: 1,
-        sequence: 0,
-        shape: [(TENSOR / 4 / 1024) as u32, 1024, 0, 0],
-        payload_len: TENSOR as u32,
-        trace_id: 0,
-    };
+    let header = f32_tensor(TENSOR, 1);
     let mbps = |d: Duration| TENSOR as f64 / d.as_secs_f64() / 1e6;
     // The default shard size, then smaller shards on more parallel streams: how much the
     // parallel streams cost or gain over loopback.
@@ -1320,18 +1298,7 @@ async fn far_tensor(
     cid: &nexus_stream::Identity,
 ) -> anyhow::Result<()> {
     const LEN: usize = 16 << 20;
-    let header = Header {
-        mode: DeliveryMode::ReliableUnordered,
-        flags: Flags(0),
-        dtype: DType::F32,
-        rank: 2,
-        stream_id: 3,
-        tenant_id: 1,
-        sequence: 0,
-        shape: [(LEN / 4 / 1024) as u32, 1024, 0, 0],
-        payload_len: LEN as u32,
-        trace_id: 0,
-    };
+    let header = f32_tensor(LEN, 3);
     let ep = Endpoint::client(
         "127.0.0.1:0".parse()?,
         cid,
@@ -1370,6 +1337,22 @@ async fn far_tensor(
         best[1],
     ));
     Ok(())
+}
+
+/// The NexLink header of a `len`-byte f32 tensor of rows of 1,024 (the bench's tensors).
+fn f32_tensor(len: usize, stream_id: u32) -> Header {
+    Header {
+        mode: DeliveryMode::ReliableUnordered,
+        flags: Flags(0),
+        dtype: DType::F32,
+        rank: 2,
+        stream_id,
+        tenant_id: 1,
+        sequence: 0,
+        shape: [(len / 4 / 1024) as u32, 1024, 0, 0],
+        payload_len: len as u32,
+        trace_id: 0,
+    }
 }
 
 /// A unary Nexus call of `req` on `c` (the warm-unary and head-of-line scenarios' call).

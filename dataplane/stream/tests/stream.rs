@@ -73,6 +73,17 @@ async fn pair(pki: &TestPki) -> Pair {
     pair_with(&s, &c, Config::default(), Config::default()).await
 }
 
+/// A client session to `p`'s server and the server's side of it.
+async fn connected(p: &mut Pair) -> (Session, Session) {
+    let client = p
+        .client
+        .connect(p.server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let server = p.server_sessions.recv().await.unwrap().unwrap();
+    (client, server)
+}
+
 async fn next_ordered(s: &Session) -> nexus_stream::OrderedStream {
     match s.accept().await.expect("session open") {
         Incoming::Ordered(o) => o,
@@ -479,12 +490,7 @@ async fn bad_streams_are_refused_and_the_connection_survives() {
         ..Config::default()
     };
     let mut p = pair_with(&s, &c, server_cfg, Config::default()).await;
-    let client = p
-        .client
-        .connect(p.server.local_addr().unwrap())
-        .await
-        .unwrap();
-    let server = p.server_sessions.recv().await.unwrap().unwrap();
+    let (client, server) = connected(&mut p).await;
     let conn = client.connection().clone();
     let m = Arc::clone(p.server.metrics());
 
@@ -592,12 +598,7 @@ async fn bad_bidirectional_streams_are_refused_and_others_served() {
         ..Config::default()
     };
     let mut p = pair_with(&s, &c, server_cfg, Config::default()).await;
-    let client = p
-        .client
-        .connect(p.server.local_addr().unwrap())
-        .await
-        .unwrap();
-    let server = p.server_sessions.recv().await.unwrap().unwrap();
+    let (client, server) = connected(&mut p).await;
     let m = Arc::clone(p.server.metrics());
     let (served_tx, mut served) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
