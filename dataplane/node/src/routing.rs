@@ -43,8 +43,24 @@ pub fn lookup(
     domain: Option<&str>,
     flow: u32,
 ) -> Result<SocketAddrV4, LookupError> {
-    let loaded = target.loaded().ok_or(LookupError::NoTables)?;
-    pick(&loaded, &Probe::new(tenant, capability, domain)?, flow)
+    target
+        .with_loaded(|loaded| {
+            let probe = Probe::new(tenant, capability, domain)?;
+            flow_hop(loaded, &probe, flow, tenant, capability)
+        })
+        .unwrap_or(Err(LookupError::NoTables))
+}
+
+/// The hop the tables pick for `probe` on flow `flow`, errors naming the tenant and
+/// capability.
+fn flow_hop(
+    loaded: &nexus_p4::Loaded,
+    probe: &Probe,
+    flow: u32,
+    tenant: &str,
+    capability: &str,
+) -> Result<SocketAddrV4, LookupError> {
+    pick(loaded, probe, flow)
         .map(|p| p.hop)
         .map_err(|e| named(e, tenant, capability))
 }
@@ -204,7 +220,7 @@ impl TableRouter {
         let probe = Probe::new(tenant, capability, meta.get("domain"))?;
         let explain = |e| named(e, tenant, capability);
         if let Some(flow) = meta.get("flow").and_then(|f| f.parse().ok()) {
-            return pick(loaded, &probe, flow).map(|p| p.hop).map_err(explain);
+            return flow_hop(loaded, &probe, flow, tenant, capability);
         }
         let bucket = self.next_flow.fetch_add(1, Ordering::Relaxed) % FLOW_BUCKETS;
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
