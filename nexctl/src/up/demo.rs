@@ -200,14 +200,19 @@ pub struct DemoIdentity {
     pub tenant: String,
 }
 
-/// The serial of the MIC at `path` when it is readable and valid for more than an hour.
+/// The serial of the MIC at `path` when it is readable and valid for more than an hour, in
+/// the form the CA answers with (no leading zero bytes; a DER serial whose first byte is 0x80
+/// or more carries one).
 fn still_valid(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
     let chain = nexus_mic::pem_to_der_chain(&text).ok()?;
     let leaf = chain.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
     let left = cert.validity().time_to_expiration()?;
-    (left > time::Duration::hours(1)).then(|| cert.raw_serial_as_string().replace(':', ""))
+    if left <= time::Duration::hours(1) {
+        return None;
+    }
+    nexus_ca_api::validate::parse_serial(&cert.raw_serial_as_string().replace(':', "")).ok()
 }
 
 /// Registers the local cluster (`nexctl-up`) for the demo tenant; returns its id.
@@ -218,4 +223,40 @@ pub async fn local_cluster(
         .ensure_cluster("nexctl-up", "local")
         .await
         .map_err(|e| anyhow::anyhow!("registering the local cluster: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn mic_with_serial(dir: &Path, serial: &[u8]) -> std::path::PathBuf {
+        let mut params = rcgen::CertificateParams::new(vec!["nexus".to_owned()]).unwrap();
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        let path = dir.join(format!("{:02x}.crt", serial[1]));
+        std::fs::write(&path, pem).unwrap();
+        path
+    }
+
+    /// A reused MIC reports the serial the CA answered with when it was issued: DER keeps a
+    /// leading zero byte before a first byte of 0x80 or more, the CA's form does not.
+    #[test]
+    fn reused_serials_read_as_the_ca_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let high = [
+            0x00, 0xaa, 0x87, 0x54, 0x15, 0xe7, 0x4b, 0x7b, 0x2e, 0xc3, 0xe1, 0x0a, 0xa7, 0xeb,
+            0x4f, 0xff,
+        ];
+        assert_eq!(
+            still_valid(&mic_with_serial(dir.path(), &high)).as_deref(),
+            Some("aa875415e74b7b2ec3e10aa7eb4fff")
+        );
+        let low = [0x0a, 0x0b, 0x01];
+        assert_eq!(
+            still_valid(&mic_with_serial(dir.path(), &low)).as_deref(),
+            Some("0a0b01")
+        );
+    }
 }
