@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
@@ -20,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
+use crate::tunlink::{self, TunLinks};
 use crate::{Args, Lat, Servers, closed_loop, hist, open_loop};
 
 /// Request and response sizes of the unary scenario.
@@ -54,12 +56,17 @@ pub struct Results {
     pub hol_round_ratios: Vec<f64>,
     /// The head-of-line scenario's 16 MiB transfers, MB/s: Nexus, gRPC.
     pub hol_bulk_mbps: [f64; 2],
+    /// Packets the head-of-line paths carried and dropped (packet-level emulation only):
+    /// Nexus's, gRPC's.
+    pub hol_packets: [(u64, u64); 2],
     /// A tensor over a long path, MB/s per shard choice.
     pub far: Vec<(String, f64)>,
     /// Per round: MIC full-handshake CPU time / plain X.509's (sorted).
     pub handshake_round_ratios: Vec<f64>,
     /// CPU µs per handshake (both ends): MIC full, MIC resumed, plain full, plain resumed.
     pub handshake_cpu_us: [f64; 4],
+    /// How the cold-call and head-of-line paths were emulated.
+    pub emulation: Emulation,
     pub notes: Vec<String>,
 }
 
@@ -199,11 +206,14 @@ impl Model for BenchModel {
 /// Starts every server on the current (server) runtime.
 pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     let local: SocketAddr = "127.0.0.1:0".parse()?;
+    // The servers the packet-level emulator reaches listen on every address: it delivers to
+    // the TUN device's host address (`tunlink::HOST`), not to 127.0.0.1.
+    let any: SocketAddr = "0.0.0.0:0".parse()?;
     // Nexus.
     let id = pki.issue("nexus://bench/server@1.0.0")?.identity()?;
     let metrics = Arc::new(Metrics::new());
-    let ep = Endpoint::server(local, &id, &nexus_config(), Arc::clone(&metrics))?;
-    let nexus = ep.local_addr()?;
+    let ep = Endpoint::server(any, &id, &nexus_config(), Arc::clone(&metrics))?;
+    let nexus = on_loopback(ep.local_addr()?);
     tokio::spawn(nexus_api::serve(
         ep,
         Arc::new(BenchModel),
@@ -282,8 +292,8 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     // HTTP/1.1 + JSON + TLS (hyper).
     let acceptor =
         tokio_rustls::TlsAcceptor::from(Arc::new(tls_server(&p, &[b"http/1.1"], false)?));
-    let hl = TcpListener::bind(local).await?;
-    let https = hl.local_addr()?;
+    let hl = TcpListener::bind(any).await?;
+    let https = on_loopback(hl.local_addr()?);
     tokio::spawn(async move {
         while let Ok((s, _)) = hl.accept().await {
             let _ = s.set_nodelay(true);
@@ -320,8 +330,8 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     });
 
     // gRPC + TLS (tonic), bytes codec, no code generation.
-    let gl = TcpListener::bind(local).await?;
-    let grpc = gl.local_addr()?;
+    let gl = TcpListener::bind(any).await?;
+    let grpc = on_loopback(gl.local_addr()?);
     let identity = tonic::transport::Identity::from_pem(&p.chain_pem, &p.key_pem);
     let incoming = tokio_stream_from(gl);
     let router = tonic::transport::Server::builder()
@@ -340,6 +350,11 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
         https,
         grpc,
     })
+}
+
+/// The loopback address of a server bound to every address: what unimpaired contenders dial.
+fn on_loopback(bound: SocketAddr) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, bound.port()))
 }
 
 fn tokio_stream_from(l: TcpListener) -> impl futures::Stream<Item = std::io::Result<TcpStream>> {
@@ -519,15 +534,38 @@ mod grpc {
 /// Emulated links.
 #[derive(Debug)]
 pub struct Links {
+    /// 10 ms each way, to the Nexus server (UDP) and the HTTPS server (TCP).
     pub udp_rtt20: SocketAddr,
     pub tcp_rtt20: SocketAddr,
     pub udp_loss: Vec<(f64, SocketAddr)>,
-    /// 2% loss, 7.5 ms each way, to the Nexus server (UDP) and the gRPC server (TCP model).
+    /// 2% loss, 7.5 ms each way, to the Nexus server (UDP) and the gRPC server (TCP).
     pub udp_hol: SocketAddr,
     pub tcp_hol: SocketAddr,
     /// 100 ms round trip to the Nexus server that grants 1 MiB per stream.
     pub udp_far: SocketAddr,
+    /// How the four paths above that both UDP and TCP contenders cross were emulated.
+    pub emulation: Emulation,
+    /// The packet-level emulator, when there is one.
+    pub tun: Option<TunLinks>,
     _keep: Vec<UdpLink>,
+}
+
+/// The TUN paths of the head-of-line scenario: Nexus's, gRPC's.
+const HOL_PATHS: [usize; 2] = [0, 1];
+
+/// How the paths shared by UDP and TCP contenders (cold calls, head-of-line) were emulated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Emulation {
+    /// Packet by packet on a TUN device (`tunlink`): kernel TCP meets real loss and delay,
+    /// and answers it with the kernel's congestion controller (`tcp_congestion`).
+    Packets {
+        device: String,
+        tcp_congestion: String,
+    },
+    /// UDP through `linkem::UdpLink`, TCP through `tcp_delay_proxy`'s model of loss (no TUN
+    /// device could be made: the reason).
+    #[default]
+    Proxies,
 }
 
 /// A TCP proxy adding `one_way` delay to every chunk in each direction, order kept.
@@ -607,33 +645,78 @@ async fn pump(
     }
 }
 
-/// Starts the link emulators (on the link runtime).
+/// Starts the link emulators (on the link runtime). The paths both UDP and TCP contenders
+/// cross go through a TUN device where one can be made, else through the user-space proxies.
 pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
     let ten = Duration::from_millis(10);
-    let rtt = UdpLink::start(
-        s.nexus,
-        Impairment {
-            delay: ten,
-            ..Impairment::default()
-        },
-        1,
-    )
-    .await?;
-    let tcp_rtt20 = tcp_delay_proxy(s.https, ten, 0.0).await?;
     let hol_delay = Duration::from_micros(7500);
-    let tcp_hol = tcp_delay_proxy(s.grpc, hol_delay, 0.02).await?;
-    let hol = UdpLink::start(
-        s.nexus,
-        Impairment {
-            loss: 0.02,
-            delay: hol_delay,
-            ..Impairment::default()
+    let mut keep = Vec::new();
+    let lossy = tunlink::Path {
+        loss: 0.02,
+        one_way: hol_delay,
+    };
+    // Paths 0 and 1 are alike (Nexus's and gRPC's head-of-line links, counted apart); path 2
+    // carries the cold calls.
+    let tun_paths = [
+        lossy,
+        lossy,
+        tunlink::Path {
+            loss: 0.0,
+            one_way: ten,
         },
-        77,
-    )
-    .await?;
-    let udp_hol = hol.addr();
-    let mut keep = vec![hol];
+    ];
+    let (udp_hol, tcp_hol, udp_rtt20, tcp_rtt20, emulation, tun) = match TunLinks::start(
+        &tun_paths, 77,
+    ) {
+        Ok(tun) => (
+            TunLinks::front(HOL_PATHS[0], s.nexus.port()),
+            TunLinks::front(HOL_PATHS[1], s.grpc.port()),
+            TunLinks::front(2, s.nexus.port()),
+            TunLinks::front(2, s.https.port()),
+            Emulation::Packets {
+                device: tun.name().to_owned(),
+                tcp_congestion: std::fs::read_to_string(
+                    "/proc/sys/net/ipv4/tcp_congestion_control",
+                )
+                .map_or_else(|_| "unknown".into(), |c| c.trim().to_owned()),
+            },
+            Some(tun),
+        ),
+        Err(e) => {
+            eprintln!(
+                "no TUN device ({e}): TCP contenders cross modelled links (run as root for packet-level emulation)"
+            );
+            let rtt = UdpLink::start(
+                s.nexus,
+                Impairment {
+                    delay: ten,
+                    ..Impairment::default()
+                },
+                1,
+            )
+            .await?;
+            let hol = UdpLink::start(
+                s.nexus,
+                Impairment {
+                    loss: 0.02,
+                    delay: hol_delay,
+                    ..Impairment::default()
+                },
+                77,
+            )
+            .await?;
+            let addrs = (
+                hol.addr(),
+                tcp_delay_proxy(s.grpc, hol_delay, 0.02).await?,
+                rtt.addr(),
+                tcp_delay_proxy(s.https, ten, 0.0).await?,
+                Emulation::Proxies,
+                None,
+            );
+            keep.extend([hol, rtt]);
+            addrs
+        }
+    };
     let mut udp_loss = Vec::new();
     for (i, loss) in [0.01, 0.05].into_iter().enumerate() {
         let l = UdpLink::start(
@@ -649,8 +732,6 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
         udp_loss.push((loss, l.addr()));
         keep.push(l);
     }
-    let udp_rtt20 = rtt.addr();
-    keep.push(rtt);
     let far = UdpLink::start(
         s.nexus_narrow,
         Impairment {
@@ -669,6 +750,8 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
         udp_hol,
         tcp_hol,
         udp_far,
+        emulation,
+        tun,
         _keep: keep,
     })
 }
@@ -735,7 +818,10 @@ pub async fn run_all(
     links: &Links,
     args: &Args,
 ) -> anyhow::Result<Results> {
-    let mut r = Results::default();
+    let mut r = Results {
+        emulation: links.emulation.clone(),
+        ..Results::default()
+    };
     let cid = pki.issue("nexus://bench/client@1.0.0")?.identity()?;
     let local: SocketAddr = "127.0.0.1:0".parse()?;
     let p = plain(pki)?;
@@ -1097,7 +1183,8 @@ async fn cold_calls(
     tcp: SocketAddr,
 ) -> anyhow::Result<Vec<(String, Lat)>> {
     let samples = 12;
-    let local: SocketAddr = "127.0.0.1:0".parse()?;
+    // Any address: a socket bound to 127.0.0.1 cannot reach the TUN device's paths.
+    let local: SocketAddr = "0.0.0.0:0".parse()?;
     let mut out = Vec::new();
     let mut h = hist();
     for _ in 0..samples {
@@ -1164,7 +1251,8 @@ async fn hol(
 ) -> anyhow::Result<()> {
     let bulk_len = 16usize << 20;
     let hol_header = f32_tensor(bulk_len, 2);
-    let local: SocketAddr = "127.0.0.1:0".parse()?;
+    // Any address: a socket bound to 127.0.0.1 cannot reach the TUN device's paths.
+    let local: SocketAddr = "0.0.0.0:0".parse()?;
     let hep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
     let hc = Arc::new(Client::without_hello(hep.connect(links.udp_hol).await?));
     let hg = grpc::client(links.tcp_hol, &p.ca_pem).await?;
@@ -1213,11 +1301,25 @@ async fn hol(
         Lat::of(&nexus_h),
     ));
     r.hol.push((
-        "gRPC + TLS (one HTTP/2 connection, modelled TCP loss)".into(),
+        match links.emulation {
+            Emulation::Packets { .. } => "gRPC + TLS (one HTTP/2 connection)",
+            Emulation::Proxies => "gRPC + TLS (one HTTP/2 connection, modelled TCP loss)",
+        }
+        .into(),
         Lat::of(&grpc_h),
     ));
     ratios.sort_by(f64::total_cmp);
     r.hol_round_ratios = ratios;
+    if let Some(tun) = &links.tun {
+        r.hol_packets = HOL_PATHS.map(|p| {
+            tun.stats(p).map_or((0, 0), |st| {
+                (
+                    st.seen.load(Ordering::Relaxed),
+                    st.dropped.load(Ordering::Relaxed),
+                )
+            })
+        });
+    }
     let rounds = args.rounds.max(1) as f64;
     r.hol_bulk_mbps = bulk_time.map(|t| bulk_len as f64 * rounds / t.as_secs_f64().max(1e-9) / 1e6);
     Ok(())

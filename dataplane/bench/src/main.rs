@@ -8,6 +8,7 @@
 
 mod contenders;
 mod report;
+mod tunlink;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use crate::Lat;
-use crate::contenders::Results;
+use crate::contenders::{Emulation, Results};
 
 fn find<'a, T>(v: &'a [(String, T)], prefix: &str) -> Option<&'a T> {
     v.iter()
@@ -26,6 +26,23 @@ pub fn markdown(r: &Results) -> String {
          current-thread runtimes; TCP_NODELAY; every TLS contender negotiates Nexus's cipher \
          suite, TLS_AES_128_GCM_SHA256). Absolute numbers are noisy on this machine; the ratios \
          are the point.\n"
+    );
+    let _ = writeln!(
+        s,
+        "{}\n",
+        match &r.emulation {
+            Emulation::Packets { device, .. } => format!(
+                "Cold calls and head-of-line blocking cross a packet-level link emulator on a TUN \
+                 device (`{device}`, MTU 1500): every contender's IP packets, UDP and TCP alike, \
+                 are delayed and dropped there, and the kernel's TCP recovers from loss with its \
+                 own retransmission and congestion control. The loss table and the long-path \
+                 tensor (UDP only) use the user-space UDP emulator."
+            ),
+            Emulation::Proxies => "No TUN device could be made (run as root for one), so TCP \
+                 contenders crossed a user-space proxy that models loss and delay, and UDP \
+                 contenders the user-space UDP emulator."
+                .to_owned(),
+        }
     );
     let _ = writeln!(
         s,
@@ -125,19 +142,41 @@ pub fn markdown(r: &Results) -> String {
         let [nb, gb] = r.hol_bulk_mbps;
         let _ = writeln!(
             s,
-            "The 16 MiB transfers beside the calls ran at {nb:.1} MB/s (Nexus) and {gb:.1} MB/s (gRPC). Nexus's is QUIC's congestion controller (CUBIC) at the rate 2% random loss allows — about the Mathis bound, MSS/RTT × 1.22/√p ≈ 0.7–0.8 MB/s for 1,452-byte packets at 15–18 ms and 2% — so it lasts the whole round and the calls share a window the transfer keeps full; the TCP proxy models loss as delay only, without a congestion response, so gRPC's transfer is not slowed by it.\n"
+            "The 16 MiB transfers beside the calls ran at {nb:.1} MB/s (Nexus) and {gb:.1} MB/s (gRPC). Under 2% random loss a loss-based congestion controller (quinn's CUBIC for Nexus) holds about the Mathis bound, MSS/RTT × 1.22/√p ≈ 0.7–0.8 MB/s at 15–18 ms, so a transfer lasts the whole round and the calls share a window it keeps full.{}\n",
+            match &r.emulation {
+                Emulation::Packets { tcp_congestion, .. } => {
+                    let [(ns, nd), (gs, gd)] = r.hol_packets;
+                    let pct = |d: u64, s: u64| 100.0 * d as f64 / s.max(1) as f64;
+                    format!(
+                        " gRPC's TCP ran the kernel's congestion controller, {tcp_congestion}{}. The emulator dropped {nd} of Nexus's {ns} packets ({:.2}%) and {gd} of gRPC's {gs} ({:.2}%).",
+                        if tcp_congestion == "bbr" {
+                            ", which does not back off on random loss"
+                        } else {
+                            ""
+                        },
+                        pct(nd, ns),
+                        pct(gd, gs)
+                    )
+                }
+                Emulation::Proxies => " The TCP proxy models loss as delay only, without a congestion response, so gRPC's transfer is not slowed by it.".to_owned(),
+            }
         );
         let (n, g) = (nl.p99, gl.p99);
         let _ = writeln!(
             s,
-            "\nNexus small-call p99 / gRPC p99, pooled = **{:.2}** (target ≤ 0.5: {}; per round, 50 samples each: {}). TCP loss is modelled in the proxy (a segment lost with p = 2% delivers its chunk and everything behind it one RTT late: fast retransmit, never a timeout), which favours gRPC.\n",
+            "\nNexus small-call p99 / gRPC p99, pooled = **{:.2}** (target ≤ 0.5: {}; per round, 50 samples each: {}).{}\n",
             n / g,
             verdict(n / g <= 0.5),
             r.hol_round_ratios
                 .iter()
                 .map(|x| format!("{x:.2}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            match r.emulation {
+                Emulation::Packets { .. } => "",
+                Emulation::Proxies =>
+                    " TCP loss is modelled in the proxy (a segment lost with p = 2% delivers its chunk and everything behind it one RTT late: fast retransmit, never a timeout), which favours gRPC.",
+            }
         );
     }
     if !r.far.is_empty() {
