@@ -15,7 +15,7 @@ use nexus_api::{ApiError, Capabilities, Client, InferRequest, Model};
 use nexus_firmware::header::{DType, DeliveryMode, Flags, Header};
 use nexus_stream::linkem::{Impairment, UdpLink};
 use nexus_stream::testing::{IssuedIdentity, TestPki};
-use nexus_stream::{Config, Delivery, Endpoint, Expiry, Limits, Metrics, Mode};
+use nexus_stream::{Config, Congestion, Delivery, Endpoint, Expiry, Limits, Metrics, Mode};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -54,11 +54,13 @@ pub struct Results {
     pub unary_round_ratios: Vec<(String, f64, String)>,
     /// Per round of the head-of-line scenario: Nexus small-call p99 / gRPC's (sorted).
     pub hol_round_ratios: Vec<f64>,
-    /// The head-of-line scenario's 16 MiB transfers, MB/s: Nexus, gRPC.
-    pub hol_bulk_mbps: [f64; 2],
-    /// Packets the head-of-line paths carried and dropped (packet-level emulation only):
-    /// Nexus's, gRPC's.
-    pub hol_packets: [(u64, u64); 2],
+    /// The head-of-line scenario's 16 MiB transfers, MB/s: Nexus (CUBIC), Nexus (BBR), gRPC.
+    pub hol_bulk_mbps: [f64; 3],
+    /// Packets the head-of-line paths carried and dropped (packet-level emulation only), in
+    /// the order of `hol_bulk_mbps`.
+    pub hol_packets: [(u64, u64); 3],
+    /// Packets the TUN device itself dropped (its queue full: the emulator fell behind).
+    pub hol_device_drops: Option<u64>,
     /// A tensor over a long path, MB/s per shard choice.
     pub far: Vec<(String, f64)>,
     /// Per round: MIC full-handshake CPU time / plain X.509's (sorted).
@@ -174,6 +176,7 @@ fn nexus_config() -> Config {
         },
         requirement: nexus_mic::Requirement::default(),
         zero_rtt: true,
+        congestion: Congestion::Cubic,
     }
 }
 
@@ -214,6 +217,19 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     let metrics = Arc::new(Metrics::new());
     let ep = Endpoint::server(any, &id, &nexus_config(), Arc::clone(&metrics))?;
     let nexus = on_loopback(ep.local_addr()?);
+    tokio::spawn(nexus_api::serve(
+        ep,
+        Arc::new(BenchModel),
+        Arc::new(ApiMetrics::default()),
+    ));
+
+    // Nexus running BBR (`Congestion::Bbr`), for the head-of-line scenario's opt-in row.
+    let bbr = Config {
+        congestion: Congestion::Bbr,
+        ..nexus_config()
+    };
+    let ep = Endpoint::server(any, &id, &bbr, Arc::new(Metrics::new()))?;
+    let nexus_bbr = on_loopback(ep.local_addr()?);
     tokio::spawn(nexus_api::serve(
         ep,
         Arc::new(BenchModel),
@@ -343,6 +359,7 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     });
     Ok(Servers {
         nexus,
+        nexus_bbr,
         nexus_narrow,
         nexus_metrics: metrics,
         quinn: quinn_addr,
@@ -538,8 +555,10 @@ pub struct Links {
     pub udp_rtt20: SocketAddr,
     pub tcp_rtt20: SocketAddr,
     pub udp_loss: Vec<(f64, SocketAddr)>,
-    /// 2% loss, 7.5 ms each way, to the Nexus server (UDP) and the gRPC server (TCP).
+    /// 2% loss, 7.5 ms each way, to the Nexus server (UDP), the Nexus server running BBR and
+    /// the gRPC server (TCP).
     pub udp_hol: SocketAddr,
+    pub udp_hol_bbr: SocketAddr,
     pub tcp_hol: SocketAddr,
     /// 100 ms round trip to the Nexus server that grants 1 MiB per stream.
     pub udp_far: SocketAddr,
@@ -550,8 +569,8 @@ pub struct Links {
     _keep: Vec<UdpLink>,
 }
 
-/// The TUN paths of the head-of-line scenario: Nexus's, gRPC's.
-const HOL_PATHS: [usize; 2] = [0, 1];
+/// The TUN paths of the head-of-line scenario: Nexus's (CUBIC), Nexus's (BBR), gRPC's.
+const HOL_PATHS: [usize; 3] = [0, 3, 1];
 
 /// How the paths shared by UDP and TCP contenders (cold calls, head-of-line) were emulated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -645,6 +664,15 @@ async fn pump(
     }
 }
 
+/// Where clients dial the paths that UDP and TCP contenders both cross.
+struct Fronts {
+    udp_hol: SocketAddr,
+    udp_hol_bbr: SocketAddr,
+    tcp_hol: SocketAddr,
+    udp_rtt20: SocketAddr,
+    tcp_rtt20: SocketAddr,
+}
+
 /// Starts the link emulators (on the link runtime). The paths both UDP and TCP contenders
 /// cross go through a TUN device where one can be made, else through the user-space proxies.
 pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
@@ -655,8 +683,8 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
         loss: 0.02,
         one_way: hol_delay,
     };
-    // Paths 0 and 1 are alike (Nexus's and gRPC's head-of-line links, counted apart); path 2
-    // carries the cold calls.
+    // The head-of-line paths (`HOL_PATHS`) are alike, one per contender so that each is
+    // counted apart; path 2 carries the cold calls.
     let tun_paths = [
         lossy,
         lossy,
@@ -664,57 +692,53 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
             loss: 0.0,
             one_way: ten,
         },
+        lossy,
     ];
-    let (udp_hol, tcp_hol, udp_rtt20, tcp_rtt20, emulation, tun) = match TunLinks::start(
-        &tun_paths, 77,
-    ) {
-        Ok(tun) => (
-            TunLinks::front(HOL_PATHS[0], s.nexus.port()),
-            TunLinks::front(HOL_PATHS[1], s.grpc.port()),
-            TunLinks::front(2, s.nexus.port()),
-            TunLinks::front(2, s.https.port()),
-            Emulation::Packets {
+    let (fronts, emulation, tun) = match TunLinks::start(&tun_paths, 77) {
+        Ok(tun) => {
+            let fronts = Fronts {
+                udp_hol: TunLinks::front(HOL_PATHS[0], s.nexus.port()),
+                udp_hol_bbr: TunLinks::front(HOL_PATHS[1], s.nexus_bbr.port()),
+                tcp_hol: TunLinks::front(HOL_PATHS[2], s.grpc.port()),
+                udp_rtt20: TunLinks::front(2, s.nexus.port()),
+                tcp_rtt20: TunLinks::front(2, s.https.port()),
+            };
+            let emulation = Emulation::Packets {
                 device: tun.name().to_owned(),
                 tcp_congestion: std::fs::read_to_string(
                     "/proc/sys/net/ipv4/tcp_congestion_control",
                 )
                 .map_or_else(|_| "unknown".into(), |c| c.trim().to_owned()),
-            },
-            Some(tun),
-        ),
+            };
+            (fronts, emulation, Some(tun))
+        }
         Err(e) => {
             eprintln!(
                 "no TUN device ({e}): TCP contenders cross modelled links (run as root for packet-level emulation)"
             );
-            let rtt = UdpLink::start(
-                s.nexus,
-                Impairment {
-                    delay: ten,
-                    ..Impairment::default()
-                },
-                1,
-            )
-            .await?;
-            let hol = UdpLink::start(
-                s.nexus,
-                Impairment {
-                    loss: 0.02,
-                    delay: hol_delay,
-                    ..Impairment::default()
-                },
-                77,
-            )
-            .await?;
-            let addrs = (
-                hol.addr(),
-                tcp_delay_proxy(s.grpc, hol_delay, 0.02).await?,
-                rtt.addr(),
-                tcp_delay_proxy(s.https, ten, 0.0).await?,
-                Emulation::Proxies,
-                None,
-            );
-            keep.extend([hol, rtt]);
-            addrs
+            let udp = |upstream, loss, delay, seed| {
+                UdpLink::start(
+                    upstream,
+                    Impairment {
+                        loss,
+                        delay,
+                        ..Impairment::default()
+                    },
+                    seed,
+                )
+            };
+            let hol = udp(s.nexus, 0.02, hol_delay, 77).await?;
+            let hol_bbr = udp(s.nexus_bbr, 0.02, hol_delay, 78).await?;
+            let rtt = udp(s.nexus, 0.0, ten, 1).await?;
+            let fronts = Fronts {
+                udp_hol: hol.addr(),
+                udp_hol_bbr: hol_bbr.addr(),
+                tcp_hol: tcp_delay_proxy(s.grpc, hol_delay, 0.02).await?,
+                udp_rtt20: rtt.addr(),
+                tcp_rtt20: tcp_delay_proxy(s.https, ten, 0.0).await?,
+            };
+            keep.extend([hol, hol_bbr, rtt]);
+            (fronts, Emulation::Proxies, None)
         }
     };
     let mut udp_loss = Vec::new();
@@ -744,11 +768,12 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
     let udp_far = far.addr();
     keep.push(far);
     Ok(Links {
-        udp_rtt20,
-        tcp_rtt20,
+        udp_rtt20: fronts.udp_rtt20,
+        tcp_rtt20: fronts.tcp_rtt20,
         udp_loss,
-        udp_hol,
-        tcp_hol,
+        udp_hol: fronts.udp_hol,
+        udp_hol_bbr: fronts.udp_hol_bbr,
+        tcp_hol: fronts.tcp_hol,
         udp_far,
         emulation,
         tun,
@@ -1253,31 +1278,38 @@ async fn hol(
     let hol_header = f32_tensor(bulk_len, 2);
     // Any address: a socket bound to 127.0.0.1 cannot reach the TUN device's paths.
     let local: SocketAddr = "0.0.0.0:0".parse()?;
-    let hep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
-    let hc = Arc::new(Client::without_hello(hep.connect(links.udp_hol).await?));
+    let mut nexus_clients = Vec::new();
+    for (congestion, addr) in [
+        (Congestion::Cubic, links.udp_hol),
+        (Congestion::Bbr, links.udp_hol_bbr),
+    ] {
+        let config = Config {
+            congestion,
+            ..nexus_config()
+        };
+        let ep = Endpoint::client(local, cid, &config, Arc::new(Metrics::new()))?;
+        nexus_clients.push(Arc::new(Client::without_hello(ep.connect(addr).await?)));
+    }
     let hg = grpc::client(links.tcp_hol, &p.ca_pem).await?;
-    let (mut nexus_h, mut grpc_h) = (hist(), hist());
+    // Per contender (Nexus CUBIC, Nexus BBR, gRPC): pooled latencies, each round's p99, and
+    // how long its transfers took (what the calls shared the connection with).
+    let mut h = [hist(), hist(), hist()];
     let mut ratios = Vec::new();
-    // How long each contender's transfer took: what the calls shared the connection with.
-    let mut bulk_time = [Duration::ZERO; 2];
-    for round in 0..args.rounds.max(1) {
-        let mut p99 = [0f64; 2];
-        for k in [round % 2, 1 - round % 2] {
-            if k == 0 {
-                let bulk_client = Arc::clone(&hc);
+    let mut bulk_time = [Duration::ZERO; 3];
+    for round in 0..args.rounds.max(1) as usize {
+        let mut p99 = [0f64; 3];
+        for k in (0..3).map(|i| (i + round) % 3) {
+            let (bulk, calls) = if let Some(c) = nexus_clients.get(k) {
+                let bulk_client = Arc::clone(c);
                 let bulk = tokio::spawn(async move {
                     let t = Instant::now();
                     bulk_client
                         .send_tensor(&hol_header, &vec![3u8; bulk_len])
                         .await
                         .map(|_| t.elapsed())
+                        .map_err(anyhow::Error::from)
                 });
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                let f = nexus_unary(&hc, req);
-                let h = open_loop(50, 1.0, move || f()).await?;
-                bulk_time[0] += bulk.await??;
-                p99[0] = h.value_at_quantile(0.99) as f64;
-                nexus_h.add(&h)?;
+                (bulk, nexus_unary(c, req))
             } else {
                 let bulk_g = hg.clone();
                 let bulk = tokio::spawn(async move {
@@ -1286,28 +1318,30 @@ async fn hol(
                         .await
                         .map(|_| t.elapsed())
                 });
-                tokio::time::sleep(Duration::from_millis(30)).await;
-                let f = grpc_unary(&hg, req);
-                let h = open_loop(50, 1.0, move || f()).await?;
-                bulk_time[1] += bulk.await??;
-                p99[1] = h.value_at_quantile(0.99) as f64;
-                grpc_h.add(&h)?;
-            }
+                (bulk, grpc_unary(&hg, req))
+            };
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let round_h = open_loop(50, 1.0, move || calls()).await?;
+            bulk_time[k] += bulk.await??;
+            p99[k] = round_h.value_at_quantile(0.99) as f64;
+            h[k].add(&round_h)?;
         }
-        ratios.push(p99[0] / p99[1].max(1.0));
+        ratios.push(p99[0] / p99[2].max(1.0));
     }
-    r.hol.push((
-        "Nexus (tensor on its own streams)".into(),
-        Lat::of(&nexus_h),
-    ));
-    r.hol.push((
-        match links.emulation {
-            Emulation::Packets { .. } => "gRPC + TLS (one HTTP/2 connection)",
-            Emulation::Proxies => "gRPC + TLS (one HTTP/2 connection, modelled TCP loss)",
-        }
-        .into(),
-        Lat::of(&grpc_h),
-    ));
+    let grpc_label = match links.emulation {
+        Emulation::Packets { .. } => "gRPC + TLS (one HTTP/2 connection)",
+        Emulation::Proxies => "gRPC + TLS (one HTTP/2 connection, modelled TCP loss)",
+    };
+    for (name, l) in [
+        "Nexus (tensor on its own streams)",
+        "Nexus with --congestion bbr (opt-in)",
+        grpc_label,
+    ]
+    .into_iter()
+    .zip(&h)
+    {
+        r.hol.push((name.into(), Lat::of(l)));
+    }
     ratios.sort_by(f64::total_cmp);
     r.hol_round_ratios = ratios;
     if let Some(tun) = &links.tun {
@@ -1319,6 +1353,7 @@ async fn hol(
                 )
             })
         });
+        r.hol_device_drops = tun.device_drops();
     }
     let rounds = args.rounds.max(1) as f64;
     r.hol_bulk_mbps = bulk_time.map(|t| bulk_len as f64 * rounds / t.as_secs_f64().max(1e-9) / 1e6);

@@ -238,6 +238,8 @@ fn main() -> anyhow::Result<()> {
 #[derive(Debug, Clone)]
 pub struct Servers {
     pub nexus: SocketAddr,
+    /// The same Nexus server with `Congestion::Bbr` (the head-of-line scenario's opt-in row).
+    pub nexus_bbr: SocketAddr,
     /// A Nexus server granting peers 1 MiB per stream (the long-path tensor scenario).
     pub nexus_narrow: SocketAddr,
     /// The Nexus server endpoint's counters (what actually arrived, for best-effort delivery).

@@ -139,32 +139,41 @@ pub fn markdown(r: &Results) -> String {
             nl.p50 / gl.p50.max(1.0),
             nl.p90 / gl.p90.max(1.0)
         );
-        let [nb, gb] = r.hol_bulk_mbps;
+        let [nb, bb, gb] = r.hol_bulk_mbps;
         let _ = writeln!(
             s,
-            "The 16 MiB transfers beside the calls ran at {nb:.1} MB/s (Nexus) and {gb:.1} MB/s (gRPC). Under 2% random loss a loss-based congestion controller (quinn's CUBIC for Nexus) holds about the Mathis bound, MSS/RTT × 1.22/√p ≈ 0.7–0.8 MB/s at 15–18 ms, so a transfer lasts the whole round and the calls share a window it keeps full.{}\n",
+            "The 16 MiB transfers beside the calls ran at {nb:.1} MB/s (Nexus, CUBIC), {bb:.1} MB/s (Nexus, BBR) and {gb:.1} MB/s (gRPC). Under 2% random loss a loss-based congestion controller (quinn's CUBIC, Nexus's default) holds about the Mathis bound, MSS/RTT × 1.22/√p ≈ 0.7–0.8 MB/s at 15–18 ms, so a transfer lasts the whole round and the calls share a window it keeps full; BBR paces at the measured path rate instead.{}\n",
             match &r.emulation {
                 Emulation::Packets { tcp_congestion, .. } => {
-                    let [(ns, nd), (gs, gd)] = r.hol_packets;
-                    let pct = |d: u64, s: u64| 100.0 * d as f64 / s.max(1) as f64;
+                    let pct = |(s, d): (u64, u64)| {
+                        format!("{d} of {s} ({:.2}%)", 100.0 * d as f64 / s.max(1) as f64)
+                    };
+                    let [n, b, g] = r.hol_packets.map(pct);
                     format!(
-                        " gRPC's TCP ran the kernel's congestion controller, {tcp_congestion}{}. The emulator dropped {nd} of Nexus's {ns} packets ({:.2}%) and {gd} of gRPC's {gs} ({:.2}%).",
+                        " gRPC's TCP ran the kernel's congestion controller, {tcp_congestion}{}. The emulator dropped {n} packets of Nexus (CUBIC), {b} of Nexus (BBR) and {g} of gRPC; the device's own queue dropped {}.",
                         if tcp_congestion == "bbr" {
                             ", which does not back off on random loss"
                         } else {
                             ""
                         },
-                        pct(nd, ns),
-                        pct(gd, gs)
+                        r.hol_device_drops
+                            .map_or_else(|| "an unknown number".to_owned(), |d| d.to_string())
                     )
                 }
                 Emulation::Proxies => " The TCP proxy models loss as delay only, without a congestion response, so gRPC's transfer is not slowed by it.".to_owned(),
             }
         );
+        if let Some(bl) = find(&hol, "Nexus with --congestion bbr") {
+            let _ = writeln!(
+                s,
+                "With `--congestion bbr` (opt-in; quinn's BBR is experimental), Nexus small-call p99 / gRPC p99, pooled = {:.2}.\n",
+                bl.p99 / gl.p99.max(1.0)
+            );
+        }
         let (n, g) = (nl.p99, gl.p99);
         let _ = writeln!(
             s,
-            "\nNexus small-call p99 / gRPC p99, pooled = **{:.2}** (target ≤ 0.5: {}; per round, 50 samples each: {}).{}\n",
+            "\nNexus (the default, CUBIC) small-call p99 / gRPC p99, pooled = **{:.2}** (target ≤ 0.5: {}; per round, 50 samples each: {}).{}\n",
             n / g,
             verdict(n / g <= 0.5),
             r.hol_round_ratios

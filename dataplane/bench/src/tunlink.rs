@@ -102,6 +102,19 @@ impl TunLinks {
         &self.name
     }
 
+    /// Packets the device dropped because its queue was full (the emulator fell behind), from
+    /// the kernel's interface counters.
+    pub fn device_drops(&self) -> Option<u64> {
+        std::fs::read_to_string(format!(
+            "/sys/class/net/{}/statistics/tx_dropped",
+            self.name
+        ))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+    }
+
     /// Counters of path `path`.
     pub fn stats(&self, path: usize) -> Option<&PathStats> {
         self.stats.get(path).map(|s| &**s)

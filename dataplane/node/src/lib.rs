@@ -32,7 +32,7 @@ use axum::routing::get;
 use bytes::Bytes;
 use nexus_api::server::{ApiMetrics, TokenSink};
 use nexus_api::{ApiError, Capabilities, Model};
-use nexus_stream::{Config, Endpoint, Identity, Limits, Metrics};
+use nexus_stream::{Config, Congestion, Endpoint, Identity, Limits, Metrics};
 use prometheus_client::registry::Registry;
 
 /// Command-line flags.
@@ -92,6 +92,11 @@ pub struct Args {
     /// Accept 0-RTT for idempotent requests on resumed connections.
     #[arg(long, env = "NEXUS_DATAPLANE_ZERO_RTT")]
     pub zero_rtt: bool,
+    /// Congestion controller of every session: `cubic` (the default; loss means congestion)
+    /// or `bbr` (quinn's experimental BBRv1: keeps bulk transfers at the path's rate where loss
+    /// is random rather than congestion, e.g. lossy long-haul or radio links).
+    #[arg(long, env = "NEXUS_DATAPLANE_CONGESTION", default_value_t = Congestion::Cubic)]
+    pub congestion: Congestion,
     /// Serve the deterministic demo model.
     #[arg(long, env = "NEXUS_DATAPLANE_DEMO_MODEL")]
     pub demo_model: bool,
@@ -299,6 +304,7 @@ impl Args {
             },
             requirement: self.requirement.parse().context("parsing --requirement")?,
             zero_rtt: self.zero_rtt,
+            congestion: self.congestion,
         })
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use nexus_stream::linkem::{Impairment, UdpLink};
 use nexus_stream::testing::{IssuedIdentity, TestPki};
 use nexus_stream::{
-    Config, Delivery, Endpoint, Expiry, Incoming, Limits, Metrics, Mode, Session, codes,
+    Config, Congestion, Delivery, Endpoint, Expiry, Incoming, Limits, Metrics, Mode, Session, codes,
 };
 
 fn any() -> SocketAddr {
@@ -766,4 +766,72 @@ async fn sessions_write_qlog_traces_on_demand() {
     c2.close(codes::OK, "done");
     assert_eq!(std::fs::read_dir(&server_dir).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(&client_dir).unwrap().count(), 1);
+}
+
+/// `Config::congestion` picks each session's controller, and BBR, which does not back off on
+/// loss alone, still delivers every byte through a lossy, reordering link.
+#[tokio::test]
+async fn sessions_run_the_configured_congestion_controller() {
+    let pki = TestPki::new().unwrap();
+    let mut default = pair(&pki).await;
+    let (client, server) = connected(&mut default).await;
+    for s in [&client, &server] {
+        let cc = s.connection().congestion_state().into_any();
+        assert!(cc.is::<quinn::congestion::Cubic>(), "CUBIC by default");
+    }
+
+    let bbr = Config {
+        congestion: Congestion::Bbr,
+        ..Config::default()
+    };
+    let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
+    let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
+    let mut p = pair_with(&s, &c, bbr.clone(), bbr).await;
+    let link = UdpLink::start(
+        p.server.local_addr().unwrap(),
+        Impairment {
+            loss: 0.05,
+            reorder: 0.05,
+            reorder_delay: Duration::from_millis(2),
+            ..Impairment::default()
+        },
+        11,
+    )
+    .await
+    .unwrap();
+    let client = p.client.connect(link.addr()).await.unwrap();
+    let server = p.server_sessions.recv().await.unwrap().unwrap();
+    for s in [&client, &server] {
+        let cc = s.connection().congestion_state().into_any();
+        assert!(cc.is::<quinn::congestion::Bbr>(), "BBR as configured");
+    }
+    let mut o = client.open_ordered(&b"bulk"[..], false).await.unwrap();
+    let sent: Vec<Vec<u8>> = (0..64u32)
+        .map(|i| vec![(i % 251) as u8; 16 << 10])
+        .collect();
+    for m in &sent {
+        o.send_msg(m).await.unwrap();
+    }
+    o.send.finish().unwrap();
+    let mut s = next_ordered(&server).await;
+    for m in &sent {
+        assert_eq!(&s.recv_msg().await.unwrap().unwrap()[..], &m[..]);
+    }
+    assert!(s.recv_msg().await.unwrap().is_none());
+    assert!(
+        link.stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+}
+
+#[test]
+fn congestion_controllers_are_named_as_the_flag_reads_them() {
+    for c in [Congestion::Cubic, Congestion::Bbr] {
+        assert_eq!(c.as_str().parse::<Congestion>(), Ok(c));
+        assert_eq!(c.to_string(), c.as_str());
+    }
+    let err = "reno".parse::<Congestion>().unwrap_err();
+    assert!(err.contains("cubic or bbr"), "{err}");
 }
