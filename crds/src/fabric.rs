@@ -200,6 +200,33 @@ pub struct DataplaneConfig {
     #[serde(default = "default_mtu")]
     #[schemars(range(min = 1280, max = 9216))]
     pub mtu: u32,
+    /// Congestion controller of the dataplane's sessions. `cubic` (the default) reads loss
+    /// as congestion; `bbr` paces at the measured path rate and does not back off on loss
+    /// alone, which keeps bulk transfers fast on paths whose loss is not congestion (lossy
+    /// long-haul or radio links). Its implementation in the QUIC engine is experimental.
+    #[serde(default)]
+    pub congestion: Congestion,
+}
+
+/// Congestion controller of NexStream sessions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438).
+    #[default]
+    Cubic,
+    /// BBR (version 1).
+    Bbr,
+}
+
+impl Congestion {
+    /// The name the dataplane's `--congestion` flag reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+        }
+    }
 }
 
 fn default_udp_port() -> u16 {
@@ -215,6 +242,7 @@ impl Default for DataplaneConfig {
             mode: DataplaneMode::default(),
             udp_port: default_udp_port(),
             mtu: default_mtu(),
+            congestion: Congestion::default(),
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use nexus_crds::fabric::{DataplaneConfig, DataplaneMode};
+use nexus_crds::fabric::{Congestion, DataplaneConfig, DataplaneMode};
 use nexus_crds::node::{DataplanePhase, NodeDataplaneStatus};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -37,6 +37,7 @@ pub struct Wanted {
     pub udp_port: u16,
     pub mtu: u32,
     pub mode: DataplaneMode,
+    pub congestion: Congestion,
 }
 
 impl Wanted {
@@ -45,6 +46,7 @@ impl Wanted {
             udp_port: c.udp_port,
             mtu: c.mtu,
             mode: c.mode,
+            congestion: c.congestion,
         }
     }
 
@@ -65,6 +67,7 @@ impl Wanted {
                     .saturating_sub(IP_UDP_OVERHEAD)
                     .min(u32::from(u16::MAX))
             ),
+            format!("--congestion={}", self.congestion.as_str()),
         ];
         if let Some(ip) = advertise_ip {
             args.push(format!(
@@ -467,6 +470,7 @@ mod tests {
             udp_port: port,
             mtu: 1500,
             mode: DataplaneMode::Overlay,
+            congestion: Congestion::Cubic,
         }
     }
 
@@ -556,15 +560,21 @@ mod tests {
         want.mtu = 9000;
         assert_eq!(
             want.args(None),
-            vec!["--listen=0.0.0.0:7400", "--mtu-upper-bound=8952"]
+            vec![
+                "--listen=0.0.0.0:7400",
+                "--mtu-upper-bound=8952",
+                "--congestion=cubic"
+            ]
         );
         let mut want = w(7500);
         want.mtu = 1500;
+        want.congestion = Congestion::Bbr;
         assert_eq!(
             want.args(Some("10.20.0.17".parse().unwrap())),
             vec![
                 "--listen=0.0.0.0:7500",
                 "--mtu-upper-bound=1452",
+                "--congestion=bbr",
                 "--advertise=10.20.0.17:7500"
             ]
         );

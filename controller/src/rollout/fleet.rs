@@ -138,6 +138,7 @@ fn dataplane_pb(d: &nexus_crds::fabric::DataplaneConfig) -> pb::Dataplane {
         },
         udp_port: u32::from(d.udp_port),
         mtu: d.mtu,
+        congestion: d.congestion.as_str().into(),
     }
 }
 
