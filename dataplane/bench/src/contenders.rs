@@ -206,6 +206,24 @@ impl Model for BenchModel {
     }
 }
 
+/// Serves the bench model on a new Nexus endpoint bound to `bind`; where clients dial it on
+/// loopback.
+fn serve_nexus(
+    bind: SocketAddr,
+    id: &nexus_stream::Identity,
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<SocketAddr> {
+    let ep = Endpoint::server(bind, id, config, metrics)?;
+    let addr = on_loopback(ep.local_addr()?);
+    tokio::spawn(nexus_api::serve(
+        ep,
+        Arc::new(BenchModel),
+        Arc::new(ApiMetrics::default()),
+    ));
+    Ok(addr)
+}
+
 /// Starts every server on the current (server) runtime.
 pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     let local: SocketAddr = "127.0.0.1:0".parse()?;
@@ -215,27 +233,13 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     // Nexus.
     let id = pki.issue("nexus://bench/server@1.0.0")?.identity()?;
     let metrics = Arc::new(Metrics::new());
-    let ep = Endpoint::server(any, &id, &nexus_config(), Arc::clone(&metrics))?;
-    let nexus = on_loopback(ep.local_addr()?);
-    tokio::spawn(nexus_api::serve(
-        ep,
-        Arc::new(BenchModel),
-        Arc::new(ApiMetrics::default()),
-    ));
-
+    let nexus = serve_nexus(any, &id, &nexus_config(), Arc::clone(&metrics))?;
     // Nexus running BBR (`Congestion::Bbr`), for the head-of-line scenario's opt-in row.
     let bbr = Config {
         congestion: Congestion::Bbr,
         ..nexus_config()
     };
-    let ep = Endpoint::server(any, &id, &bbr, Arc::new(Metrics::new()))?;
-    let nexus_bbr = on_loopback(ep.local_addr()?);
-    tokio::spawn(nexus_api::serve(
-        ep,
-        Arc::new(BenchModel),
-        Arc::new(ApiMetrics::default()),
-    ));
-
+    let nexus_bbr = serve_nexus(any, &id, &bbr, Arc::new(Metrics::new()))?;
     // Nexus granting 1 MiB per stream, for the long-path tensor.
     let narrow = Config {
         limits: Limits {
@@ -244,13 +248,7 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
         },
         ..nexus_config()
     };
-    let ep = Endpoint::server(local, &id, &narrow, Arc::new(Metrics::new()))?;
-    let nexus_narrow = ep.local_addr()?;
-    tokio::spawn(nexus_api::serve(
-        ep,
-        Arc::new(BenchModel),
-        Arc::new(ApiMetrics::default()),
-    ));
+    let nexus_narrow = serve_nexus(local, &id, &narrow, Arc::new(Metrics::new()))?;
 
     let p = plain(pki)?;
     // Raw quinn: one bidirectional stream per call.
