@@ -61,6 +61,9 @@ pub struct Results {
     pub hol_packets: [(u64, u64); 3],
     /// Packets the TUN device itself dropped (its queue full: the emulator fell behind).
     pub hol_device_drops: Option<u64>,
+    /// TCP retransmission timeouts on this machine during gRPC's head-of-line rounds (the
+    /// kernel's `TcpExt: TCPTimeouts`), when readable.
+    pub hol_tcp_timeouts: Option<u64>,
     /// A tensor over a long path, MB/s per shard choice.
     pub far: Vec<(String, f64)>,
     /// Per round: MIC full-handshake CPU time / plain X.509's (sorted).
@@ -1318,9 +1321,13 @@ async fn hol(
                 });
                 (bulk, grpc_unary(&hg, req))
             };
+            let timeouts_before = (k == 2).then(tcp_timeouts).flatten();
             tokio::time::sleep(Duration::from_millis(30)).await;
             let round_h = open_loop(50, 1.0, move || calls()).await?;
             bulk_time[k] += bulk.await??;
+            if let (Some(before), Some(after)) = (timeouts_before, tcp_timeouts()) {
+                *r.hol_tcp_timeouts.get_or_insert(0) += after.saturating_sub(before);
+            }
             p99[k] = round_h.value_at_quantile(0.99) as f64;
             h[k].add(&round_h)?;
         }
@@ -1356,6 +1363,19 @@ async fn hol(
     let rounds = args.rounds.max(1) as f64;
     r.hol_bulk_mbps = bulk_time.map(|t| bulk_len as f64 * rounds / t.as_secs_f64().max(1e-9) / 1e6);
     Ok(())
+}
+
+/// The kernel's count of TCP retransmission timeouts (`TcpExt: TCPTimeouts` in
+/// `/proc/net/netstat`), machine-wide.
+fn tcp_timeouts() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "TCPTimeouts")
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 /// 64 MiB in one call, best of three rounds per contender, each round running every

@@ -173,7 +173,7 @@ pub fn markdown(r: &Results) -> String {
         let (n, g) = (nl.p99, gl.p99);
         let _ = writeln!(
             s,
-            "\nNexus (the default, CUBIC) small-call p99 / gRPC p99, pooled = **{:.2}** (target ≤ 0.5: {}; per round, 50 samples each: {}).{}\n",
+            "\nNexus (the default, CUBIC) small-call p99 / gRPC p99, pooled = **{:.2}** (target ≤ 0.5: {}; per round, 50 samples each, so about the round's worst call: {}, median {:.2}).{}\n",
             n / g,
             verdict(n / g <= 0.5),
             r.hol_round_ratios
@@ -181,10 +181,18 @@ pub fn markdown(r: &Results) -> String {
                 .map(|x| format!("{x:.2}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            r.hol_round_ratios
+                .get(r.hol_round_ratios.len() / 2)
+                .copied()
+                .unwrap_or(f64::NAN),
             match r.emulation {
-                Emulation::Packets { .. } => "",
+                Emulation::Packets { .. } => format!(
+                    " gRPC's tail comes from TCP stalls that hold every call queued behind them: in-order delivery behind a retransmission, and retransmission timeouts (200 ms minimum on Linux; {} during gRPC's rounds), so a round's ratio depends on whether one fell into it. Nexus's calls ride their own streams, and QUIC's probe timeout follows the measured RTT.",
+                    r.hol_tcp_timeouts
+                        .map_or_else(|| "count unknown".to_owned(), |t| format!("{t} on this machine"))
+                ),
                 Emulation::Proxies =>
-                    " TCP loss is modelled in the proxy (a segment lost with p = 2% delivers its chunk and everything behind it one RTT late: fast retransmit, never a timeout), which favours gRPC.",
+                    " TCP loss is modelled in the proxy (a segment lost with p = 2% delivers its chunk and everything behind it one RTT late: fast retransmit, never a timeout), which favours gRPC.".to_owned(),
             }
         );
     }
