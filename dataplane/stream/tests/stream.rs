@@ -68,9 +68,14 @@ async fn pair_with(
 }
 
 async fn pair(pki: &TestPki) -> Pair {
+    configured_pair(pki, Config::default(), Config::default()).await
+}
+
+/// [`pair_with`] for the usual server and client identities.
+async fn configured_pair(pki: &TestPki, server_cfg: Config, client_cfg: Config) -> Pair {
     let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
     let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
-    pair_with(&s, &c, Config::default(), Config::default()).await
+    pair_with(&s, &c, server_cfg, client_cfg).await
 }
 
 /// A client session to `p`'s server and the server's side of it.
@@ -363,9 +368,7 @@ async fn resumption_sends_idempotent_requests_in_0rtt() {
         zero_rtt: true,
         ..Config::default()
     };
-    let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
-    let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
-    let mut p = pair_with(&s, &c, cfg.clone(), cfg).await;
+    let mut p = configured_pair(&pki, cfg.clone(), cfg).await;
     let addr = p.server.local_addr().unwrap();
     let server_task = tokio::spawn(async move {
         let mut zero_rtt = Vec::new();
@@ -429,9 +432,7 @@ async fn server_refuses_non_idempotent_0rtt_streams() {
         zero_rtt: true,
         ..Config::default()
     };
-    let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
-    let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
-    let mut p = pair_with(&s, &c, cfg.clone(), cfg).await;
+    let mut p = configured_pair(&pki, cfg.clone(), cfg).await;
     let addr = p.server.local_addr().unwrap();
     tokio::spawn(async move {
         while let Some(Ok(session)) = p.server_sessions.recv().await {
@@ -476,8 +477,6 @@ async fn server_refuses_non_idempotent_0rtt_streams() {
 #[tokio::test]
 async fn bad_streams_are_refused_and_the_connection_survives() {
     let pki = TestPki::new().unwrap();
-    let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
-    let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
     let server_cfg = Config {
         limits: Limits {
             max_uni_streams: 4,
@@ -489,7 +488,7 @@ async fn bad_streams_are_refused_and_the_connection_survives() {
         },
         ..Config::default()
     };
-    let mut p = pair_with(&s, &c, server_cfg, Config::default()).await;
+    let mut p = configured_pair(&pki, server_cfg, Config::default()).await;
     let (client, server) = connected(&mut p).await;
     let conn = client.connection().clone();
     let m = Arc::clone(p.server.metrics());
@@ -588,8 +587,6 @@ async fn bad_streams_are_refused_and_the_connection_survives() {
 #[tokio::test]
 async fn bad_bidirectional_streams_are_refused_and_others_served() {
     let pki = TestPki::new().unwrap();
-    let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
-    let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
     let server_cfg = Config {
         limits: Limits {
             preamble_timeout: Duration::from_millis(200),
@@ -597,7 +594,7 @@ async fn bad_bidirectional_streams_are_refused_and_others_served() {
         },
         ..Config::default()
     };
-    let mut p = pair_with(&s, &c, server_cfg, Config::default()).await;
+    let mut p = configured_pair(&pki, server_cfg, Config::default()).await;
     let (client, server) = connected(&mut p).await;
     let m = Arc::clone(p.server.metrics());
     let (served_tx, mut served) = tokio::sync::mpsc::channel(4);
@@ -784,9 +781,7 @@ async fn sessions_run_the_configured_congestion_controller() {
         congestion: Congestion::Bbr,
         ..Config::default()
     };
-    let s = pki.issue("nexus://acme/server@1.0.0").unwrap();
-    let c = pki.issue("nexus://acme/client@1.0.0").unwrap();
-    let mut p = pair_with(&s, &c, bbr.clone(), bbr).await;
+    let mut p = configured_pair(&pki, bbr.clone(), bbr).await;
     let link = UdpLink::start(
         p.server.local_addr().unwrap(),
         Impairment {
