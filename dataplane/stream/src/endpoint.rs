@@ -1014,6 +1014,7 @@ async fn dispatch(
     peer: PeerWatch,
 ) {
     let shared = Arc::clone(&counting.shared);
+    let mut watching_shutdown = true;
     loop {
         tokio::select! {
             bi = conn.accept_bi() => match bi {
@@ -1051,9 +1052,14 @@ async fn dispatch(
                 },
                 Err(_) => break,
             },
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { break; }
-            }
+            changed = shutdown.changed(), if watching_shutdown => match changed {
+                Ok(()) => if *shutdown.borrow() { break; },
+                // Every `Endpoint` handle is gone: no drain can come any more, and the session
+                // lives on until its connection closes (as quinn's connections outlive their
+                // endpoint handle). `changed` would now return at once on every poll, turning
+                // this loop into a busy spin, so stop watching.
+                Err(_) => watching_shutdown = false,
+            },
         }
     }
     // Dropping `tx` ends `Session::accept` once queued items are taken.

@@ -830,3 +830,39 @@ fn congestion_controllers_are_named_as_the_flag_reads_them() {
     let err = "reno".parse::<Congestion>().unwrap_err();
     assert!(err.contains("cubic or bbr"), "{err}");
 }
+
+/// A session outlives its endpoint handle, as quinn's connections do, and its dispatch task
+/// then waits quietly for the connection. (When the last `Endpoint` handle dropped, the task's
+/// shutdown watch returned at once on every poll and it spun a core: 1 s of CPU per second,
+/// measured from `/proc/self/stat`.) With the clock paused, tokio advances time only when
+/// every task is idle, so a spinning task keeps the sleep below from ever ending; the
+/// watchdog turns that hang into a failure.
+#[test]
+fn a_session_outlives_its_endpoint_handle_without_spinning() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let pki = TestPki::new().unwrap();
+            let mut p = pair(&pki).await;
+            let (client, server) = connected(&mut p).await;
+            drop(p.client);
+            tokio::time::pause();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::time::resume();
+            // The session still takes what the peer opens.
+            let mut o = server.open_ordered(&b"after"[..], false).await.unwrap();
+            o.send_msg(b"still here").await.unwrap();
+            let mut s = next_ordered(&client).await;
+            assert_eq!(&s.preamble.meta[..], b"after");
+            assert_eq!(&s.recv_msg().await.unwrap().unwrap()[..], b"still here");
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the client's runtime never went idle after its endpoint was dropped");
+}
