@@ -59,8 +59,9 @@ pub struct Results {
     /// Packets the head-of-line paths carried and dropped (packet-level emulation only), in
     /// the order of `hol_bulk_mbps`.
     pub hol_packets: [(u64, u64); 3],
-    /// Packets the TUN device itself dropped (its queue full: the emulator fell behind).
-    pub hol_device_drops: Option<u64>,
+    /// Packets the TUN device itself dropped (its queue full: the emulator fell behind)
+    /// during each contender's rounds, in the order of `hol_bulk_mbps`.
+    pub hol_device_drops: Option<[u64; 3]>,
     /// TCP retransmission timeouts on this machine during gRPC's head-of-line rounds (the
     /// kernel's `TcpExt: TCPTimeouts`), when readable.
     pub hol_tcp_timeouts: Option<u64>,
@@ -563,7 +564,8 @@ pub struct Links {
     pub tcp_hol: SocketAddr,
     /// 100 ms round trip to the Nexus server that grants 1 MiB per stream.
     pub udp_far: SocketAddr,
-    /// How the four paths above that both UDP and TCP contenders cross were emulated.
+    /// How the cold-call and head-of-line paths above (crossed by UDP and TCP contenders
+    /// alike) were emulated.
     pub emulation: Emulation,
     /// The packet-level emulator, when there is one.
     pub tun: Option<TunLinks>,
@@ -571,7 +573,9 @@ pub struct Links {
 }
 
 /// The TUN paths of the head-of-line scenario: Nexus's (CUBIC), Nexus's (BBR), gRPC's.
-const HOL_PATHS: [usize; 3] = [0, 3, 1];
+const HOL_PATHS: [usize; 3] = [0, 1, 2];
+/// The TUN path of the cold calls.
+const COLD_PATH: usize = 3;
 
 /// How the paths shared by UDP and TCP contenders (cold calls, head-of-line) were emulated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -583,7 +587,7 @@ pub enum Emulation {
         tcp_congestion: String,
     },
     /// UDP through `linkem::UdpLink`, TCP through `tcp_delay_proxy`'s model of loss (no TUN
-    /// device could be made: the reason).
+    /// device could be made).
     #[default]
     Proxies,
 }
@@ -685,15 +689,15 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
         one_way: hol_delay,
     };
     // The head-of-line paths (`HOL_PATHS`) are alike, one per contender so that each is
-    // counted apart; path 2 carries the cold calls.
+    // counted apart.
     let tun_paths = [
+        lossy,
         lossy,
         lossy,
         tunlink::Path {
             loss: 0.0,
             one_way: ten,
         },
-        lossy,
     ];
     let (fronts, emulation, tun) = match TunLinks::start(&tun_paths, 77) {
         Ok(tun) => {
@@ -701,8 +705,8 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
                 udp_hol: TunLinks::front(HOL_PATHS[0], s.nexus.port()),
                 udp_hol_bbr: TunLinks::front(HOL_PATHS[1], s.nexus_bbr.port()),
                 tcp_hol: TunLinks::front(HOL_PATHS[2], s.grpc.port()),
-                udp_rtt20: TunLinks::front(2, s.nexus.port()),
-                tcp_rtt20: TunLinks::front(2, s.https.port()),
+                udp_rtt20: TunLinks::front(COLD_PATH, s.nexus.port()),
+                tcp_rtt20: TunLinks::front(COLD_PATH, s.https.port()),
             };
             let emulation = Emulation::Packets {
                 device: tun.name().to_owned(),
@@ -1294,6 +1298,7 @@ async fn hol(
     let hg = grpc::client(links.tcp_hol, &p.ca_pem).await?;
     // Per contender (Nexus CUBIC, Nexus BBR, gRPC): pooled latencies, each round's p99, and
     // how long its transfers took (what the calls shared the connection with).
+    const GRPC: usize = 2;
     let mut h = [hist(), hist(), hist()];
     let mut ratios = Vec::new();
     let mut bulk_time = [Duration::ZERO; 3];
@@ -1321,17 +1326,22 @@ async fn hol(
                 });
                 (bulk, grpc_unary(&hg, req))
             };
-            let timeouts_before = (k == 2).then(tcp_timeouts).flatten();
+            let timeouts_before = (k == GRPC).then(tcp_timeouts).flatten();
+            let device_drops = || links.tun.as_ref().and_then(TunLinks::device_drops);
+            let drops_before = device_drops();
             tokio::time::sleep(Duration::from_millis(30)).await;
             let round_h = open_loop(50, 1.0, move || calls()).await?;
             bulk_time[k] += bulk.await??;
             if let (Some(before), Some(after)) = (timeouts_before, tcp_timeouts()) {
                 *r.hol_tcp_timeouts.get_or_insert(0) += after.saturating_sub(before);
             }
+            if let (Some(before), Some(after)) = (drops_before, device_drops()) {
+                r.hol_device_drops.get_or_insert([0; 3])[k] += after.saturating_sub(before);
+            }
             p99[k] = round_h.value_at_quantile(0.99) as f64;
             h[k].add(&round_h)?;
         }
-        ratios.push(p99[0] / p99[2].max(1.0));
+        ratios.push(p99[0] / p99[GRPC].max(1.0));
     }
     let grpc_label = match links.emulation {
         Emulation::Packets { .. } => "gRPC + TLS (one HTTP/2 connection)",
@@ -1358,7 +1368,6 @@ async fn hol(
                 )
             })
         });
-        r.hol_device_drops = tun.device_drops();
     }
     let rounds = args.rounds.max(1) as f64;
     r.hol_bulk_mbps = bulk_time.map(|t| bulk_len as f64 * rounds / t.as_secs_f64().max(1e-9) / 1e6);

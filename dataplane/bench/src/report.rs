@@ -150,14 +150,16 @@ pub fn markdown(r: &Results) -> String {
                     };
                     let [n, b, g] = r.hol_packets.map(pct);
                     format!(
-                        " gRPC's TCP ran the kernel's congestion controller, {tcp_congestion}{}. The emulator dropped {n} packets of Nexus (CUBIC), {b} of Nexus (BBR) and {g} of gRPC; the device's own queue dropped {}.",
+                        " gRPC's TCP ran the kernel's congestion controller, {tcp_congestion}{}. The emulator dropped {n} packets of Nexus (CUBIC), {b} of Nexus (BBR) and {g} of gRPC; the device's own queue, when the emulator fell behind, dropped {} more.",
                         if tcp_congestion == "bbr" {
                             ", which does not back off on random loss"
                         } else {
                             ""
                         },
-                        r.hol_device_drops
-                            .map_or_else(|| "an unknown number".to_owned(), |d| d.to_string())
+                        r.hol_device_drops.map_or_else(
+                            || "an unknown number".to_owned(),
+                            |[n, b, g]| format!("{n}, {b} and {g} (in the same order)")
+                        )
                     )
                 }
                 Emulation::Proxies => " The TCP proxy models loss as delay only, without a congestion response, so gRPC's transfer is not slowed by it.".to_owned(),
