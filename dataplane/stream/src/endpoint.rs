@@ -22,6 +22,19 @@ use crate::{ALPN, codes};
 /// Send priority of bulk streams (quinn's default is 0; lower is sent later).
 pub const BULK_PRIORITY: i32 = -1;
 
+/// How long the peer may hold back an acknowledgement, requested of it with an ACK_FREQUENCY
+/// frame (the QUIC acknowledgement-frequency extension, which quinn speaks on both ends).
+///
+/// QUIC's probe timeout is RTT + 4·RTT variance + the peer's `max_ack_delay`, 25 ms unless
+/// asked otherwise. When the last packet of a response is lost and nothing follows it, only
+/// that timeout finds the loss, so the default adds 25 ms to the call's tail on any path; on a
+/// datacenter fabric, where RTT is tens of microseconds, it is nearly all of it. Asking for
+/// 2 ms brings the timeout near TCP's tail-loss probe (2·RTT). The cost is an ACK for a lone
+/// packet after 2 ms instead of 25; under steady traffic ACKs go every second packet either
+/// way. quinn keeps the request at least the peer's `min_ack_delay` (its timer granularity).
+/// Measured in the dataplane bench's head-of-line scenario (ARCHITECTURE.md).
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis(2);
+
 /// Limits that bound what one peer can make this endpoint hold.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -243,6 +256,9 @@ fn transport(l: &Limits, congestion: Congestion) -> Arc<quinn::TransportConfig> 
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(l.mtu_upper_bound.max(1200));
     t.mtu_discovery_config(Some(mtu));
+    let mut acks = quinn::AckFrequencyConfig::default();
+    acks.max_ack_delay(Some(MAX_ACK_DELAY));
+    t.ack_frequency_config(Some(acks));
     Arc::new(t)
 }
 

@@ -34,8 +34,8 @@ pub mod testing;
 pub mod trust;
 
 pub use endpoint::{
-    Accepting, Config, Congestion, Delivery, Endpoint, Incoming, Limits, Message, OrderedRecv,
-    OrderedSend, OrderedStream, Session, StreamError,
+    Accepting, Config, Congestion, Delivery, Endpoint, Incoming, Limits, MAX_ACK_DELAY, Message,
+    OrderedRecv, OrderedSend, OrderedStream, Session, StreamError,
 };
 pub use frame::{Mode, Preamble};
 pub use metrics::{Direction, Metrics, Tally, TallyDelta};

@@ -765,6 +765,52 @@ async fn sessions_write_qlog_traces_on_demand() {
     assert_eq!(std::fs::read_dir(&client_dir).unwrap().count(), 1);
 }
 
+/// Each end asks the other, with an ACK_FREQUENCY frame, to acknowledge within
+/// `MAX_ACK_DELAY` rather than QUIC's default 25 ms, which would otherwise sit in every probe
+/// timeout (the tail of a call whose last packet is lost).
+#[tokio::test]
+async fn sessions_ask_their_peer_for_prompt_acknowledgements() {
+    assert!(nexus_stream::MAX_ACK_DELAY < Duration::from_millis(25));
+    let pki = TestPki::new().unwrap();
+    let mut p = pair(&pki).await;
+    let (client, server) = connected(&mut p).await;
+    let mut o = client.open_ordered(&b"echo"[..], false).await.unwrap();
+    let srv = server.clone();
+    let echo = tokio::spawn(async move {
+        let mut s = next_ordered(&srv).await;
+        while let Some(m) = s.recv_msg().await.unwrap() {
+            s.send_msg(&m).await.unwrap();
+        }
+        s.send.finish().unwrap();
+    });
+    o.send_msg(b"ping").await.unwrap();
+    o.send.finish().unwrap();
+    assert_eq!(&o.recv_msg().await.unwrap().unwrap()[..], b"ping");
+    echo.await.unwrap();
+    // The frame goes in the first 1-RTT packets; poll (the wait bounds a hang, it measures
+    // nothing).
+    let frames = |s: &Session| {
+        let st = s.connection().stats();
+        (st.frame_tx.ack_frequency, st.frame_rx.ack_frequency)
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while [&client, &server]
+            .iter()
+            .any(|s| frames(s).0 == 0 || frames(s).1 == 0)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "ACK_FREQUENCY frames (sent, received): client {:?}, server {:?}",
+            frames(&client),
+            frames(&server)
+        )
+    });
+}
+
 /// `Config::congestion` picks each session's controller, and BBR, which does not back off on
 /// loss alone, still delivers every byte through a lossy, reordering link.
 #[tokio::test]
