@@ -89,6 +89,20 @@ async fn connected(p: &mut Pair) -> (Session, Session) {
     (client, server)
 }
 
+/// Echoes every message of `server`'s next ordered stream back on it, then ends the stream;
+/// yields the stream's metadata.
+fn spawn_echo(server: &Session) -> tokio::task::JoinHandle<bytes::Bytes> {
+    let server = server.clone();
+    tokio::spawn(async move {
+        let mut s = next_ordered(&server).await;
+        while let Some(m) = s.recv_msg().await.unwrap() {
+            s.send_msg(&m).await.unwrap();
+        }
+        s.send.finish().unwrap();
+        s.preamble.meta
+    })
+}
+
 async fn next_ordered(s: &Session) -> nexus_stream::OrderedStream {
     match s.accept().await.expect("session open") {
         Incoming::Ordered(o) => o,
@@ -129,15 +143,7 @@ async fn all_modes_survive_loss_duplication_and_reordering() {
 
     // Reliable-ordered: 200 messages of 1..3 KiB, echoed back in order.
     let mut o = client.open_ordered(&b"echo"[..], false).await.unwrap();
-    let srv = server.clone();
-    let echo = tokio::spawn(async move {
-        let mut s = next_ordered(&srv).await;
-        assert_eq!(&s.preamble.meta[..], b"echo");
-        while let Some(m) = s.recv_msg().await.unwrap() {
-            s.send_msg(&m).await.unwrap();
-        }
-        s.send.finish().unwrap();
-    });
+    let echo = spawn_echo(&server);
     for i in 0..200u32 {
         let msg = vec![(i % 251) as u8; 1024 + (i as usize % 3) * 1024];
         o.send_msg(&msg).await.unwrap();
@@ -152,7 +158,7 @@ async fn all_modes_survive_loss_duplication_and_reordering() {
         );
     }
     assert!(o.recv_msg().await.unwrap().is_none());
-    echo.await.unwrap();
+    assert_eq!(&echo.await.unwrap()[..], b"echo");
 
     // Reliable-unordered and partially reliable (generous deadline): all delivered.
     for i in 0..50u32 {
@@ -775,14 +781,7 @@ async fn sessions_ask_their_peer_for_prompt_acknowledgements() {
     let mut p = pair(&pki).await;
     let (client, server) = connected(&mut p).await;
     let mut o = client.open_ordered(&b"echo"[..], false).await.unwrap();
-    let srv = server.clone();
-    let echo = tokio::spawn(async move {
-        let mut s = next_ordered(&srv).await;
-        while let Some(m) = s.recv_msg().await.unwrap() {
-            s.send_msg(&m).await.unwrap();
-        }
-        s.send.finish().unwrap();
-    });
+    let echo = spawn_echo(&server);
     o.send_msg(b"ping").await.unwrap();
     o.send.finish().unwrap();
     assert_eq!(&o.recv_msg().await.unwrap().unwrap()[..], b"ping");
