@@ -554,6 +554,34 @@ mod tests {
         assert_eq!(s.status(None, None, false).phase, DataplanePhase::Stopped);
     }
 
+    /// The Fabric's congestion enum (the API type, with its schema) and the dataplane's
+    /// (`nexus_stream::Congestion`, which maps to quinn) stay two types so that neither crate
+    /// takes on the other's stack; their contract is the flag's text. Every value the CRD's
+    /// schema admits must be a name `--congestion` reads, and read as the same controller.
+    #[test]
+    fn every_congestion_the_crd_admits_is_one_the_dataplane_runs() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(nexus_crds::fabric::Fabric::crd()).unwrap();
+        let admitted = crd
+            .pointer(
+                "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/dataplane\
+                 /properties/congestion/enum",
+            )
+            .and_then(|e| e.as_array())
+            .expect("the Fabric CRD lists the congestion controllers");
+        assert!(!admitted.is_empty());
+        for name in admitted {
+            let api: Congestion = serde_json::from_value(name.clone()).unwrap();
+            assert_eq!(
+                Some(api.as_str()),
+                name.as_str(),
+                "the flag carries the API's name"
+            );
+            let engine: nexus_stream::Congestion = api.as_str().parse().unwrap();
+            assert_eq!(engine.as_str(), api.as_str());
+        }
+    }
+
     #[test]
     fn flags_follow_the_fabric() {
         let mut want = w(7400);
