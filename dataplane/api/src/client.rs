@@ -213,8 +213,9 @@ impl Client {
     /// `capability` instead of to the connected node: the node looks the capability up in
     /// its NexRoute tables (for this client's tenant, in its domain, if
     /// [`Client::connect_dir_in`] named one) and serves the call itself or relays it to the
-    /// endpoint the tables pick. Tensors are not relayed (the node refuses them unless it is
-    /// the endpoint itself).
+    /// endpoint the tables pick. A relayed tensor passes through cut-through, shard by shard
+    /// as it arrives; the endpoint's limit and acknowledgement (checksum included) are the
+    /// ones the caller gets.
     pub fn route_by(mut self, capability: &str) -> Self {
         self.capability = Some(capability.to_owned());
         self.refresh_meta();

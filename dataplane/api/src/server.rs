@@ -383,7 +383,7 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
             Err(e) => Err(e.into()),
         },
     };
-    if op == "tensor" && !matches!(hop, Ok(Hop::Here)) {
+    if op == "tensor" && hop.is_err() {
         // Not received here: its shards, already on their way, are stopped rather than left
         // holding flow-control credit and a pending-tensor slot.
         refuse_tensor(&meta, &tensors).await;
@@ -400,6 +400,16 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
             "jsonrpc" => jsonrpc(&mut stream, &*model, &meta).await,
             _ => Err(ApiError::Refused("unknown operation".into())),
         },
+        Ok(Hop::Relay(upstream)) if op == "tensor" => {
+            let relayed = relay_tensor(&mut stream, &upstream, &meta, &tensors);
+            tokio::select! {
+                r = relayed => r.map(|bytes| {
+                    // Shards travel raw on bulk streams: the caller's bytes are billed here.
+                    tally.record(Direction::Received, Mode::ReliableUnordered, bytes as usize);
+                }),
+                () = caller_gone(&session) => Err(ApiError::Cancelled(codes::CANCELLED.into_inner())),
+            }
+        }
         Ok(Hop::Relay(upstream)) => relay(&mut stream, &session, &upstream, op, meta).await,
         Err(e) => Err(e),
     };
@@ -440,9 +450,7 @@ async fn relay(
 ) -> Result<(), ApiError> {
     use crate::client::map_stream_error;
     if !matches!(op, "hello" | "infer" | "tokens" | "jsonrpc") {
-        return Err(ApiError::Refused(format!(
-            "{op} is not relayed: resolve the endpoint (POST /v1/resolve) and call it directly"
-        )));
+        return Err(ApiError::Refused(format!("{op} is not relayed")));
     }
     let forwarded = meta
         .without("capability")
@@ -492,15 +500,92 @@ async fn relay(
     };
     // A caller that goes away ends the relay at once, whether or not the endpoint is
     // sending (dropping the upstream halves stops and resets its stream).
-    let gone = async {
-        caller.closed().await;
-        Err(ApiError::Cancelled(codes::CANCELLED.into_inner()))
-    };
     tokio::select! {
         r = back => r,
         r = forward => r,
-        r = gone => r,
+        () = caller_gone(caller) => Err(ApiError::Cancelled(codes::CANCELLED.into_inner())),
     }
+}
+
+async fn caller_gone(caller: &Session) {
+    caller.closed().await;
+}
+
+/// Ids of the tensors this node relays, unique in the process and so on every upstream
+/// session (only relays send tensors on those): callers' own ids may collide there.
+static RELAYED_TENSOR_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Relays a capability-addressed tensor to the endpoint the tables picked, cut-through: the
+/// control message goes upstream with the stream's preamble (metadata as [`relay`] forwards
+/// it, under a tensor id of this node's), each shard is passed on as it arrives
+/// ([`tensor::forward`]), and the endpoint's acknowledgement — its checksum, when the caller
+/// asked for one, so the check stays end to end — comes back unchanged. The endpoint's limit
+/// is the one that applies; its refusal reaches the caller as the code it sent. Returns the
+/// tensor's bytes, for billing.
+async fn relay_tensor(
+    stream: &mut OrderedStream,
+    upstream: &Session,
+    meta: &Meta,
+    tensors: &Tensors,
+) -> Result<u64, ApiError> {
+    use crate::client::map_stream_error;
+    let (id, mut rx) = take_tensor_slot(meta, tensors).await?;
+    let result = async {
+        let control = request(stream).await?;
+        // No limit here: the relay holds no buffer for the tensor, and the endpoint checks
+        // the size against its own.
+        let plan = tensor::decode_control(&control, u64::MAX)?;
+        let up_id = RELAYED_TENSOR_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let forwarded = meta
+            .clone()
+            .without("capability")
+            .without("flow")
+            .with("relay", "1")
+            .with("id", &up_id.to_string());
+        let mut up = upstream
+            .open_ordered_with(forwarded.encode(), false, Some(&control))
+            .await
+            .map_err(map_stream_error)?;
+        let answered = {
+            let shards = tensor::forward(plan, &mut rx, upstream, up_id);
+            let ack = async {
+                up.recv
+                    .recv_msg()
+                    .await
+                    .map_err(map_stream_error)?
+                    .ok_or(ApiError::Ended)
+            };
+            tokio::pin!(shards);
+            tokio::pin!(ack);
+            tokio::select! {
+                // An early answer is a refusal: it wins over the shards it stopped.
+                a = &mut ack => match a {
+                    Ok(a) => shards.await.map(|bytes| (bytes, a)).map_err(|e| e.error),
+                    Err(e) => Err(e),
+                },
+                s = &mut shards => match s {
+                    Ok(bytes) => ack.await.map(|a| (bytes, a)),
+                    // The endpoint refused: its reason is on the control stream.
+                    Err(e) if e.by_endpoint => Err(ack.await.err().unwrap_or(e.error)),
+                    Err(e) => Err(e.error),
+                },
+                e = abandoned(&mut stream.recv) => Err(e),
+            }
+        };
+        if answered.is_ok() {
+            up.recv.take_end_now();
+        } else {
+            // The endpoint stops assembling (it watches its control stream).
+            up.send.reset(codes::CANCELLED);
+            up.recv.stop(codes::CANCELLED);
+        }
+        answered
+    }
+    .await;
+    release_tensor_slot(id, rx, tensors, result.is_ok()).await;
+    let (bytes, ack) = result?;
+    stream.send_msg(&ack).await?;
+    Ok(bytes)
 }
 
 /// Leaves a tombstone for a tensor this node will not receive (see [`receive_tensor`]):
@@ -566,6 +651,59 @@ async fn tokens<M: Model>(
     r
 }
 
+/// Waits on a tensor's control stream while its shards move: the sender sends nothing more
+/// there until the acknowledgement, so anything that arrives means the transfer is
+/// abandoned — a reset (a cancelling caller, or a relay whose caller failed), an early end
+/// (the sender dropped the stream), a second message (a protocol error). Without this, a
+/// sender that stops sending shards would hold a pending-tensor slot for the session's life.
+async fn abandoned(control: &mut nexus_stream::OrderedRecv) -> ApiError {
+    use crate::client::map_stream_error;
+    match control.recv_msg().await {
+        Ok(None) => ApiError::Cancelled(codes::CANCELLED.into_inner()),
+        Ok(Some(_)) => ApiError::BadMessage("a second tensor control message".into()),
+        Err(e) => map_stream_error(e),
+    }
+}
+
+/// The shards' queue of the tensor a control stream with metadata `meta` announces (its
+/// `id`), taken by the one stream that receives or relays them.
+async fn take_tensor_slot(
+    meta: &Meta,
+    tensors: &Tensors,
+) -> Result<(u64, mpsc::Receiver<(u32, RecvStream)>), ApiError> {
+    let id: u64 = meta
+        .get("id")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::BadMessage("tensor without id".into()))?;
+    let handle = tensor_channel(tensors, id, true)
+        .await
+        .ok_or_else(|| ApiError::TooLarge("too many tensors in flight".into()))?;
+    let Some(rx) = handle.rx else {
+        return Err(ApiError::BadMessage(format!("tensor id {id} reused")));
+    };
+    Ok((id, rx))
+}
+
+/// Ends the shards' queue of tensor `id`. On failure the slot stays as a tombstone with its
+/// receiver closed: late or queued shards of this id are stopped instead of holding
+/// flow-control credit (a session that fails [`MAX_PENDING_TENSORS`] tensors can send no
+/// more). On success every shard arrived, so there are no late ones to refuse: the slot is
+/// freed.
+async fn release_tensor_slot(
+    id: u64,
+    mut rx: mpsc::Receiver<(u32, RecvStream)>,
+    tensors: &Tensors,
+    complete: bool,
+) {
+    rx.close();
+    while let Ok((_, mut recv)) = rx.try_recv() {
+        let _ = recv.stop(codes::REFUSED);
+    }
+    if complete {
+        tensors.lock().await.remove(&id);
+    }
+}
+
 async fn receive_tensor<M: Model>(
     stream: &mut OrderedStream,
     model: &M,
@@ -574,34 +712,17 @@ async fn receive_tensor<M: Model>(
     metrics: &ApiMetrics,
     tally: &Tally,
 ) -> Result<(), ApiError> {
-    let id: u64 = meta
-        .get("id")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| ApiError::BadMessage("tensor without id".into()))?;
-    let handle = tensor_channel(tensors, id, true)
-        .await
-        .ok_or_else(|| ApiError::TooLarge("too many tensors in flight".into()))?;
-    let Some(mut rx) = handle.rx else {
-        return Err(ApiError::BadMessage(format!("tensor id {id} reused")));
-    };
-    drop(handle.tx);
+    let (id, mut rx) = take_tensor_slot(meta, tensors).await?;
     let result = async {
         let control = request(stream).await?;
         let plan = tensor::decode_control(&control, model.capabilities().max_tensor)?;
-        Ok::<_, ApiError>((plan, tensor::assemble(plan, &mut rx).await?))
+        tokio::select! {
+            data = tensor::assemble(plan, &mut rx) => Ok((plan, data?)),
+            e = abandoned(&mut stream.recv) => Err(e),
+        }
     }
     .await;
-    // On failure the slot stays as a tombstone with its receiver closed: late or queued
-    // shards of this id are stopped instead of holding flow-control credit (a session that
-    // fails MAX_PENDING_TENSORS tensors can send no more).
-    rx.close();
-    while let Ok((_, mut recv)) = rx.try_recv() {
-        let _ = recv.stop(codes::REFUSED);
-    }
-    if result.is_ok() {
-        // Every shard arrived: no late ones to refuse, free the slot.
-        tensors.lock().await.remove(&id);
-    }
+    release_tensor_slot(id, rx, tensors, result.is_ok()).await;
     let (plan, data) = result?;
     metrics.tensor_bytes.inc_by(data.len() as u64);
     // Shards travel on bulk streams (reliable-unordered), which NexStream hands over raw.

@@ -66,6 +66,18 @@ pub struct Plan {
     pub shards: u32,
 }
 
+impl Plan {
+    /// The length of shard `index`: [`Plan::shard`] bytes, the last one the rest; `None`
+    /// past the last shard.
+    pub fn shard_len(&self, index: u32) -> Option<usize> {
+        let start = u64::from(index).checked_mul(u64::from(self.shard))?;
+        if index >= self.shards || start >= self.len {
+            return None;
+        }
+        usize::try_from((self.len - start).min(u64::from(self.shard))).ok()
+    }
+}
+
 /// Encodes the control message.
 pub fn encode_control(header: &Header, shard: u32) -> Result<Vec<u8>, ApiError> {
     let mut out = vec![0u8; CONTROL_LEN];
@@ -159,6 +171,127 @@ pub async fn assemble(
         }
     }
     Ok(buf.into())
+}
+
+/// Why [`forward`] failed, and on which leg.
+#[derive(Debug)]
+pub struct ForwardError {
+    /// What went wrong.
+    pub error: ApiError,
+    /// The endpoint refused a shard (stopped it) or could not be reached: its reason is on
+    /// its way on the control stream. Otherwise the caller's shards were at fault.
+    pub by_endpoint: bool,
+}
+
+impl ForwardError {
+    fn caller(error: ApiError) -> Self {
+        Self {
+            error,
+            by_endpoint: false,
+        }
+    }
+    fn endpoint(error: ApiError) -> Self {
+        Self {
+            error,
+            by_endpoint: true,
+        }
+    }
+}
+
+/// Passes every shard of `plan` arriving on `streams` on to `upstream` as shard streams of
+/// its tensor `id`, as the bytes arrive (cut-through: a relay holds no more of a tensor than
+/// the two legs' flow-control windows, whatever its size). The checks are
+/// [`assemble`]'s: each index once and in range, each shard exactly its length. A shard that
+/// fails resets its upstream stream, and a shard the endpoint stops is stopped at the
+/// caller with the same code, so a refusal travels back. Returns the bytes forwarded.
+pub async fn forward(
+    plan: Plan,
+    streams: &mut mpsc::Receiver<(u32, RecvStream)>,
+    upstream: &nexus_stream::Session,
+    id: u64,
+) -> Result<u64, ForwardError> {
+    let mut seen = vec![false; plan.shards as usize];
+    let mut remaining = plan.shards;
+    let mut copies = FuturesUnordered::new();
+    while remaining > 0 {
+        tokio::select! {
+            next = streams.recv() => {
+                let Some((index, mut recv)) = next else {
+                    return Err(ForwardError::caller(ApiError::Ended));
+                };
+                let fresh = seen.get_mut(index as usize).map(|s| !std::mem::replace(s, true));
+                let (Some(len), Some(true)) = (plan.shard_len(index), fresh) else {
+                    let _ = recv.stop(nexus_stream::codes::BAD_FRAME);
+                    return Err(ForwardError::caller(ApiError::BadMessage(format!(
+                        "shard {index} unexpected"
+                    ))));
+                };
+                let meta = crate::Meta::op("shard")
+                    .with("tensor", &id.to_string())
+                    .with("index", &index.to_string());
+                copies.push(async move {
+                    let send = upstream.open_bulk(meta.encode()).await.map_err(|e| {
+                        ForwardError::endpoint(crate::client::map_stream_error(e))
+                    })?;
+                    copy_shard(index, len, recv, send).await
+                });
+            }
+            Some(done) = copies.next(), if !copies.is_empty() => {
+                done?;
+                remaining -= 1;
+            }
+        }
+    }
+    Ok(plan.len)
+}
+
+/// Copies one shard of `len` bytes from the caller's `recv` to the endpoint's `send`, chunk
+/// by chunk as quinn hands them over (no copy of the bytes themselves).
+async fn copy_shard(
+    index: u32,
+    len: usize,
+    mut recv: RecvStream,
+    mut send: quinn::SendStream,
+) -> Result<(), ForwardError> {
+    use crate::client::map_stream_error;
+    use nexus_stream::codes;
+    let mut left = len;
+    loop {
+        let chunk = match recv.read_chunk(usize::MAX, true).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = send.reset(codes::CANCELLED);
+                return Err(ForwardError::caller(map_stream_error(e.into())));
+            }
+        };
+        let Some(chunk) = chunk else { break };
+        if chunk.bytes.len() > left {
+            let _ = recv.stop(codes::BAD_FRAME);
+            let _ = send.reset(codes::BAD_FRAME);
+            return Err(ForwardError::caller(ApiError::BadMessage(format!(
+                "shard {index} too long"
+            ))));
+        }
+        left -= chunk.bytes.len();
+        if let Err(e) = send.write_chunk(chunk.bytes).await {
+            // The endpoint stopped the shard (it refused the tensor): the caller hears the
+            // same code.
+            let code = match &e {
+                quinn::WriteError::Stopped(c) => *c,
+                _ => codes::CANCELLED,
+            };
+            let _ = recv.stop(code);
+            return Err(ForwardError::endpoint(map_stream_error(e.into())));
+        }
+    }
+    if left > 0 {
+        let _ = send.reset(codes::BAD_FRAME);
+        return Err(ForwardError::caller(ApiError::BadMessage(format!(
+            "shard {index} too short"
+        ))));
+    }
+    send.finish()
+        .map_err(|e| ForwardError::endpoint(map_stream_error(e.into())))
 }
 
 #[cfg(test)]

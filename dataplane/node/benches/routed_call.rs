@@ -7,7 +7,9 @@
 //! - **relayed**: to node A by capability, whose tables pick B, so A relays the call — the
 //!   routing decision plus one more NexStream hop.
 //!
-//! The three are interleaved call by call, so the machine's noise falls on all alike. Run:
+//! - a 64 MiB tensor, direct to B and relayed through A (cut-through), alternating.
+//!
+//! The three calls are interleaved call by call, so the machine's noise falls on all alike. Run:
 //! `cargo bench -p nexus-dataplane --bench routed_call` (set `ROUTED_CALLS` for more or fewer
 //! calls per contender, default 20,000).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -225,6 +227,36 @@ fn main() {
             "the table lookup alone (software pipeline, one probe frame): p50 {:.2} µs, p99 {:.2} µs",
             pct(&lookups, 0.5),
             pct(&lookups, 0.99)
+        );
+
+        // A 64 MiB tensor, direct to B and relayed through A (cut-through, shard by shard),
+        // alternating: the relay's throughput against the direct path's.
+        let tensors: usize = std::env::var("ROUTED_TENSORS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(12);
+        let data = vec![0x5au8; 64 << 20];
+        let header = nexus_api::Header::opaque(1, 0, data.len() as u32);
+        let mut rates = [Vec::new(), Vec::new()];
+        for round in 0..tensors + 2 {
+            for (k, c) in [&direct, &relayed].into_iter().enumerate() {
+                let t = Instant::now();
+                let ack = c.send_tensor(&header, &data).await.unwrap();
+                assert_eq!(ack.bytes, data.len() as u64);
+                // The first two rounds warm both paths (congestion windows, buffers).
+                if round >= 2 {
+                    rates[k].push(data.len() as f64 / t.elapsed().as_secs_f64() / 1e6);
+                }
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (d, r) = (median(&mut rates[0]), median(&mut rates[1]));
+        println!(
+            "64 MiB tensor, {tensors} each, alternating: direct {d:.0} MB/s, relayed {r:.0} MB/s (median), relayed / direct {:.2}",
+            r / d
         );
         a.drain(Duration::from_millis(100)).await;
         b.drain(Duration::from_millis(100)).await;

@@ -13,6 +13,60 @@ use nexus_dataplane::start;
 use nexus_stream::testing::TestPki;
 use support::{DOMAIN, advert, node, program, program_domains, sample, tenant_packets};
 
+/// Sends a tensor of `len` bytes in `shard`-byte shards to a `code-generation` endpoint
+/// through the node `session` is connected to, writing the shards `shards` names
+/// (`(index, bytes)`) whether or not they fit the plan: its acknowledgement or refusal.
+async fn raw_tensor(
+    session: &nexus_stream::Session,
+    len: u32,
+    shard: u32,
+    shards: &[(u32, usize)],
+) -> Result<nexus_api::TensorAck, ApiError> {
+    let mut s = open_raw_tensor(session, len, shard, shards).await?;
+    let reset = |e| match e {
+        nexus_stream::StreamError::Read(quinn::ReadError::Reset(c))
+            if c == nexus_stream::codes::BAD_FRAME =>
+        {
+            ApiError::BadMessage("refused as malformed".into())
+        }
+        e => ApiError::Stream(e),
+    };
+    let ack = s.recv_msg().await.map_err(reset)?.ok_or(ApiError::Ended)?;
+    Ok(serde_json::from_slice(&ack)?)
+}
+
+/// [`raw_tensor`] up to the acknowledgement: the control stream, its shards written.
+async fn open_raw_tensor(
+    session: &nexus_stream::Session,
+    len: u32,
+    shard: u32,
+    shards: &[(u32, usize)],
+) -> Result<nexus_stream::OrderedStream, ApiError> {
+    static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+    let id = IDS
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string();
+    let header = nexus_api::Header::opaque(1, 0, len);
+    let control = nexus_api::tensor::encode_control(&header, shard)?;
+    let meta = Meta::op("tensor")
+        .with("id", &id)
+        .with("domain", DOMAIN)
+        .with("capability", "code-generation");
+    let s = session
+        .open_ordered_with(meta.encode(), false, Some(&control))
+        .await?;
+    for &(index, bytes) in shards {
+        let meta = Meta::op("shard")
+            .with("tensor", &id)
+            .with("index", &index.to_string());
+        let mut bulk = session.open_bulk(meta.encode()).await?;
+        // The receiver may stop a shard it refuses while it is written.
+        let _ = bulk.write_all(&vec![1u8; bytes]).await;
+        let _ = bulk.finish();
+    }
+    Ok(s)
+}
+
 fn request(max_tokens: u32) -> InferRequest {
     InferRequest {
         model: String::new(),
@@ -47,9 +101,12 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     let a = start(&node(&fabric_mic, &["--demo-token-ms=20"]))
         .await
         .unwrap();
-    let b = start(&node(&fabric_mic, &["--demo-token-ms=20"]))
-        .await
-        .unwrap();
+    let b = start(&node(
+        &fabric_mic,
+        &["--demo-token-ms=20", "--max-tensor=33554432"],
+    ))
+    .await
+    .unwrap();
     let tables = vec![
         advert("on-b", b.udp, "code-generation"),
         advert("on-a", a.udp, "summarization"),
@@ -104,29 +161,129 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     )
     .await;
 
-    // No route, and tensors (not relayed): refused with a reason, the session unharmed.
+    // A relayed tensor: A passes its shards on to B as they arrive; B's acknowledgement,
+    // checksum included, comes back, so the check of the reassembly is end to end.
+    let tensor = (0..20u32 << 20)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>();
+    let header = nexus_api::Header::opaque(1, 0, tensor.len() as u32);
+    let ack = coder
+        .send_tensor_checked(&header, &tensor, 4 << 20)
+        .await
+        .unwrap();
+    assert_eq!((ack.bytes, ack.shards), (20 << 20, 5));
+    let tensor_calls = |http, result: &'static str| async move {
+        sample(
+            http,
+            "nexapi_calls_total",
+            &["op=\"tensor\"", &format!("result=\"{result}\"")],
+        )
+        .await
+    };
+    assert_eq!(tensor_calls(a.http, "relayed").await, 1.0);
+    assert_eq!(tensor_calls(b.http, "ok").await, 1.0, "B received it");
+    assert_eq!(
+        sample(b.http, "nexapi_tensor_bytes_total", &[]).await,
+        f64::from(20u32 << 20)
+    );
+    assert_eq!(sample(a.http, "nexapi_tensor_bytes_total", &[]).await, 0.0);
+
+    // B's limit is the one that applies (A holds no buffer for a relayed tensor): ten
+    // tensors over it are refused as too large, and their shards are stopped at both hops —
+    // their first 8 MiB each (the stream window) exceed the connection's 64 MiB receive
+    // window, so shards left unread would stall the session.
+    let big = vec![7u8; 40 << 20];
+    let big_header = nexus_api::Header::opaque(1, 0, big.len() as u32);
+    for _ in 0..10 {
+        let e = tokio::time::timeout(
+            Duration::from_secs(30),
+            coder.send_tensor(&big_header, &big),
+        )
+        .await
+        .expect("a refused tensor does not stall the session")
+        .unwrap_err();
+        assert!(matches!(e, ApiError::TooLarge(_)), "{e}");
+    }
+    assert_eq!(tensor_calls(b.http, "too_large").await, 10.0);
+
+    // (B's counters are settled: each refusal above was counted before it was sent.)
+    // A caller that abandons a relayed tensor half-way (resets its control stream): A gives
+    // up its upstream transfer, and B, which watches its control stream while shards move,
+    // stops assembling and frees the tensor's slot.
+    let (a_cancelled, b_cancelled) = (
+        tensor_calls(a.http, "cancelled").await,
+        tensor_calls(b.http, "cancelled").await,
+    );
+    let ordered_in = |http| async move {
+        sample(
+            http,
+            "nexstream_messages_total",
+            &["mode=\"reliable_ordered\"", "direction=\"received\""],
+        )
+        .await
+    };
+    let b_messages = ordered_in(b.http).await;
+    let mut half = open_raw_tensor(coder.session(), 2 << 20, 1 << 20, &[(0, 1 << 20)])
+        .await
+        .unwrap();
+    eventually("B reads the relayed tensor's control message", async || {
+        ordered_in(b.http).await > b_messages
+    })
+    .await;
+    half.send.reset(nexus_stream::codes::CANCELLED);
+    eventually(
+        "the abandoned tensor is given up at both hops",
+        async || {
+            tensor_calls(a.http, "cancelled").await == a_cancelled + 1.0
+                && tensor_calls(b.http, "cancelled").await == b_cancelled + 1.0
+        },
+    )
+    .await;
+    // Malformed shards through the relay: one too long, one out of range, one twice. Each
+    // fails its tensor with a reason; the session carries on.
+    for (what, shards) in [
+        ("a shard too long", vec![(0, 1 << 20), (1, (1 << 20) + 1)]),
+        ("an index out of range", vec![(0, 1 << 20), (2, 1 << 20)]),
+        ("an index twice", vec![(0, 1 << 20), (0, 1 << 20)]),
+    ] {
+        let e = raw_tensor(coder.session(), 2 << 20, 1 << 20, &shards)
+            .await
+            .expect_err(what);
+        assert!(matches!(e, ApiError::BadMessage(_)), "{what}: {e}");
+    }
+    coder
+        .send_tensor_checked(&header, &tensor, 4 << 20)
+        .await
+        .expect("the session still relays tensors after malformed ones");
+
+    // No route: refused with a reason, its shards stopped, the session unharmed.
     let nowhere = Client::connect_dir_in(&caller_mic, a.udp, DOMAIN)
         .await
         .unwrap()
         .route_by("translation");
     let e = nowhere.infer(&request(1)).await.unwrap_err();
     assert!(matches!(e, ApiError::Refused(_)), "{e}");
-    // Ten refused 20 MiB tensors: their first 8 MiB each (the stream window) exceed the
-    // connection's 64 MiB receive window, so shards left unread would stall the session; A
-    // stops them instead.
-    let big = vec![7u8; 20 << 20];
-    let header = nexus_api::Header::opaque(1, 0, big.len() as u32);
     for _ in 0..10 {
-        let e = tokio::time::timeout(Duration::from_secs(30), coder.send_tensor(&header, &big))
-            .await
-            .expect("a refused tensor does not stall the session")
-            .unwrap_err();
+        let e = tokio::time::timeout(
+            Duration::from_secs(30),
+            nowhere.send_tensor(&big_header, &big),
+        )
+        .await
+        .expect("a refused tensor does not stall the session")
+        .unwrap_err();
         assert!(matches!(e, ApiError::Refused(_)), "{e}");
     }
     tokio::time::timeout(Duration::from_secs(30), coder.infer(&request(2)))
         .await
         .expect("the session still carries calls after refused tensors")
         .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        Client::without_hello(nowhere.session().clone()).infer(&request(2)),
+    )
+    .await
+    .expect("the refused tensors' session still carries calls")
+    .unwrap();
 
     // Billing: the relay bills the caller under its domain; B leaves the relayed leg (its
     // peer presents the fabric's own identity) unbilled and counts it apart.
