@@ -233,24 +233,66 @@ struct TensorSlot {
     rx: Option<mpsc::Receiver<(u32, RecvStream)>>,
 }
 
-type Tensors = Arc<Mutex<HashMap<u64, TensorSlot>>>;
+/// Ids of failed or refused tensors a session remembers, so that their late shards are
+/// stopped on arrival rather than opening a slot no control stream will claim. Shards trail
+/// their control stream by about a round trip, so the latest few suffice; a late shard whose
+/// id was forgotten waits in a slot like any shard that comes first.
+const REFUSED_TENSORS_KEPT: usize = 1024;
 
-/// The sender half for shards of tensor `id`, creating the slot when the shard arrives
-/// before its control stream. `None` beyond [`MAX_PENDING_TENSORS`].
-async fn tensor_channel(
-    tensors: &Tensors,
-    id: u64,
-    take_receiver: bool,
-) -> Option<TensorSlotHandle> {
-    let mut map = tensors.lock().await;
-    if !map.contains_key(&id) && map.len() >= MAX_PENDING_TENSORS {
-        return None;
+/// A session's tensors in assembly, and the latest that failed.
+#[derive(Default)]
+struct TensorTable {
+    /// Tensors being received, or whose shards came before their control stream: at most
+    /// [`MAX_PENDING_TENSORS`].
+    pending: HashMap<u64, TensorSlot>,
+    /// Failed or refused: not counted as pending, so failures do not use the session up
+    /// (a relay's upstream session carries the failures of all its tenant's callers).
+    refused: std::collections::HashSet<u64>,
+    refused_order: std::collections::VecDeque<u64>,
+}
+
+impl TensorTable {
+    /// Forgets tensor `id`'s slot and remembers it as refused.
+    fn refuse(&mut self, id: u64) {
+        self.pending.remove(&id);
+        if self.refused.insert(id) {
+            self.refused_order.push_back(id);
+            if self.refused_order.len() > REFUSED_TENSORS_KEPT
+                && let Some(old) = self.refused_order.pop_front()
+            {
+                self.refused.remove(&old);
+            }
+        }
     }
-    let slot = map.entry(id).or_insert_with(|| {
+}
+
+type Tensors = Arc<Mutex<TensorTable>>;
+
+/// Where a shard or control stream of a tensor goes.
+enum TensorQueue {
+    /// The tensor's queue, created when a shard arrives before its control stream.
+    Open(TensorSlotHandle),
+    /// The tensor failed or was refused.
+    Refused,
+    /// [`MAX_PENDING_TENSORS`] others are in assembly.
+    Full,
+}
+
+/// The queue for shards of tensor `id`, with its receiver if `take_receiver` and nobody took
+/// it yet.
+async fn tensor_channel(tensors: &Tensors, id: u64, take_receiver: bool) -> TensorQueue {
+    let mut table = tensors.lock().await;
+    if table.refused.contains(&id) {
+        return TensorQueue::Refused;
+    }
+    if !table.pending.contains_key(&id) && table.pending.len() >= MAX_PENDING_TENSORS {
+        return TensorQueue::Full;
+    }
+    let slot = table.pending.entry(id).or_insert_with(|| {
         let (tx, rx) = mpsc::channel(tensor::MAX_SHARDS as usize);
         TensorSlot { tx, rx: Some(rx) }
     });
-    Some(TensorSlotHandle {
+    TensorQueue::Open(TensorSlotHandle {
         tx: slot.tx.clone(),
         rx: if take_receiver { slot.rx.take() } else { None },
     })
@@ -302,15 +344,19 @@ pub async fn serve_session_routed<M: Model>(
                     continue;
                 };
                 match tensor_channel(&tensors, id, false).await {
-                    Some(h) => {
-                        // Closed: the tensor was refused or is complete (a tombstone).
+                    TensorQueue::Open(h) => {
+                        // Closed: the tensor is failing at this moment.
                         if let Err(e) = h.tx.try_send((index, recv)) {
                             metrics.call("shard", "refused");
                             let (_, mut recv) = e.into_inner();
                             let _ = recv.stop(codes::REFUSED);
                         }
                     }
-                    None => {
+                    TensorQueue::Refused => {
+                        metrics.call("shard", "refused");
+                        let _ = recv.stop(codes::REFUSED);
+                    }
+                    TensorQueue::Full => {
                         metrics.call("shard", "too_many_tensors");
                         let _ = recv.stop(codes::TOO_LARGE);
                     }
@@ -588,20 +634,33 @@ async fn relay_tensor(
     Ok(bytes)
 }
 
-/// Leaves a tombstone for a tensor this node will not receive (see [`receive_tensor`]):
-/// shards already queued are stopped, and late ones are refused when they arrive.
+/// Refuses a tensor this node will not receive (see [`receive_tensor`]): shards already
+/// queued are stopped, and late ones are refused when they arrive. (A tensor whose queue
+/// another control stream holds is that stream's to end.)
 async fn refuse_tensor(meta: &Meta, tensors: &Tensors) {
     let Some(id) = meta.get("id").and_then(|v| v.parse::<u64>().ok()) else {
         return;
     };
-    if let Some(TensorSlotHandle {
-        rx: Some(mut rx), ..
-    }) = tensor_channel(tensors, id, true).await
-    {
-        rx.close();
-        while let Ok((_, mut recv)) = rx.try_recv() {
-            let _ = recv.stop(codes::REFUSED);
-        }
+    let mut table = tensors.lock().await;
+    let queued = match table.pending.get_mut(&id) {
+        Some(slot) => match slot.rx.take() {
+            Some(rx) => Some(rx),
+            None => return,
+        },
+        None => None,
+    };
+    table.refuse(id);
+    drop(table);
+    if let Some(rx) = queued {
+        stop_queued(rx);
+    }
+}
+
+/// Closes a tensor's shard queue and stops the shards in it.
+fn stop_queued(mut rx: mpsc::Receiver<(u32, RecvStream)>) {
+    rx.close();
+    while let Ok((_, mut recv)) = rx.try_recv() {
+        let _ = recv.stop(codes::REFUSED);
     }
 }
 
@@ -675,32 +734,30 @@ async fn take_tensor_slot(
         .get("id")
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| ApiError::BadMessage("tensor without id".into()))?;
-    let handle = tensor_channel(tensors, id, true)
-        .await
-        .ok_or_else(|| ApiError::TooLarge("too many tensors in flight".into()))?;
-    let Some(rx) = handle.rx else {
-        return Err(ApiError::BadMessage(format!("tensor id {id} reused")));
-    };
-    Ok((id, rx))
+    match tensor_channel(tensors, id, true).await {
+        TensorQueue::Open(TensorSlotHandle { rx: Some(rx), .. }) => Ok((id, rx)),
+        TensorQueue::Open(_) | TensorQueue::Refused => {
+            Err(ApiError::BadMessage(format!("tensor id {id} reused")))
+        }
+        TensorQueue::Full => Err(ApiError::TooLarge("too many tensors in flight".into())),
+    }
 }
 
-/// Ends the shards' queue of tensor `id`. On failure the slot stays as a tombstone with its
-/// receiver closed: late or queued shards of this id are stopped instead of holding
-/// flow-control credit (a session that fails [`MAX_PENDING_TENSORS`] tensors can send no
-/// more). On success every shard arrived, so there are no late ones to refuse: the slot is
-/// freed.
+/// Ends the shards' queue of tensor `id` and frees its slot. On failure the id is
+/// remembered as refused: queued and late shards of it are stopped instead of holding
+/// flow-control credit. On success every shard arrived, so there are no late ones.
 async fn release_tensor_slot(
     id: u64,
-    mut rx: mpsc::Receiver<(u32, RecvStream)>,
+    rx: mpsc::Receiver<(u32, RecvStream)>,
     tensors: &Tensors,
     complete: bool,
 ) {
-    rx.close();
-    while let Ok((_, mut recv)) = rx.try_recv() {
-        let _ = recv.stop(codes::REFUSED);
-    }
+    stop_queued(rx);
+    let mut table = tensors.lock().await;
     if complete {
-        tensors.lock().await.remove(&id);
+        table.pending.remove(&id);
+    } else {
+        table.refuse(id);
     }
 }
 
@@ -757,4 +814,48 @@ async fn jsonrpc<M: Model>(
         stream.send_msg(&reply).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Refusals are remembered up to a bound, oldest forgotten first, and never count
+    /// against the tensors a session may have in assembly.
+    #[tokio::test]
+    async fn refused_tensors_are_remembered_up_to_a_bound_and_take_no_slot() {
+        let tensors: Tensors = Arc::default();
+        for id in 0..MAX_PENDING_TENSORS as u64 {
+            assert!(matches!(
+                tensor_channel(&tensors, id, false).await,
+                TensorQueue::Open(_)
+            ));
+        }
+        assert!(matches!(
+            tensor_channel(&tensors, 1 << 32, false).await,
+            TensorQueue::Full
+        ));
+        {
+            let mut table = tensors.lock().await;
+            for id in 0..(REFUSED_TENSORS_KEPT + 5) as u64 {
+                table.refuse(id);
+            }
+            assert_eq!(table.pending.len(), 0);
+            assert_eq!(table.refused.len(), REFUSED_TENSORS_KEPT);
+            assert_eq!(table.refused_order.len(), REFUSED_TENSORS_KEPT);
+        }
+        // The oldest five are forgotten; the latest refused.
+        assert!(matches!(
+            tensor_channel(&tensors, 0, false).await,
+            TensorQueue::Open(_)
+        ));
+        assert!(matches!(
+            tensor_channel(&tensors, REFUSED_TENSORS_KEPT as u64, false).await,
+            TensorQueue::Refused
+        ));
+        assert!(matches!(
+            tensor_channel(&tensors, 1 << 32, true).await,
+            TensorQueue::Open(TensorSlotHandle { rx: Some(_), .. })
+        ));
+    }
 }

@@ -295,6 +295,34 @@ async fn tensors_to_a_far_peer_travel_in_one_window_per_shard() {
     }
 }
 
+/// Refused tensors leave no lasting trace on a session: more of them than
+/// `MAX_PENDING_TENSORS` (a relay's upstream session carries every refusal of its tenant's
+/// callers) and the session still takes tensors.
+#[tokio::test]
+async fn a_session_takes_tensors_after_any_number_of_refused_ones() {
+    let model = DemoModel {
+        max_tensor: 1 << 20,
+        ..DemoModel::default()
+    };
+    let (_s, client_ep, metrics, addr) = start(model).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    let over = 2 << 20;
+    let refused = nexus_api::server::MAX_PENDING_TENSORS + 10;
+    for _ in 0..refused {
+        let r = client
+            .send_tensor(&header(over), &vec![0u8; over as usize])
+            .await;
+        assert!(matches!(r, Err(ApiError::TooLarge(_))), "{r:?}");
+    }
+    assert_eq!(metrics.calls("tensor", "too_large"), refused as u64);
+    let data = vec![3u8; 1 << 20];
+    let ack = client
+        .send_tensor(&header(data.len() as u32), &data)
+        .await
+        .expect("a tensor after many refused ones");
+    assert_eq!(ack.bytes, data.len() as u64);
+}
+
 #[tokio::test]
 async fn tensors_are_split_across_streams_and_reassembled() {
     let model = DemoModel {
