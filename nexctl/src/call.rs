@@ -43,8 +43,14 @@ pub struct Args {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 32)]
     max_tokens: u32,
+    /// Send this file's bytes as a tensor (opaque bytes, in shards on parallel streams)
+    /// instead of an inference request; the endpoint checksums what it reassembled and the
+    /// acknowledgement is printed with the transfer's rate.
+    #[arg(long, conflicts_with = "stream")]
+    tensor: Option<PathBuf>,
     /// The prompt.
-    prompt: String,
+    #[arg(required_unless_present = "tensor")]
+    prompt: Option<String>,
 }
 
 /// Runs the call; exit 1 when the endpoint refuses or fails it.
@@ -86,9 +92,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         };
+        if let Some(path) = &args.tensor {
+            return send_tensor(&client, path).await;
+        }
         let req = InferRequest {
             model: args.model,
-            prompt: args.prompt,
+            prompt: args.prompt.unwrap_or_default(),
             max_tokens: args.max_tokens,
         };
         if args.stream {
@@ -121,6 +130,47 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Sends `path`'s bytes as an opaque tensor (checked: the endpoint's checksum must match)
+/// and prints the acknowledgement and the rate.
+async fn send_tensor(client: &Client, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let data =
+        std::fs::read(path).with_context(|| format!("reading the tensor {}", path.display()))?;
+    let Ok(len) = u32::try_from(data.len()) else {
+        eprintln!(
+            "error: {} is {} bytes; a tensor is at most {} bytes",
+            path.display(),
+            data.len(),
+            u32::MAX
+        );
+        return Ok(ExitCode::from(1));
+    };
+    let header = nexus_api::Header::opaque(1, 0, len);
+    let shard = nexus_api::tensor::shard_size(
+        u64::from(len),
+        client.peer_capabilities().stream_window,
+        client.session().rtt(),
+    );
+    let started = std::time::Instant::now();
+    match client.send_tensor_checked(&header, &data, shard).await {
+        Ok(ack) => {
+            let secs = started.elapsed().as_secs_f64();
+            println!("{}", serde_json::to_string_pretty(&ack)?);
+            eprintln!(
+                "{} bytes in {} shards, {:.3} s, {:.1} MB/s; the endpoint's checksum matches",
+                ack.bytes,
+                ack.shards,
+                secs,
+                ack.bytes as f64 / secs.max(1e-9) / 1e6
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// Which endpoint the NexRoute tables of the dataplane at `via` (its HTTP address) pick for

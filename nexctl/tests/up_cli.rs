@@ -81,6 +81,12 @@ fn up_brings_the_stack_up_and_down() {
         out.contains("✔ a call routed by capability (code-generation, by the tables of 127.0.0.1:"),
         "{out}"
     );
+    assert!(
+        out.contains(
+            "✔ a tensor routed by capability (8 MiB in 8 shards, checksum verified end to end)"
+        ),
+        "{out}"
+    );
     let mic = data.join("mics/demo-coder");
     for f in ["tls.crt", "tls.key", "ca.crt"] {
         assert!(mic.join(f).exists(), "the demo MIC's {f} is written");

@@ -163,6 +163,29 @@ pub async fn routed_call(via: SocketAddr, mic_dir: &Path) -> anyhow::Result<Stri
     Ok(r.text)
 }
 
+/// Bytes of the tensor [`routed_tensor`] sends.
+pub const ROUTED_TENSOR: u32 = 8 << 20;
+
+/// A tensor routed by capability the same way: [`ROUTED_TENSOR`] bytes in 1 MiB shards, which
+/// the endpoint checksums, so the bytes are vouched for end to end — through the relay when
+/// the tables pick the other node (cut-through, shard by shard). Returns the endpoint's
+/// acknowledgement.
+pub async fn routed_tensor(
+    via: SocketAddr,
+    mic_dir: &Path,
+) -> anyhow::Result<nexus_api::TensorAck> {
+    let client = nexus_api::Client::connect_dir_in(mic_dir, via, DEMO_DOMAIN)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {via}: {e}"))?
+        .route_by("code-generation");
+    let data: Vec<u8> = (0..ROUTED_TENSOR).map(|i| (i % 251) as u8).collect();
+    let header = nexus_api::Header::opaque(1, 0, ROUTED_TENSOR);
+    client
+        .send_tensor_checked(&header, &data, 1 << 20)
+        .await
+        .map_err(|e| anyhow::anyhow!("sending a tensor to code-generation through {via}: {e}"))
+}
+
 /// `traffic_bytes` the cloud API shows a tenant: in its usage and on its draft invoice.
 #[derive(Debug, Clone, Copy)]
 pub struct BilledTraffic {

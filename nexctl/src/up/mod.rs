@@ -354,6 +354,11 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             mic_dir.display()
         );
         println!(
+            "  head -c 64M /dev/urandom > t.bin && target/debug/nexctl call --capability code-generation --domain default/demo --addr {} --mic-dir {} --tensor t.bin",
+            d.udp,
+            mic_dir.display()
+        );
+        println!(
             "  curl -s http://{}/v1/routing-domains",
             controller.http_addr
         );
@@ -398,6 +403,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             if reported { "✔" } else { "✘" }
         );
         let mut routed = None;
+        let mut tensor_routed = false;
         if let Some(d) = dps.first() {
             let mut last = String::new();
             for _ in 0..150 {
@@ -416,6 +422,19 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
                     d.udp
                 ),
                 None => println!("✘ no call routed by capability: {last}"),
+            }
+            if routed.is_some() {
+                match dataplanes::routed_tensor(d.udp, &mic_dir).await {
+                    Ok(ack) => {
+                        tensor_routed = true;
+                        println!(
+                            "✔ a tensor routed by capability ({} MiB in {} shards, checksum verified end to end)",
+                            ack.bytes >> 20,
+                            ack.shards
+                        );
+                    }
+                    Err(e) => println!("✘ no tensor routed by capability: {e}"),
+                }
             }
         }
         let mut billed = None;
@@ -446,6 +465,7 @@ async fn up(args: Args) -> anyhow::Result<ExitCode> {
             && (fleet_ok || args.sim_nodes == 0)
             && (reported || args.sim_nodes == 0)
             && (routed.is_some() || dps.is_empty())
+            && (tensor_routed || dps.is_empty())
             && (billed.is_some() || dps.is_empty());
         for a in &dp_agents {
             a.abort();
