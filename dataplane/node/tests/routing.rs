@@ -67,6 +67,12 @@ async fn open_raw_tensor(
     Ok(s)
 }
 
+/// `nexapi_calls_total` of operation `op` with `result` on the node serving HTTP at `http`.
+async fn calls(http: std::net::SocketAddr, op: &str, result: &str) -> f64 {
+    let (op, result) = (format!("op=\"{op}\""), format!("result=\"{result}\""));
+    sample(http, "nexapi_calls_total", &[&op, &result]).await
+}
+
 fn request(max_tokens: u32) -> InferRequest {
     InferRequest {
         model: String::new(),
@@ -122,17 +128,13 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     let direct = Client::connect_dir(&caller_mic, b.udp).await.unwrap();
     let relayed = coder.infer(&request(8)).await.unwrap();
     assert_eq!(relayed.text, direct.infer(&request(8)).await.unwrap().text);
-    let infer_calls = |http, result: &'static str| async move {
-        sample(
-            http,
-            "nexapi_calls_total",
-            &["op=\"infer\"", &format!("result=\"{result}\"")],
-        )
-        .await
-    };
-    assert_eq!(infer_calls(a.http, "relayed").await, 1.0);
-    assert_eq!(infer_calls(a.http, "ok").await, 0.0, "A did not serve it");
-    assert_eq!(infer_calls(b.http, "ok").await, 2.0, "B served both");
+    assert_eq!(calls(a.http, "infer", "relayed").await, 1.0);
+    assert_eq!(
+        calls(a.http, "infer", "ok").await,
+        0.0,
+        "A did not serve it"
+    );
+    assert_eq!(calls(b.http, "infer", "ok").await, 2.0, "B served both");
 
     // summarization: A's tables pick A itself, so A serves it.
     let summarizer = Client::connect_dir_in(&caller_mic, a.udp, DOMAIN)
@@ -140,8 +142,8 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
         .unwrap()
         .route_by("summarization");
     summarizer.infer(&request(4)).await.unwrap();
-    assert_eq!(infer_calls(a.http, "ok").await, 1.0);
-    assert_eq!(infer_calls(a.http, "relayed").await, 1.0);
+    assert_eq!(calls(a.http, "infer", "ok").await, 1.0);
+    assert_eq!(calls(a.http, "infer", "relayed").await, 1.0);
 
     // A relayed token stream: tokens arrive as B makes them; cancelling at the caller
     // stops B's generation (the relay drops its upstream stream).
@@ -172,16 +174,8 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
         .await
         .unwrap();
     assert_eq!((ack.bytes, ack.shards), (20 << 20, 5));
-    let tensor_calls = |http, result: &'static str| async move {
-        sample(
-            http,
-            "nexapi_calls_total",
-            &["op=\"tensor\"", &format!("result=\"{result}\"")],
-        )
-        .await
-    };
-    assert_eq!(tensor_calls(a.http, "relayed").await, 1.0);
-    assert_eq!(tensor_calls(b.http, "ok").await, 1.0, "B received it");
+    assert_eq!(calls(a.http, "tensor", "relayed").await, 1.0);
+    assert_eq!(calls(b.http, "tensor", "ok").await, 1.0, "B received it");
     assert_eq!(
         sample(b.http, "nexapi_tensor_bytes_total", &[]).await,
         f64::from(20u32 << 20)
@@ -204,15 +198,15 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
         .unwrap_err();
         assert!(matches!(e, ApiError::TooLarge(_)), "{e}");
     }
-    assert_eq!(tensor_calls(b.http, "too_large").await, 10.0);
+    assert_eq!(calls(b.http, "tensor", "too_large").await, 10.0);
 
     // (B's counters are settled: each refusal above was counted before it was sent.)
     // A caller that abandons a relayed tensor half-way (resets its control stream): A gives
     // up its upstream transfer, and B, which watches its control stream while shards move,
     // stops assembling and frees the tensor's slot.
     let (a_cancelled, b_cancelled) = (
-        tensor_calls(a.http, "cancelled").await,
-        tensor_calls(b.http, "cancelled").await,
+        calls(a.http, "tensor", "cancelled").await,
+        calls(b.http, "tensor", "cancelled").await,
     );
     let ordered_in = |http| async move {
         sample(
@@ -234,8 +228,8 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     eventually(
         "the abandoned tensor is given up at both hops",
         async || {
-            tensor_calls(a.http, "cancelled").await == a_cancelled + 1.0
-                && tensor_calls(b.http, "cancelled").await == b_cancelled + 1.0
+            calls(a.http, "tensor", "cancelled").await == a_cancelled + 1.0
+                && calls(b.http, "tensor", "cancelled").await == b_cancelled + 1.0
         },
     )
     .await;
@@ -335,19 +329,19 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
         .await
         .unwrap()
         .route_by("code-generation");
-    let relayed = infer_calls(a.http, "relayed").await;
+    let relayed = calls(a.http, "infer", "relayed").await;
     for _ in 0..64 {
         coder.infer(&request(1)).await.unwrap();
     }
-    assert_eq!(infer_calls(a.http, "relayed").await, relayed + 64.0);
+    assert_eq!(calls(a.http, "infer", "relayed").await, relayed + 64.0);
     program(&a, vec![advert("on-a", a.udp, "code-generation")]).await;
-    let served = infer_calls(a.http, "ok").await;
+    let served = calls(a.http, "infer", "ok").await;
     let counted = tenant_packets(&a).await;
     for _ in 0..128 {
         coder.infer(&request(1)).await.unwrap();
     }
-    assert_eq!(infer_calls(a.http, "ok").await, served + 128.0);
-    assert_eq!(infer_calls(a.http, "relayed").await, relayed + 64.0);
+    assert_eq!(calls(a.http, "infer", "ok").await, served + 128.0);
+    assert_eq!(calls(a.http, "infer", "relayed").await, relayed + 64.0);
     // Every routed call shows in the tenant's pipeline counter, the 64 whose pick was
     // remembered as well as the 64 that ran the probe through the tables.
     assert_eq!(tenant_packets(&a).await, counted + 128);
