@@ -73,6 +73,20 @@ async fn calls(http: std::net::SocketAddr, op: &str, result: &str) -> f64 {
     sample(http, "nexapi_calls_total", &[&op, &result]).await
 }
 
+/// Sends the tensor `data` ten times through `client`, expecting each to be refused: the
+/// errors. A refusal that leaves shards holding the session's receive window stalls the
+/// next send, which fails here.
+async fn ten_refused(client: &Client, header: &nexus_api::Header, data: &[u8]) -> Vec<ApiError> {
+    let mut errors = Vec::new();
+    for _ in 0..10 {
+        let sent = tokio::time::timeout(Duration::from_secs(30), client.send_tensor(header, data))
+            .await
+            .expect("a refused tensor does not stall the session");
+        errors.push(sent.expect_err("refused"));
+    }
+    errors
+}
+
 fn request(max_tokens: u32) -> InferRequest {
     InferRequest {
         model: String::new(),
@@ -188,14 +202,7 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     // window, so shards left unread would stall the session.
     let big = vec![7u8; 40 << 20];
     let big_header = nexus_api::Header::opaque(1, 0, big.len() as u32);
-    for _ in 0..10 {
-        let e = tokio::time::timeout(
-            Duration::from_secs(30),
-            coder.send_tensor(&big_header, &big),
-        )
-        .await
-        .expect("a refused tensor does not stall the session")
-        .unwrap_err();
+    for e in ten_refused(&coder, &big_header, &big).await {
         assert!(matches!(e, ApiError::TooLarge(_)), "{e}");
     }
     assert_eq!(calls(b.http, "tensor", "too_large").await, 10.0);
@@ -257,14 +264,7 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
         .route_by("translation");
     let e = nowhere.infer(&request(1)).await.unwrap_err();
     assert!(matches!(e, ApiError::Refused(_)), "{e}");
-    for _ in 0..10 {
-        let e = tokio::time::timeout(
-            Duration::from_secs(30),
-            nowhere.send_tensor(&big_header, &big),
-        )
-        .await
-        .expect("a refused tensor does not stall the session")
-        .unwrap_err();
+    for e in ten_refused(&nowhere, &big_header, &big).await {
         assert!(matches!(e, ApiError::Refused(_)), "{e}");
     }
     tokio::time::timeout(Duration::from_secs(30), coder.infer(&request(2)))
