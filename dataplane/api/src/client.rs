@@ -63,6 +63,36 @@ fn my_capabilities() -> Capabilities {
     }
 }
 
+/// Resets a tensor's control stream when dropped armed: how a cancelled `send_tensor` tells
+/// the receiver (quinn would otherwise finish the dropped stream, which abandons nothing).
+struct AbandonOnDrop<'a>(Option<&'a mut nexus_stream::OrderedSend>);
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(send) = self.0.take() {
+            send.reset(codes::CANCELLED);
+        }
+    }
+}
+
+/// A shard's stream, reset when dropped unfinished (a cancelled `send_tensor`) rather than
+/// finished short as quinn would: the receiver frees its credit at once and counts the
+/// transfer cancelled, not malformed.
+struct ShardSend {
+    stream: quinn::SendStream,
+    /// Finished: its data may still be in flight, which a reset would discard.
+    finished: bool,
+}
+
+impl Drop for ShardSend {
+    fn drop(&mut self) {
+        if !self.finished {
+            // An error means the peer stopped it already.
+            let _ = self.stream.reset(codes::CANCELLED);
+        }
+    }
+}
+
 pub(crate) fn map_stream_error(e: nexus_stream::StreamError) -> ApiError {
     use nexus_stream::StreamError as S;
     let code = match &e {
@@ -367,11 +397,16 @@ impl Client {
                     .with("tensor", &id.to_string())
                     .with("index", &i.to_string());
                 async move {
-                    let mut s = self.session.open_bulk(meta.encode()).await?;
-                    s.write_all(chunk)
+                    let mut s = ShardSend {
+                        stream: self.session.open_bulk(meta.encode()).await?,
+                        finished: false,
+                    };
+                    s.stream
+                        .write_all(chunk)
                         .await
                         .map_err(nexus_stream::StreamError::from)?;
-                    s.finish().map_err(nexus_stream::StreamError::from)?;
+                    s.stream.finish().map_err(nexus_stream::StreamError::from)?;
+                    s.finished = true;
                     Ok::<_, nexus_stream::StreamError>(())
                 }
             });
@@ -380,8 +415,12 @@ impl Client {
                 .await
                 .map_err(map_stream_error)
         };
+        // Dropped before the acknowledgement (the caller cancelled): the receiver, which
+        // watches the control stream, gives the transfer up.
+        let mut abandon = AbandonOnDrop(Some(&mut control.send));
         let ack = async {
             control
+                .recv
                 .recv_msg()
                 .await
                 .map_err(map_stream_error)?
@@ -403,6 +442,7 @@ impl Client {
                 Err(e) => return Err(ack.await.err().unwrap_or(e)),
             },
         };
+        abandon.0 = None;
         Ok(serde_json::from_slice(&ack)?)
     }
 

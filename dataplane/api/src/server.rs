@@ -447,14 +447,12 @@ async fn handle<M: Model>(mut stream: OrderedStream, ctx: Ctx<M>) {
             _ => Err(ApiError::Refused("unknown operation".into())),
         },
         Ok(Hop::Relay(upstream)) if op == "tensor" => {
-            let relayed = relay_tensor(&mut stream, &upstream, &meta, &tensors);
-            tokio::select! {
-                r = relayed => r.map(|bytes| {
+            relay_tensor(&mut stream, &session, &upstream, &meta, &tensors)
+                .await
+                .map(|bytes| {
                     // Shards travel raw on bulk streams: the caller's bytes are billed here.
                     tally.record(Direction::Received, Mode::ReliableUnordered, bytes as usize);
-                }),
-                () = caller_gone(&session) => Err(ApiError::Cancelled(codes::CANCELLED.into_inner())),
-            }
+                })
         }
         Ok(Hop::Relay(upstream)) => relay(&mut stream, &session, &upstream, op, meta).await,
         Err(e) => Err(e),
@@ -570,6 +568,7 @@ static RELAYED_TENSOR_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::Ato
 /// tensor's bytes, for billing.
 async fn relay_tensor(
     stream: &mut OrderedStream,
+    caller: &Session,
     upstream: &Session,
     meta: &Meta,
     tensors: &Tensors,
@@ -616,6 +615,7 @@ async fn relay_tensor(
                     Err(e) => Err(e.error),
                 },
                 e = abandoned(&mut stream.recv) => Err(e),
+                () = caller_gone(caller) => Err(ApiError::Cancelled(codes::CANCELLED.into_inner())),
             }
         };
         if answered.is_ok() {
@@ -710,15 +710,16 @@ async fn tokens<M: Model>(
     r
 }
 
-/// Waits on a tensor's control stream while its shards move: the sender sends nothing more
-/// there until the acknowledgement, so anything that arrives means the transfer is
-/// abandoned — a reset (a cancelling caller, or a relay whose caller failed), an early end
-/// (the sender dropped the stream), a second message (a protocol error). Without this, a
-/// sender that stops sending shards would hold a pending-tensor slot for the session's life.
+/// Waits on a tensor's control stream while its shards move, for the sender to abandon the
+/// transfer: a reset (a cancelling caller — the client resets when its `send_tensor` is
+/// dropped — or a relay whose caller failed) or a second message (a protocol error). An end
+/// (FIN) abandons nothing: a sender may finish its side once it has said everything. Without
+/// this, a sender that stops sending shards would hold a pending-tensor slot for the
+/// session's life.
 async fn abandoned(control: &mut nexus_stream::OrderedRecv) -> ApiError {
     use crate::client::map_stream_error;
     match control.recv_msg().await {
-        Ok(None) => ApiError::Cancelled(codes::CANCELLED.into_inner()),
+        Ok(None) => std::future::pending().await,
         Ok(Some(_)) => ApiError::BadMessage("a second tensor control message".into()),
         Err(e) => map_stream_error(e),
     }

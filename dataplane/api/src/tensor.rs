@@ -154,9 +154,7 @@ pub async fn assemble(
                         return Err(ApiError::BadMessage(format!("shard {index} unexpected")));
                     };
                     reads.push(async move {
-                        recv.read_exact(slot)
-                            .await
-                            .map_err(|e| ApiError::BadMessage(format!("shard {index}: {e}")))?;
+                        recv.read_exact(slot).await.map_err(|e| shard_failed(index, e))?;
                         match recv.read(&mut [0u8; 1]).await {
                             Ok(None) => Ok(()),
                             _ => Err(ApiError::BadMessage(format!("shard {index} too long"))),
@@ -171,6 +169,19 @@ pub async fn assemble(
         }
     }
     Ok(buf.into())
+}
+
+/// A shard that could not be read whole: cancelled when its sender reset it as such (a
+/// dropped `send_tensor`), malformed otherwise.
+fn shard_failed(index: u32, e: quinn::ReadExactError) -> ApiError {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code))
+            if code == nexus_stream::codes::CANCELLED =>
+        {
+            ApiError::Cancelled(code.into_inner())
+        }
+        e => ApiError::BadMessage(format!("shard {index}: {e}")),
+    }
 }
 
 /// Why [`forward`] failed, and on which leg.

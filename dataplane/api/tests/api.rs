@@ -323,6 +323,57 @@ async fn a_session_takes_tensors_after_any_number_of_refused_ones() {
     assert_eq!(ack.bytes, data.len() as u64);
 }
 
+/// A caller that drops `send_tensor` part-way cancels the transfer at the receiver (the
+/// client resets the control stream, which the receiver watches while shards move) instead
+/// of leaving it waiting, holding a pending-tensor slot, for shards that will never come.
+#[tokio::test]
+async fn a_dropped_tensor_send_is_given_up_by_the_receiver() {
+    let model = DemoModel {
+        max_tensor: 256 << 20,
+        ..DemoModel::default()
+    };
+    let (server, client_ep, metrics, addr) = start(model).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    let ordered_in = || {
+        server
+            .metrics()
+            .messages(nexus_stream::Mode::ReliableOrdered, "received")
+    };
+    let before = ordered_in();
+    // More than the client's 64 MiB send buffer: when the receiver has read the control
+    // message, part of the tensor is not even written yet (a tensor that fits the buffer
+    // would be delivered whole after the drop, and the receiver would fail only on its
+    // acknowledgement, its work done).
+    let len = 160 << 20;
+    let data = vec![9u8; len];
+    let h = header(len as u32);
+    let sending = client.send_tensor_sharded(&h, &data, 10 << 20);
+    let control_read = async {
+        while ordered_in() == before {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::select! {
+        r = sending => panic!("the transfer finished before it could be dropped: {r:?}"),
+        () = control_read => {}
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metrics.calls("tensor", "cancelled") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the receiver never gave the dropped tensor up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.calls("tensor", "ok"), 0);
+    // Cancelled, not malformed: the shards were reset, not finished short.
+    assert_eq!(metrics.calls("tensor", "bad_message"), 0);
+    // And the session goes on.
+    let small = vec![1u8; 1 << 20];
+    let ack = client.send_tensor(&header(1 << 20), &small).await.unwrap();
+    assert_eq!(ack.bytes, 1 << 20);
+}
+
 #[tokio::test]
 async fn tensors_are_split_across_streams_and_reassembled() {
     let model = DemoModel {
