@@ -75,24 +75,6 @@ impl Drop for AbandonOnDrop<'_> {
     }
 }
 
-/// A shard's stream, reset when dropped unfinished (a cancelled `send_tensor`) rather than
-/// finished short as quinn would: the receiver frees its credit at once and counts the
-/// transfer cancelled, not malformed.
-struct ShardSend {
-    stream: quinn::SendStream,
-    /// Finished: its data may still be in flight, which a reset would discard.
-    finished: bool,
-}
-
-impl Drop for ShardSend {
-    fn drop(&mut self) {
-        if !self.finished {
-            // An error means the peer stopped it already.
-            let _ = self.stream.reset(codes::CANCELLED);
-        }
-    }
-}
-
 pub(crate) fn map_stream_error(e: nexus_stream::StreamError) -> ApiError {
     use nexus_stream::StreamError as S;
     let code = match &e {
@@ -397,7 +379,7 @@ impl Client {
                     .with("tensor", &id.to_string())
                     .with("index", &i.to_string());
                 async move {
-                    let mut s = ShardSend {
+                    let mut s = tensor::ShardSend {
                         stream: self.session.open_bulk(meta.encode()).await?,
                         finished: false,
                     };

@@ -184,6 +184,24 @@ fn shard_failed(index: u32, e: quinn::ReadExactError) -> ApiError {
     }
 }
 
+/// A shard's stream, reset when dropped unfinished (a cancelled `send_tensor`, a relay whose
+/// transfer failed) rather than finished short as quinn would: the receiver frees its credit
+/// at once and counts the transfer cancelled, not malformed.
+pub(crate) struct ShardSend {
+    pub(crate) stream: quinn::SendStream,
+    /// Finished: its data may still be in flight, which a reset would discard.
+    pub(crate) finished: bool,
+}
+
+impl Drop for ShardSend {
+    fn drop(&mut self) {
+        if !self.finished {
+            // An error means the peer stopped it already.
+            let _ = self.stream.reset(nexus_stream::codes::CANCELLED);
+        }
+    }
+}
+
 /// Why [`forward`] failed, and on which leg.
 #[derive(Debug)]
 pub struct ForwardError {
@@ -262,29 +280,33 @@ async fn copy_shard(
     index: u32,
     len: usize,
     mut recv: RecvStream,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
 ) -> Result<(), ForwardError> {
     use crate::client::map_stream_error;
     use nexus_stream::codes;
+    let mut send = ShardSend {
+        stream: send,
+        finished: false,
+    };
     let mut left = len;
     loop {
         let chunk = match recv.read_chunk(usize::MAX, true).await {
             Ok(c) => c,
             Err(e) => {
-                let _ = send.reset(codes::CANCELLED);
+                let _ = send.stream.reset(codes::CANCELLED);
                 return Err(ForwardError::caller(map_stream_error(e.into())));
             }
         };
         let Some(chunk) = chunk else { break };
         if chunk.bytes.len() > left {
             let _ = recv.stop(codes::BAD_FRAME);
-            let _ = send.reset(codes::BAD_FRAME);
+            let _ = send.stream.reset(codes::BAD_FRAME);
             return Err(ForwardError::caller(ApiError::BadMessage(format!(
                 "shard {index} too long"
             ))));
         }
         left -= chunk.bytes.len();
-        if let Err(e) = send.write_chunk(chunk.bytes).await {
+        if let Err(e) = send.stream.write_chunk(chunk.bytes).await {
             // The endpoint stopped the shard (it refused the tensor): the caller hears the
             // same code.
             let code = match &e {
@@ -296,13 +318,16 @@ async fn copy_shard(
         }
     }
     if left > 0 {
-        let _ = send.reset(codes::BAD_FRAME);
+        let _ = send.stream.reset(codes::BAD_FRAME);
         return Err(ForwardError::caller(ApiError::BadMessage(format!(
             "shard {index} too short"
         ))));
     }
-    send.finish()
-        .map_err(|e| ForwardError::endpoint(map_stream_error(e.into())))
+    send.stream
+        .finish()
+        .map_err(|e| ForwardError::endpoint(map_stream_error(e.into())))?;
+    send.finished = true;
+    Ok(())
 }
 
 #[cfg(test)]
