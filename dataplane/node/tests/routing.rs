@@ -293,6 +293,17 @@ async fn calls_by_capability_are_served_or_relayed_by_the_tables_and_billed_once
     assert!(billed(a.http).await > 0.0, "A bills the caller");
     assert_eq!(billed(b.http).await, 0.0, "B bills no relayed byte");
     assert!(sample(b.http, "nexus_dataplane_relayed_bytes_total", &[]).await > 0.0);
+    // The two relayed 20 MiB tensors among them: billed by A, counted apart by B.
+    let two_tensors = f64::from(40u32 << 20);
+    eventually("A bills the caller's relayed tensors", async || {
+        billed(a.http).await >= two_tensors
+    })
+    .await;
+    eventually("B counts the relayed tensors apart", async || {
+        sample(b.http, "nexus_dataplane_relayed_bytes_total", &[]).await >= two_tensors
+    })
+    .await;
+    assert_eq!(billed(b.http).await, 0.0, "B bills no relayed tensor byte");
 
     // A caller that merely claims to be a relay is billed like any other.
     let acme_on_b = |http| async move {
