@@ -147,11 +147,7 @@ async fn send_tensor(client: &Client, path: &std::path::Path) -> anyhow::Result<
         return Ok(ExitCode::from(1));
     };
     let header = nexus_api::Header::opaque(1, 0, len);
-    let shard = nexus_api::tensor::shard_size(
-        u64::from(len),
-        client.peer_capabilities().stream_window,
-        client.session().rtt(),
-    );
+    let shard = client.shard_size(u64::from(len));
     let started = std::time::Instant::now();
     match client.send_tensor_checked(&header, &data, shard).await {
         Ok(ack) => {

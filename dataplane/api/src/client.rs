@@ -302,12 +302,15 @@ impl Client {
     /// stream windows each where a single stream could not keep up with the path (a long
     /// round trip; [`tensor::shard_size`]). The window is what the peer said in `hello`.
     pub async fn send_tensor(&self, header: &Header, data: &[u8]) -> Result<TensorAck, ApiError> {
-        let shard = tensor::shard_size(
-            data.len() as u64,
-            self.peer.stream_window,
-            self.session.rtt(),
-        );
+        let shard = self.shard_size(data.len() as u64);
         self.send_tensor_sharded(header, data, shard).await
+    }
+
+    /// The shard size [`Client::send_tensor`] picks for a tensor of `len` bytes to this peer
+    /// ([`tensor::shard_size`] with the window it stated and the session's round trip), for
+    /// the calls that take an explicit one.
+    pub fn shard_size(&self, len: u64) -> u32 {
+        tensor::shard_size(len, self.peer.stream_window, self.session.rtt())
     }
 
     /// [`Client::send_tensor`] with an explicit shard size.
