@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use nexus_firmware::header::Header;
@@ -230,7 +231,11 @@ pub async fn serve_routed<M, F>(
 
 struct TensorSlot {
     tx: mpsc::Sender<(u32, RecvStream)>,
+    /// Until a control stream claims the tensor.
     rx: Option<mpsc::Receiver<(u32, RecvStream)>>,
+    /// Which slot of this id this is: an unclaimed slot's deadline must not end a later
+    /// slot that reuses the id.
+    serial: u64,
 }
 
 /// Ids of failed or refused tensors a session remembers, so that their late shards are
@@ -249,6 +254,8 @@ struct TensorTable {
     /// (a relay's upstream session carries the failures of all its tenant's callers).
     refused: std::collections::HashSet<u64>,
     refused_order: std::collections::VecDeque<u64>,
+    /// Serial of the next slot.
+    next_serial: u64,
 }
 
 impl TensorTable {
@@ -270,7 +277,7 @@ type Tensors = Arc<Mutex<TensorTable>>;
 
 /// Where a shard or control stream of a tensor goes.
 enum TensorQueue {
-    /// The tensor's queue, created when a shard arrives before its control stream.
+    /// The tensor's queue, created when the first of its streams arrives.
     Open(TensorSlotHandle),
     /// The tensor failed or was refused.
     Refused,
@@ -288,19 +295,56 @@ async fn tensor_channel(tensors: &Tensors, id: u64, take_receiver: bool) -> Tens
     if !table.pending.contains_key(&id) && table.pending.len() >= MAX_PENDING_TENSORS {
         return TensorQueue::Full;
     }
+    let serial = table.next_serial;
     let slot = table.pending.entry(id).or_insert_with(|| {
         let (tx, rx) = mpsc::channel(tensor::MAX_SHARDS as usize);
-        TensorSlot { tx, rx: Some(rx) }
+        TensorSlot {
+            tx,
+            rx: Some(rx),
+            serial,
+        }
     });
-    TensorQueue::Open(TensorSlotHandle {
+    let created = slot.serial == serial;
+    let handle = TensorSlotHandle {
         tx: slot.tx.clone(),
         rx: if take_receiver { slot.rx.take() } else { None },
-    })
+        unclaimed: (created && !take_receiver).then_some(serial),
+    };
+    if created {
+        table.next_serial += 1;
+    }
+    TensorQueue::Open(handle)
 }
 
 struct TensorSlotHandle {
     tx: mpsc::Sender<(u32, RecvStream)>,
     rx: Option<mpsc::Receiver<(u32, RecvStream)>>,
+    /// Set when a shard opened this slot (its serial): no control stream has claimed it yet.
+    unclaimed: Option<u64>,
+}
+
+/// Gives up tensor `id`'s slot `serial` if no control stream has claimed it by `deadline`,
+/// stopping its queued shards.
+///
+/// Shards whose control stream never comes (a sender that failed between opening the
+/// shards and the control stream, or a control stream reset before this side even accepted
+/// it, so that its tensor id was never read) would otherwise hold the slot, and the unread
+/// bytes of their streams the session's receive window, until the session ends. The
+/// deadline is the session's preamble timeout: the time any stream has to say what it is.
+async fn expire_unclaimed(tensors: Tensors, id: u64, serial: u64, deadline: Duration) -> bool {
+    tokio::time::sleep(deadline).await;
+    let mut table = tensors.lock().await;
+    let queued = match table.pending.get_mut(&id) {
+        Some(slot) if slot.serial == serial => slot.rx.take(),
+        _ => None,
+    };
+    let Some(rx) = queued else {
+        return false;
+    };
+    table.refuse(id);
+    drop(table);
+    stop_queued(rx);
+    true
 }
 
 /// Serves one established session until it closes.
@@ -345,6 +389,15 @@ pub async fn serve_session_routed<M: Model>(
                 };
                 match tensor_channel(&tensors, id, false).await {
                     TensorQueue::Open(h) => {
+                        if let Some(serial) = h.unclaimed {
+                            let (tensors, metrics) = (Arc::clone(&tensors), Arc::clone(&metrics));
+                            let deadline = session.limits().preamble_timeout;
+                            tokio::spawn(async move {
+                                if expire_unclaimed(tensors, id, serial, deadline).await {
+                                    metrics.call("shard", "unclaimed");
+                                }
+                            });
+                        }
                         // Closed: the tensor is failing at this moment.
                         if let Err(e) = h.tx.try_send((index, recv)) {
                             metrics.call("shard", "refused");
@@ -820,6 +873,49 @@ async fn jsonrpc<M: Model>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A slot a shard opened is given up at its deadline unless a control stream claimed
+    /// it; the deadline of an earlier slot of the same id ends nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_no_control_stream_claims_is_given_up_at_its_deadline() {
+        let tensors: Tensors = Arc::default();
+        let deadline = Duration::from_secs(10);
+        let opened = |q: TensorQueue| match q {
+            TensorQueue::Open(h) => h.unclaimed,
+            _ => panic!("not open"),
+        };
+        // Opened by a shard, never claimed.
+        let orphan = opened(tensor_channel(&tensors, 1, false).await).expect("a new slot");
+        // A second shard of it opens nothing new.
+        assert_eq!(opened(tensor_channel(&tensors, 1, false).await), None);
+        // Opened by a shard, then claimed by its control stream.
+        let claimed = opened(tensor_channel(&tensors, 2, false).await).expect("a new slot");
+        assert!(matches!(
+            tensor_channel(&tensors, 2, true).await,
+            TensorQueue::Open(TensorSlotHandle { rx: Some(_), .. })
+        ));
+        // Opened by a shard, completed, and its id opened again by another shard.
+        let first = opened(tensor_channel(&tensors, 3, false).await).expect("a new slot");
+        let TensorQueue::Open(TensorSlotHandle { rx: Some(rx), .. }) =
+            tensor_channel(&tensors, 3, true).await
+        else {
+            panic!("claimable");
+        };
+        release_tensor_slot(3, rx, &tensors, true).await;
+        let second = opened(tensor_channel(&tensors, 3, false).await).expect("a new slot");
+        assert_ne!(first, second);
+
+        assert!(expire_unclaimed(Arc::clone(&tensors), 1, orphan, deadline).await);
+        assert!(!expire_unclaimed(Arc::clone(&tensors), 2, claimed, deadline).await);
+        assert!(!expire_unclaimed(Arc::clone(&tensors), 3, first, deadline).await);
+        assert!(matches!(
+            tensor_channel(&tensors, 1, false).await,
+            TensorQueue::Refused
+        ));
+        let table = tensors.lock().await;
+        assert!(!table.pending.contains_key(&1));
+        assert!(table.pending.contains_key(&2) && table.pending.contains_key(&3));
+    }
 
     /// Refusals are remembered up to a bound, oldest forgotten first, and never count
     /// against the tensors a session may have in assembly.

@@ -323,6 +323,75 @@ async fn a_session_takes_tensors_after_any_number_of_refused_ones() {
     assert_eq!(ack.bytes, data.len() as u64);
 }
 
+/// Shards whose control stream never comes are stopped after the preamble timeout and
+/// free their slot (and the receive window their unread bytes hold): a session stays usable
+/// after more such orphans than `MAX_PENDING_TENSORS`.
+#[tokio::test]
+async fn shards_no_control_stream_claims_are_stopped_and_free_their_slot() {
+    let model = DemoModel {
+        max_tensor: 16 << 20,
+        ..DemoModel::default()
+    };
+    let config = Config {
+        limits: Limits {
+            preamble_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let (_s, client_ep, metrics, addr) = start_with(model, config).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    // Ids far from the client's own.
+    let shard_meta = |id: u64| {
+        nexus_api::Meta::op("shard")
+            .with("tensor", &((1u64 << 40) + id).to_string())
+            .with("index", "0")
+            .encode()
+    };
+    // As many orphans as a session may have tensors pending: without a deadline they would
+    // hold every slot for the session's life. The first is larger than the stream window,
+    // so that its sender blocks until the receiver stops the stream.
+    let orphans = nexus_api::server::MAX_PENDING_TENSORS as u64;
+    let mut big = client.session().open_bulk(shard_meta(0)).await.unwrap();
+    let big = tokio::spawn(async move { big.write_all(&vec![7u8; 9 << 20]).await });
+    let mut held = Vec::new();
+    for id in 1..orphans {
+        let mut send = client.session().open_bulk(shard_meta(id)).await.unwrap();
+        send.write_all(&[7u8; 1024]).await.unwrap();
+        send.finish().unwrap();
+        // Kept open on this side: dropping a stream does not reset it.
+        held.push(send);
+    }
+    let stopped = tokio::time::timeout(Duration::from_secs(20), big)
+        .await
+        .expect("the orphaned shard was never stopped")
+        .unwrap();
+    assert!(
+        matches!(
+            stopped,
+            Err(quinn::WriteError::Stopped(code)) if code == nexus_stream::codes::REFUSED
+        ),
+        "{stopped:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while metrics.calls("shard", "unclaimed") < orphans {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "orphaned shards given up: {} of {orphans}",
+            metrics.calls("shard", "unclaimed"),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.calls("shard", "too_many_tensors"), 0);
+    let data = vec![3u8; 1 << 20];
+    let ack = client
+        .send_tensor(&header(data.len() as u32), &data)
+        .await
+        .expect("a tensor after orphaned shards");
+    assert_eq!(ack.bytes, data.len() as u64);
+    drop(held);
+}
+
 /// A caller that drops `send_tensor` part-way cancels the transfer at the receiver (the
 /// client resets the control stream, which the receiver watches while shards move) instead
 /// of leaving it waiting, holding a pending-tensor slot, for shards that will never come.
