@@ -194,6 +194,81 @@ async fn token_streams_arrive_in_order_and_client_cancellation_frees_the_server(
     assert_eq!(metrics.calls("tokens", "cancelled"), 1);
 }
 
+/// No head-of-line blocking between streams: while one bulk stream of a session is stuck (its
+/// receiver reads none of it, so its window is full and the sender blocked), token streams
+/// and calls on the same session go on.
+#[tokio::test]
+async fn calls_and_token_streams_pass_a_stuck_bulk_stream() {
+    let model = DemoModel {
+        token_interval: Duration::from_millis(1),
+        ..DemoModel::default()
+    };
+    // The stuck stream must stay stuck for the whole test: a shard whose tensor never
+    // announces itself is held unread until the preamble timeout.
+    let config = Config {
+        limits: Limits {
+            preamble_timeout: Duration::from_secs(3600),
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let (_s, client_ep, _metrics, addr) = start_with(model, config).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    let meta = nexus_api::Meta::op("shard")
+        .with("tensor", "99")
+        .with("index", "0")
+        .encode();
+    let mut bulk = client.session().open_bulk(meta).await.unwrap();
+    let stuck = tokio::spawn(async move { bulk.write_all(&vec![5u8; 12 << 20]).await });
+    // Blocked by the receiver's windows: the sender says so (STREAM_DATA_BLOCKED, or
+    // DATA_BLOCKED if it ran out of connection credit instead, which would hold every stream).
+    let conn = client.session().connection().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = conn.stats().frame_tx;
+        if sent.stream_data_blocked + sent.data_blocked > 0 {
+            break;
+        }
+        assert!(!stuck.is_finished(), "the bulk stream was not held");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bulk stream never filled its window"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let beside = async {
+        let mut t = client
+            .stream_tokens(&InferRequest {
+                model: String::new(),
+                prompt: "beside".into(),
+                max_tokens: 50,
+            })
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(tok) = t.next().await {
+            text.push_str(&tok.unwrap());
+        }
+        assert_eq!(text, complete("beside", 50));
+        for i in 0..20 {
+            let reply = client
+                .infer(&InferRequest {
+                    model: String::new(),
+                    prompt: format!("call {i}"),
+                    max_tokens: 4,
+                })
+                .await
+                .unwrap();
+            assert!(!reply.text.is_empty());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), beside)
+        .await
+        .expect("calls and token streams were held behind the stuck stream");
+    assert!(!stuck.is_finished(), "the bulk stream is still held");
+    stuck.abort();
+}
+
 /// A model that gives up after two tokens: server-side cancellation reaches the client.
 #[derive(Debug)]
 struct Quitter;

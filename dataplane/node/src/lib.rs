@@ -291,17 +291,21 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 impl Args {
     /// NexStream configuration from the flags.
     pub fn config(&self) -> anyhow::Result<Config> {
+        let limits = Limits {
+            max_bidi_streams: self.max_streams,
+            max_uni_streams: self.max_streams,
+            stream_window: self.stream_window,
+            connection_window: self.connection_window,
+            max_message: self.max_message,
+            max_connections: self.max_connections,
+            mtu_upper_bound: self.mtu_upper_bound,
+            ..Limits::default()
+        };
+        limits.check().map_err(|why| {
+            anyhow::anyhow!("--stream-window, --connection-window, --max-streams: {why}")
+        })?;
         Ok(Config {
-            limits: Limits {
-                max_bidi_streams: self.max_streams,
-                max_uni_streams: self.max_streams,
-                stream_window: self.stream_window,
-                connection_window: self.connection_window,
-                max_message: self.max_message,
-                max_connections: self.max_connections,
-                mtu_upper_bound: self.mtu_upper_bound,
-                ..Limits::default()
-            },
+            limits,
             requirement: self.requirement.parse().context("parsing --requirement")?,
             zero_rtt: self.zero_rtt,
             congestion: self.congestion,

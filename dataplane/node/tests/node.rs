@@ -25,6 +25,31 @@ fn args(mic: &std::path::Path, extra: &[&str]) -> Args {
     Args::try_parse_from(v).unwrap()
 }
 
+/// Flags under which one stalled stream could hold a whole session are refused at start,
+/// naming the flags.
+#[tokio::test]
+async fn windows_that_let_one_stream_hold_a_session_are_refused() {
+    let pki = TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    pki.issue("nexus://acme/demo@1.0.0")
+        .unwrap()
+        .write_dir(dir.path())
+        .unwrap();
+    let bad = args(
+        dir.path(),
+        &[
+            "--stream-window",
+            "8388608",
+            "--connection-window",
+            "8388608",
+        ],
+    );
+    let why = bad.config().unwrap_err().to_string();
+    assert!(why.contains("--connection-window"), "{why}");
+    assert!(start(&bad).await.is_err());
+    assert!(args(dir.path(), &[]).config().is_ok());
+}
+
 #[tokio::test]
 async fn gateway_upstream_health_and_drain() {
     let _ = rustls::crypto::ring::default_provider().install_default();

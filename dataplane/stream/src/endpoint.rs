@@ -87,6 +87,29 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// Refuses limits under which one stream could hold up the others.
+    ///
+    /// A stream's unread bytes count against both its own window and the connection's. With
+    /// a connection window no larger than a stream window, one stalled stream (a reader that
+    /// stopped reading, a tensor shard waiting for its control stream) can take all of the
+    /// connection's credit, and every other stream of the session waits behind it: the
+    /// head-of-line blocking NexStream exists to avoid.
+    pub fn check(&self) -> Result<(), String> {
+        if self.connection_window <= self.stream_window {
+            return Err(format!(
+                "the connection window ({} bytes) must be larger than the stream window ({} \
+                 bytes), or one stalled stream can hold every other stream of its session",
+                self.connection_window, self.stream_window
+            ));
+        }
+        if self.max_bidi_streams == 0 {
+            return Err("at least one bidirectional stream per peer is needed for calls".into());
+        }
+        Ok(())
+    }
+}
+
 /// Endpoint configuration.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -197,6 +220,9 @@ pub enum StreamError {
     /// The operation needs a verified peer but the session is still in 0-RTT.
     #[error("operation not allowed before the handshake completes")]
     NotIdempotent,
+    /// The endpoint's limits were refused ([`Limits::check`]).
+    #[error("limits: {0}")]
+    Limits(String),
 }
 
 impl StreamError {
@@ -290,6 +316,7 @@ impl Endpoint {
         metrics: Arc<Metrics>,
         serve: bool,
     ) -> Result<Self, StreamError> {
+        config.limits.check().map_err(StreamError::Limits)?;
         let trust = Arc::new(Trust::new(
             identity,
             config.requirement.clone(),

@@ -10,7 +10,8 @@ use std::time::Duration;
 use nexus_stream::linkem::{Impairment, UdpLink};
 use nexus_stream::testing::{IssuedIdentity, TestPki};
 use nexus_stream::{
-    Config, Congestion, Delivery, Endpoint, Expiry, Incoming, Limits, Metrics, Mode, Session, codes,
+    Config, Congestion, Delivery, Endpoint, Expiry, Incoming, Limits, Metrics, Mode, Session,
+    StreamError, codes,
 };
 
 fn any() -> SocketAddr {
@@ -644,6 +645,46 @@ async fn bad_bidirectional_streams_are_refused_and_others_served() {
 }
 
 /// Draining refuses new connections and lets existing ones finish.
+/// Limits under which one stalled stream could hold every other stream of its session are
+/// refused when the endpoint is built, with the reason.
+#[tokio::test]
+async fn limits_that_let_one_stream_hold_the_others_are_refused() {
+    init();
+    let pki = TestPki::new().unwrap();
+    let id = pki
+        .issue("nexus://acme/server@1.0.0")
+        .unwrap()
+        .identity()
+        .unwrap();
+    let with = |connection_window: u32, max_bidi_streams: u32| Config {
+        limits: Limits {
+            stream_window: 8 << 20,
+            connection_window,
+            max_bidi_streams,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    for (config, expected) in [
+        (with(8 << 20, 256), "connection window"),
+        (with(4 << 20, 256), "connection window"),
+        (with(64 << 20, 0), "bidirectional"),
+    ] {
+        for server in [true, false] {
+            let built = if server {
+                Endpoint::server(any(), &id, &config, Arc::new(Metrics::new()))
+            } else {
+                Endpoint::client(any(), &id, &config, Arc::new(Metrics::new()))
+            };
+            match built {
+                Err(StreamError::Limits(why)) => assert!(why.contains(expected), "{why}"),
+                other => panic!("accepted {:?}: {other:?}", config.limits),
+            }
+        }
+    }
+    assert!(Endpoint::server(any(), &id, &with(16 << 20, 1), Arc::new(Metrics::new())).is_ok());
+}
+
 #[tokio::test]
 async fn drain_closes_sessions() {
     let pki = TestPki::new().unwrap();
