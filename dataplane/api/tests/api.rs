@@ -269,6 +269,65 @@ async fn calls_and_token_streams_pass_a_stuck_bulk_stream() {
     stuck.abort();
 }
 
+/// A model whose replies are larger than a stream window.
+#[derive(Debug)]
+struct Verbose;
+
+impl Model for Verbose {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+    async fn infer(&self, _: Bytes) -> Result<Bytes, ApiError> {
+        Ok(Bytes::from(vec![b'v'; 12 << 20]))
+    }
+    async fn generate(&self, _: Bytes, _: &mut TokenSink<'_>) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+/// A caller that stops reading a reply (larger than its window, so the server's write blocks)
+/// does not hold the server's task for the session's life: after the write-stall timeout the
+/// server resets the stream with `STALLED`, counts it, and goes on serving the session.
+#[tokio::test]
+async fn a_reply_nobody_reads_is_given_up_after_the_stall_timeout() {
+    let config = Config {
+        limits: Limits {
+            write_stall_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let (server, client_ep, _metrics, addr) = start_with(Verbose, config).await;
+    let client = Client::connect(&client_ep, addr).await.unwrap();
+    let mut unread = client
+        .session()
+        .open_ordered_with(nexus_api::Meta::op("infer").encode(), true, Some(b"{}"))
+        .await
+        .unwrap();
+    unread.send.finish().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while server.metrics().refused_streams("write_stalled") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never gave up the unread reply"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What was buffered is readable, then the reset.
+    let read = unread.recv_msg().await;
+    assert!(
+        matches!(
+            read,
+            Err(nexus_stream::StreamError::Read(quinn::ReadError::Reset(code)))
+                if code == nexus_stream::codes::STALLED
+        ),
+        "{read:?}"
+    );
+    // A reader that reads gets the whole reply on the same session.
+    let reply = client.infer_raw(b"{}", true).await.unwrap();
+    assert_eq!(reply.len(), 12 << 20);
+}
+
 /// A model that gives up after two tokens: server-side cancellation reaches the client.
 #[derive(Debug)]
 struct Quitter;

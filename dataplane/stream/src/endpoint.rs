@@ -55,6 +55,11 @@ pub struct Limits {
     pub datagram_buffer: usize,
     /// Time a new stream has to deliver its preamble before it is stopped (stalled peers).
     pub preamble_timeout: Duration,
+    /// Time a message write may make no progress before the stream is reset (`STALLED`): a
+    /// peer that stopped reading would otherwise hold the writer, and whatever it serves,
+    /// for as long as the connection lives (keep-alives keep the idle timeout away). It
+    /// measures the lack of progress, not the whole write, so slow readers are not cut off.
+    pub write_stall_timeout: Duration,
     /// Idle timeout of a connection.
     pub idle_timeout: Duration,
     /// Connections a server holds at once; beyond it new ones are refused.
@@ -79,6 +84,7 @@ impl Default for Limits {
             max_meta: 4096,
             datagram_buffer: 1 << 20,
             preamble_timeout: Duration::from_secs(10),
+            write_stall_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(30),
             max_connections: 4096,
             incoming_queue: 1024,
@@ -223,6 +229,10 @@ pub enum StreamError {
     /// The endpoint's limits were refused ([`Limits::check`]).
     #[error("limits: {0}")]
     Limits(String),
+    /// The peer read nothing of a message for [`Limits::write_stall_timeout`]; the stream was
+    /// reset.
+    #[error("the peer stopped reading; stream reset after {0:?} without progress")]
+    WriteStalled(Duration),
 }
 
 impl StreamError {
@@ -1389,14 +1399,31 @@ impl OrderedSend {
         if msg.len() <= 16 * 1024 {
             let mut b = BytesMut::with_capacity(frame::LEN_PREFIX + msg.len());
             frame::encode_message(msg, &mut b, max)?;
-            self.inner.write_all(&b).await?;
+            self.write_progressing(&b).await?;
         } else {
-            self.inner
-                .write_all(&(msg.len() as u32).to_le_bytes())
+            self.write_progressing(&(msg.len() as u32).to_le_bytes())
                 .await?;
-            self.inner.write_all(msg).await?;
+            self.write_progressing(msg).await?;
         }
         self.counting.sent(Mode::ReliableOrdered, msg.len());
+        Ok(())
+    }
+
+    /// Writes all of `buf`, resetting the stream with `STALLED` if the peer's flow control
+    /// lets no byte through for [`Limits::write_stall_timeout`].
+    async fn write_progressing(&mut self, mut buf: &[u8]) -> Result<(), StreamError> {
+        let stall = self.counting.shared.limits.write_stall_timeout;
+        while !buf.is_empty() {
+            // A write that completes at once (the usual case) never registers the timer.
+            match tokio::time::timeout(stall, self.inner.write(buf)).await {
+                Ok(written) => buf = buf.get(written?..).unwrap_or_default(),
+                Err(_) => {
+                    let _ = self.inner.reset(codes::STALLED);
+                    self.counting.shared.metrics.refused_stream("write_stalled");
+                    return Err(StreamError::WriteStalled(stall));
+                }
+            }
+        }
         Ok(())
     }
 
