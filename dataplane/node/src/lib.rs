@@ -79,6 +79,14 @@ pub struct Args {
     /// Bytes a peer may have buffered here per connection.
     #[arg(long, env = "NEXUS_DATAPLANE_CONNECTION_WINDOW", default_value_t = 64 << 20)]
     pub connection_window: u32,
+    /// Seconds a reply or token write may make no progress (the peer stopped reading) before
+    /// its stream is reset with STALLED.
+    #[arg(
+        long,
+        env = "NEXUS_DATAPLANE_WRITE_STALL_SECONDS",
+        default_value_t = 60
+    )]
+    pub write_stall_seconds: u64,
     /// Connections held at once.
     #[arg(long, env = "NEXUS_DATAPLANE_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -299,6 +307,7 @@ impl Args {
             max_message: self.max_message,
             max_connections: self.max_connections,
             mtu_upper_bound: self.mtu_upper_bound,
+            write_stall_timeout: Duration::from_secs(self.write_stall_seconds.max(1)),
             ..Limits::default()
         };
         limits.check().map_err(|why| {

@@ -48,6 +48,10 @@ async fn windows_that_let_one_stream_hold_a_session_are_refused() {
     assert!(why.contains("--connection-window"), "{why}");
     assert!(start(&bad).await.is_err());
     assert!(args(dir.path(), &[]).config().is_ok());
+    let stall = args(dir.path(), &["--write-stall-seconds", "5"])
+        .config()
+        .unwrap();
+    assert_eq!(stall.limits.write_stall_timeout, Duration::from_secs(5));
 }
 
 #[tokio::test]
