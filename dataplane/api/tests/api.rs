@@ -46,6 +46,24 @@ async fn start_with<M: Model>(
     (server, client, metrics, addr)
 }
 
+/// A server configuration with these limits.
+fn limited(limits: Limits) -> Config {
+    Config {
+        limits,
+        ..Config::default()
+    }
+}
+
+/// Waits until `done` holds, failing with `what` after 20 s: a bound on a hang, not a timing
+/// assertion (each condition comes within milliseconds when the code works).
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn unary_inference_capabilities_and_jsonrpc() {
     let (_s, client_ep, metrics, addr) = start(DemoModel::default()).await;
@@ -205,13 +223,10 @@ async fn calls_and_token_streams_pass_a_stuck_bulk_stream() {
     };
     // The stuck stream must stay stuck for the whole test: a shard whose tensor never
     // announces itself is held unread until the preamble timeout.
-    let config = Config {
-        limits: Limits {
-            preamble_timeout: Duration::from_secs(3600),
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
+    let config = limited(Limits {
+        preamble_timeout: Duration::from_secs(3600),
+        ..Limits::default()
+    });
     let (_s, client_ep, _metrics, addr) = start_with(model, config).await;
     let client = Client::connect(&client_ep, addr).await.unwrap();
     let meta = nexus_api::Meta::op("shard")
@@ -223,19 +238,12 @@ async fn calls_and_token_streams_pass_a_stuck_bulk_stream() {
     // Blocked by the receiver's windows: the sender says so (STREAM_DATA_BLOCKED, or
     // DATA_BLOCKED if it ran out of connection credit instead, which would hold every stream).
     let conn = client.session().connection().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let sent = conn.stats().frame_tx;
-        if sent.stream_data_blocked + sent.data_blocked > 0 {
-            break;
-        }
+    eventually("the bulk stream fills its window", || {
         assert!(!stuck.is_finished(), "the bulk stream was not held");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bulk stream never filled its window"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        let sent = conn.stats().frame_tx;
+        sent.stream_data_blocked + sent.data_blocked > 0
+    })
+    .await;
     let beside = async {
         let mut t = client
             .stream_tokens(&InferRequest {
@@ -290,13 +298,10 @@ impl Model for Verbose {
 /// server resets the stream with `STALLED`, counts it, and goes on serving the session.
 #[tokio::test]
 async fn a_reply_nobody_reads_is_given_up_after_the_stall_timeout() {
-    let config = Config {
-        limits: Limits {
-            write_stall_timeout: Duration::from_millis(300),
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
+    let config = limited(Limits {
+        write_stall_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
     let (server, client_ep, _metrics, addr) = start_with(Verbose, config).await;
     let client = Client::connect(&client_ep, addr).await.unwrap();
     let mut unread = client
@@ -305,14 +310,10 @@ async fn a_reply_nobody_reads_is_given_up_after_the_stall_timeout() {
         .await
         .unwrap();
     unread.send.finish().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while server.metrics().refused_streams("write_stalled") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never gave up the unread reply"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the server gives the unread reply up", || {
+        server.metrics().refused_streams("write_stalled") > 0
+    })
+    .await;
     // What was buffered is readable, then the reset.
     let read = unread.recv_msg().await;
     assert!(
@@ -396,13 +397,10 @@ fn header(len: u32) -> Header {
 /// parallel; the same tensor to the same server without the delay goes in one shard.
 #[tokio::test]
 async fn tensors_to_a_far_peer_travel_in_one_window_per_shard() {
-    let server_config = Config {
-        limits: Limits {
-            stream_window: 1 << 20,
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
+    let server_config = limited(Limits {
+        stream_window: 1 << 20,
+        ..Limits::default()
+    });
     let (_s, client_ep, _metrics, addr) = start_with(DemoModel::default(), server_config).await;
     let far = UdpLink::start(
         addr,
@@ -466,13 +464,10 @@ async fn shards_no_control_stream_claims_are_stopped_and_free_their_slot() {
         max_tensor: 16 << 20,
         ..DemoModel::default()
     };
-    let config = Config {
-        limits: Limits {
-            preamble_timeout: Duration::from_millis(300),
-            ..Limits::default()
-        },
-        ..Config::default()
-    };
+    let config = limited(Limits {
+        preamble_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    });
     let (_s, client_ep, metrics, addr) = start_with(model, config).await;
     let client = Client::connect(&client_ep, addr).await.unwrap();
     // Ids far from the client's own.
@@ -507,15 +502,10 @@ async fn shards_no_control_stream_claims_are_stopped_and_free_their_slot() {
         ),
         "{stopped:?}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while metrics.calls("shard", "unclaimed") < orphans {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "orphaned shards given up: {} of {orphans}",
-            metrics.calls("shard", "unclaimed"),
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every orphaned shard's slot is given up", || {
+        metrics.calls("shard", "unclaimed") == orphans
+    })
+    .await;
     assert_eq!(metrics.calls("shard", "too_many_tensors"), 0);
     let data = vec![3u8; 1 << 20];
     let ack = client
@@ -560,14 +550,10 @@ async fn a_dropped_tensor_send_is_given_up_by_the_receiver() {
         r = sending => panic!("the transfer finished before it could be dropped: {r:?}"),
         () = control_read => {}
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while metrics.calls("tensor", "cancelled") == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the receiver never gave the dropped tensor up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the receiver gives the dropped tensor up", || {
+        metrics.calls("tensor", "cancelled") > 0
+    })
+    .await;
     assert_eq!(metrics.calls("tensor", "ok"), 0);
     // Cancelled, not malformed: the shards were reset, not finished short.
     assert_eq!(metrics.calls("tensor", "bad_message"), 0);
