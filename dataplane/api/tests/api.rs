@@ -64,6 +64,23 @@ async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Streams `max_tokens` tokens for `prompt` and returns their text, in order.
+async fn streamed(client: &Client, prompt: &str, max_tokens: u32) -> String {
+    let mut t = client
+        .stream_tokens(&InferRequest {
+            model: String::new(),
+            prompt: prompt.into(),
+            max_tokens,
+        })
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(tok) = t.next().await {
+        text.push_str(&tok.unwrap());
+    }
+    text
+}
+
 #[tokio::test]
 async fn unary_inference_capabilities_and_jsonrpc() {
     let (_s, client_ep, metrics, addr) = start(DemoModel::default()).await;
@@ -177,19 +194,10 @@ async fn token_streams_arrive_in_order_and_client_cancellation_frees_the_server(
     let (_s, client_ep, metrics, addr) = start(model).await;
     let client = Client::connect(&client_ep, addr).await.unwrap();
 
-    let mut t = client
-        .stream_tokens(&InferRequest {
-            model: String::new(),
-            prompt: "stream".into(),
-            max_tokens: 20,
-        })
-        .await
-        .unwrap();
-    let mut text = String::new();
-    while let Some(tok) = t.next().await {
-        text.push_str(&tok.unwrap());
-    }
-    assert_eq!(text, complete("stream", 20));
+    assert_eq!(
+        streamed(&client, "stream", 20).await,
+        complete("stream", 20)
+    );
 
     // A generation that would run for a million tokens, cancelled after three.
     let mut t = client
@@ -245,19 +253,10 @@ async fn calls_and_token_streams_pass_a_stuck_bulk_stream() {
     })
     .await;
     let beside = async {
-        let mut t = client
-            .stream_tokens(&InferRequest {
-                model: String::new(),
-                prompt: "beside".into(),
-                max_tokens: 50,
-            })
-            .await
-            .unwrap();
-        let mut text = String::new();
-        while let Some(tok) = t.next().await {
-            text.push_str(&tok.unwrap());
-        }
-        assert_eq!(text, complete("beside", 50));
+        assert_eq!(
+            streamed(&client, "beside", 50).await,
+            complete("beside", 50)
+        );
         for i in 0..20 {
             let reply = client
                 .infer(&InferRequest {
