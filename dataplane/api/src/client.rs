@@ -374,6 +374,7 @@ impl Client {
             .send_msg(&tensor::encode_control(header, shard)?)
             .await
             .map_err(map_stream_error)?;
+        let stall = self.session.limits().write_stall_timeout;
         let shards = data
             .chunks(shard.max(1) as usize)
             .enumerate()
@@ -386,10 +387,7 @@ impl Client {
                         stream: self.session.open_bulk(meta.encode()).await?,
                         finished: false,
                     };
-                    s.stream
-                        .write_all(chunk)
-                        .await
-                        .map_err(nexus_stream::StreamError::from)?;
+                    nexus_stream::write_progressing(&mut s.stream, chunk, stall).await?;
                     s.stream.finish().map_err(nexus_stream::StreamError::from)?;
                     s.finished = true;
                     Ok::<_, nexus_stream::StreamError>(())
@@ -424,6 +422,10 @@ impl Client {
             }
             s = &mut sending => match s {
                 Ok(_) => ack.await?,
+                // The receiver read nothing for the stall timeout: it would not answer either.
+                Err(e @ ApiError::Stream(nexus_stream::StreamError::WriteStalled(_))) => {
+                    return Err(e);
+                }
                 Err(e) => return Err(ack.await.err().unwrap_or(e)),
             },
         };

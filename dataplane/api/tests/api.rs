@@ -328,6 +328,64 @@ async fn a_reply_nobody_reads_is_given_up_after_the_stall_timeout() {
     assert_eq!(reply.len(), 12 << 20);
 }
 
+/// A tensor sent to a peer that accepts its streams but reads none of them fails with
+/// `WriteStalled` after the sender's stall timeout, its streams reset, instead of waiting for
+/// the connection's life.
+#[tokio::test]
+async fn a_tensor_nobody_reads_fails_after_the_stall_timeout() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = TestPki::new().unwrap();
+    let id = |uri: &str| pki.issue(uri).unwrap().identity().unwrap();
+    let server = Endpoint::server(
+        any(),
+        &id("nexus://acme/sink@1.0.0"),
+        &Config::default(),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    // A peer that takes every stream and reads none.
+    tokio::spawn(async move {
+        while let Some(a) = server.accept().await {
+            tokio::spawn(async move {
+                let Ok(session) = a.establish().await else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(incoming) = session.accept().await {
+                    held.push(incoming);
+                }
+            });
+        }
+    });
+    let client_ep = Endpoint::client(
+        any(),
+        &id("nexus://acme/agent@1.0.0"),
+        &limited(Limits {
+            write_stall_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        }),
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    let client = Client::without_hello(client_ep.connect(addr).await.unwrap());
+    // Larger than the peer's stream window, so the shard's writer blocks.
+    let len = 12 << 20;
+    let sent = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.send_tensor_sharded(&header(len), &vec![1u8; len as usize], len),
+    )
+    .await
+    .expect("the send never gave up");
+    assert!(
+        matches!(
+            sent,
+            Err(ApiError::Stream(nexus_stream::StreamError::WriteStalled(_)))
+        ),
+        "{sent:?}"
+    );
+}
+
 /// A model that gives up after two tokens: server-side cancellation reaches the client.
 #[derive(Debug)]
 struct Quitter;

@@ -1409,22 +1409,14 @@ impl OrderedSend {
         Ok(())
     }
 
-    /// Writes all of `buf`, resetting the stream with `STALLED` if the peer's flow control
-    /// lets no byte through for [`Limits::write_stall_timeout`].
-    async fn write_progressing(&mut self, mut buf: &[u8]) -> Result<(), StreamError> {
+    /// [`write_progressing`] with this endpoint's stall timeout, counting stalls.
+    async fn write_progressing(&mut self, buf: &[u8]) -> Result<(), StreamError> {
         let stall = self.counting.shared.limits.write_stall_timeout;
-        while !buf.is_empty() {
-            // A write that completes at once (the usual case) never registers the timer.
-            match tokio::time::timeout(stall, self.inner.write(buf)).await {
-                Ok(written) => buf = buf.get(written?..).unwrap_or_default(),
-                Err(_) => {
-                    let _ = self.inner.reset(codes::STALLED);
-                    self.counting.shared.metrics.refused_stream("write_stalled");
-                    return Err(StreamError::WriteStalled(stall));
-                }
-            }
+        let r = write_progressing(&mut self.inner, buf, stall).await;
+        if let Err(StreamError::WriteStalled(_)) = r {
+            self.counting.shared.metrics.refused_stream("write_stalled");
         }
-        Ok(())
+        r
     }
 
     /// Ends the stream cleanly.
@@ -1458,6 +1450,28 @@ impl OrderedSend {
     pub fn raw(&mut self) -> &mut SendStream {
         &mut self.inner
     }
+}
+
+/// Writes all of `buf` to `send`, resetting the stream with `STALLED` (and failing with
+/// [`StreamError::WriteStalled`]) when the peer's flow control lets no byte through for
+/// `stall` ([`Limits::write_stall_timeout`]). For messages and raw bulk streams alike: a peer
+/// that stops reading would otherwise hold the writer for the connection's life.
+pub async fn write_progressing(
+    send: &mut SendStream,
+    mut buf: &[u8],
+    stall: Duration,
+) -> Result<(), StreamError> {
+    while !buf.is_empty() {
+        // A write that completes at once (the usual case) never registers the timer.
+        match tokio::time::timeout(stall, send.write(buf)).await {
+            Ok(written) => buf = buf.get(written?..).unwrap_or_default(),
+            Err(_) => {
+                let _ = send.reset(codes::STALLED);
+                return Err(StreamError::WriteStalled(stall));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Receiving half of an ordered stream.
