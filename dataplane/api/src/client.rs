@@ -379,17 +379,12 @@ impl Client {
             .chunks(shard.max(1) as usize)
             .enumerate()
             .map(|(i, chunk)| {
-                let meta = Meta::op("shard")
-                    .with("tensor", &id.to_string())
-                    .with("index", &i.to_string());
+                let meta = tensor::shard_meta(id, i as u32);
                 async move {
-                    let mut s = tensor::ShardSend {
-                        stream: self.session.open_bulk(meta.encode()).await?,
-                        finished: false,
-                    };
+                    let mut s =
+                        tensor::ShardSend::new(self.session.open_bulk(meta.encode()).await?);
                     nexus_stream::write_progressing(&mut s.stream, chunk, stall).await?;
-                    s.stream.finish().map_err(nexus_stream::StreamError::from)?;
-                    s.finished = true;
+                    s.finish().map_err(nexus_stream::StreamError::from)?;
                     Ok::<_, nexus_stream::StreamError>(())
                 }
             });

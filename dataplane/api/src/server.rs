@@ -549,10 +549,7 @@ async fn relay(
     if !matches!(op, "hello" | "infer" | "tokens" | "jsonrpc") {
         return Err(ApiError::Refused(format!("{op} is not relayed")));
     }
-    let forwarded = meta
-        .without("capability")
-        .without("flow")
-        .with("relay", "1");
+    let forwarded = forwarded(meta);
     let idempotent = stream.preamble.flags & nexus_stream::frame::FLAG_IDEMPOTENT != 0;
     // The caller's first message (its request) goes upstream with the preamble, in one write.
     let first = stream.recv.recv_msg().await.map_err(map_stream_error)?;
@@ -604,6 +601,15 @@ async fn relay(
     }
 }
 
+/// What a relay sends upstream of a stream's metadata `meta`, for calls and tensors alike:
+/// the routing inputs (`capability`, `flow`) were used here, so the endpoint serves rather
+/// than routes again, and `relay=1` tells it the caller is billed by the relay.
+fn forwarded(meta: Meta) -> Meta {
+    meta.without("capability")
+        .without("flow")
+        .with("relay", "1")
+}
+
 async fn caller_gone(caller: &Session) {
     caller.closed().await;
 }
@@ -634,12 +640,7 @@ async fn relay_tensor(
         // the size against its own.
         let plan = tensor::decode_control(&control, u64::MAX)?;
         let up_id = RELAYED_TENSOR_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let forwarded = meta
-            .clone()
-            .without("capability")
-            .without("flow")
-            .with("relay", "1")
-            .with("id", &up_id.to_string());
+        let forwarded = forwarded(meta.clone()).with("id", &up_id.to_string());
         let mut up = upstream
             .open_ordered_with(forwarded.encode(), false, Some(&control))
             .await

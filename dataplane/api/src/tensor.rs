@@ -184,13 +184,37 @@ fn shard_failed(index: u32, e: quinn::ReadExactError) -> ApiError {
     }
 }
 
+/// The metadata of shard `index` of tensor `id` (the receiver's session routes the shard
+/// stream to its tensor's queue by it).
+pub fn shard_meta(id: u64, index: u32) -> crate::Meta {
+    crate::Meta::op("shard")
+        .with("tensor", &id.to_string())
+        .with("index", &index.to_string())
+}
+
 /// A shard's stream, reset when dropped unfinished (a cancelled `send_tensor`, a relay whose
 /// transfer failed) rather than finished short as quinn would: the receiver frees its credit
 /// at once and counts the transfer cancelled, not malformed.
 pub(crate) struct ShardSend {
     pub(crate) stream: quinn::SendStream,
     /// Finished: its data may still be in flight, which a reset would discard.
-    pub(crate) finished: bool,
+    finished: bool,
+}
+
+impl ShardSend {
+    pub(crate) fn new(stream: quinn::SendStream) -> Self {
+        Self {
+            stream,
+            finished: false,
+        }
+    }
+
+    /// Ends the shard cleanly; from then on a drop leaves it alone.
+    pub(crate) fn finish(&mut self) -> Result<(), quinn::ClosedStream> {
+        self.stream.finish()?;
+        self.finished = true;
+        Ok(())
+    }
 }
 
 impl Drop for ShardSend {
@@ -255,9 +279,7 @@ pub async fn forward(
                         "shard {index} unexpected"
                     ))));
                 };
-                let meta = crate::Meta::op("shard")
-                    .with("tensor", &id.to_string())
-                    .with("index", &index.to_string());
+                let meta = shard_meta(id, index);
                 copies.push(async move {
                     let send = upstream.open_bulk(meta.encode()).await.map_err(|e| {
                         ForwardError::endpoint(crate::client::map_stream_error(e))
@@ -284,10 +306,7 @@ async fn copy_shard(
 ) -> Result<(), ForwardError> {
     use crate::client::map_stream_error;
     use nexus_stream::codes;
-    let mut send = ShardSend {
-        stream: send,
-        finished: false,
-    };
+    let mut send = ShardSend::new(send);
     let mut left = len;
     loop {
         let chunk = match recv.read_chunk(usize::MAX, true).await {
@@ -323,11 +342,8 @@ async fn copy_shard(
             "shard {index} too short"
         ))));
     }
-    send.stream
-        .finish()
-        .map_err(|e| ForwardError::endpoint(map_stream_error(e.into())))?;
-    send.finished = true;
-    Ok(())
+    send.finish()
+        .map_err(|e| ForwardError::endpoint(map_stream_error(e.into())))
 }
 
 #[cfg(test)]

@@ -237,10 +237,7 @@ async fn calls_and_token_streams_pass_a_stuck_bulk_stream() {
     });
     let (_s, client_ep, _metrics, addr) = start_with(model, config).await;
     let client = Client::connect(&client_ep, addr).await.unwrap();
-    let meta = nexus_api::Meta::op("shard")
-        .with("tensor", "99")
-        .with("index", "0")
-        .encode();
+    let meta = nexus_api::tensor::shard_meta(99, 0).encode();
     let mut bulk = client.session().open_bulk(meta).await.unwrap();
     let stuck = tokio::spawn(async move { bulk.write_all(&vec![5u8; 12 << 20]).await });
     // Blocked by the receiver's windows: the sender says so (STREAM_DATA_BLOCKED, or
@@ -528,12 +525,7 @@ async fn shards_no_control_stream_claims_are_stopped_and_free_their_slot() {
     let (_s, client_ep, metrics, addr) = start_with(model, config).await;
     let client = Client::connect(&client_ep, addr).await.unwrap();
     // Ids far from the client's own.
-    let shard_meta = |id: u64| {
-        nexus_api::Meta::op("shard")
-            .with("tensor", &((1u64 << 40) + id).to_string())
-            .with("index", "0")
-            .encode()
-    };
+    let shard_meta = |id: u64| nexus_api::tensor::shard_meta((1u64 << 40) + id, 0).encode();
     // As many orphans as a session may have tensors pending: without a deadline they would
     // hold every slot for the session's life. The first is larger than the stream window,
     // so that its sender blocks until the receiver stops the stream.
