@@ -4,7 +4,14 @@
 //! none, then write only the difference to the pushed entities as one DATAPLANE_ATOMIC batch.
 //! A refused batch leaves the device's previous tables in place; the reason goes back to the
 //! controller in the agent's status.
+//!
+//! The session (the StreamChannel that holds the agent's arbitration) is opened once and kept,
+//! as a switch controller keeps it: closing it after each round would hand the device back
+//! between rounds, and every open and close is an arbitration change the device counts and
+//! tells its other controllers about. It is opened again only when it ended (the dataplane
+//! restarted) or an RPC on it failed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,6 +22,7 @@ use nexus_p4::compile::CompiledTables;
 use nexus_p4::p4info::nexroute_p4info;
 use nexus_p4::proto::p4::v1 as p4;
 use prost::Message;
+use tokio::sync::Mutex;
 
 /// Times the agent tries to become the device's primary controller before it refuses a
 /// version (250 ms apart).
@@ -32,6 +40,8 @@ pub struct P4RuntimeTables {
     pub device_id: u64,
     /// Election id: the agent is the device's primary controller.
     pub election_id: u128,
+    /// The open session, kept between rounds; `None` until the first round and after it ended.
+    session: Arc<Mutex<Option<Controller>>>,
 }
 
 impl P4RuntimeTables {
@@ -41,7 +51,61 @@ impl P4RuntimeTables {
             endpoint: endpoint.into(),
             device_id,
             election_id: 1,
+            session: Arc::default(),
         }
+    }
+
+    /// The kept session when it is still open, else a new one (arbitrating with the agent's
+    /// election id).
+    async fn open<'a>(
+        &self,
+        slot: &'a mut Option<Controller>,
+    ) -> Result<&'a mut Controller, String> {
+        if let Some(c) = slot.as_mut()
+            && c.still_primary().await.is_err()
+        {
+            tracing::info!(endpoint = %self.endpoint, "P4Runtime session ended; opening another");
+            *slot = None;
+        }
+        match slot {
+            Some(c) => Ok(c),
+            None => {
+                let c = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    Controller::connect(self.endpoint.clone(), self.device_id, self.election_id),
+                )
+                .await
+                .map_err(|_| format!("P4Runtime at {} did not answer", self.endpoint))?
+                .map_err(|e| format!("P4Runtime at {}: {e}", self.endpoint))?;
+                Ok(slot.insert(c))
+            }
+        }
+    }
+
+    /// The kept session once it is primary: another controller may hold the device for a
+    /// moment (a reader with a higher election id, a controller failing over), so this waits
+    /// for the device to hand it over (arbitration messages on the stream) before refusing.
+    async fn primary<'a>(
+        &self,
+        slot: &'a mut Option<Controller>,
+    ) -> Result<&'a mut Controller, String> {
+        let mut attempts = 0;
+        loop {
+            let c = self.open(slot).await?;
+            if c.still_primary().await.unwrap_or(false) {
+                break;
+            }
+            attempts += 1;
+            if attempts >= PRIMARY_ATTEMPTS {
+                return Err(format!(
+                    "another controller is primary for device {} (election id {} lost)",
+                    self.device_id, self.election_id
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        slot.as_mut()
+            .ok_or_else(|| "P4Runtime session closed".to_owned())
     }
 
     async fn program_once(&self, tables: &RoutingTables) -> Result<usize, String> {
@@ -54,30 +118,8 @@ impl P4RuntimeTables {
                     .map_err(|e| format!("pushed entity {i} does not decode: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Another controller may hold the device for a moment (a reader with a higher
-        // election id, a controller failing over): wait for it a little before refusing.
-        let mut attempts = 0;
-        let mut c = loop {
-            let c = tokio::time::timeout(
-                Duration::from_secs(10),
-                Controller::connect(self.endpoint.clone(), self.device_id, self.election_id),
-            )
-            .await
-            .map_err(|_| format!("P4Runtime at {} did not answer", self.endpoint))?
-            .map_err(|e| format!("P4Runtime at {}: {e}", self.endpoint))?;
-            if c.is_primary() {
-                break c;
-            }
-            attempts += 1;
-            if attempts >= PRIMARY_ATTEMPTS {
-                return Err(format!(
-                    "another controller is primary for device {} (election id {} lost)",
-                    self.device_id, self.election_id
-                ));
-            }
-            drop(c);
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let mut slot = self.session.lock().await;
+        let c = self.primary(&mut slot).await?;
         let loaded = c
             .pipeline_cookie()
             .await
@@ -112,13 +154,8 @@ impl RoutingTarget for P4RuntimeTables {
     /// The device still runs the NexRoute pipeline this agent loaded (its cookie). A
     /// restarted dataplane has no pipeline, hence no tables.
     async fn still_programmed(&self) -> Option<bool> {
-        let mut c = tokio::time::timeout(
-            Duration::from_secs(5),
-            Controller::connect(self.endpoint.clone(), self.device_id, self.election_id),
-        )
-        .await
-        .ok()?
-        .ok()?;
+        let mut slot = self.session.lock().await;
+        let c = self.open(&mut slot).await.ok()?;
         let cookie = c.pipeline_cookie().await.ok()?;
         Some(cookie == Some(PIPELINE_COOKIE))
     }

@@ -119,16 +119,45 @@ impl Controller {
     /// Waits for the next arbitration message and updates the primary flag from it.
     pub async fn next_arbitration(&mut self) -> Result<bool, Error> {
         loop {
-            match self.rx.next().await {
-                Some(Ok(pb::StreamMessageResponse {
-                    update: Some(pb::stream_message_response::Update::Arbitration(a)),
-                })) => {
-                    self.primary = a.status.is_some_and(|s| s.code == 0);
-                    return Ok(self.primary);
+            let item = self.rx.next().await;
+            if let Some(primary) = self.absorb(item)? {
+                return Ok(primary);
+            }
+        }
+    }
+
+    /// Takes in one item of the stream: `Some(primary)` for an arbitration message, `None`
+    /// for any other message, `Err` when the stream failed or ended.
+    fn absorb(
+        &mut self,
+        item: Option<Result<pb::StreamMessageResponse, tonic::Status>>,
+    ) -> Result<Option<bool>, Error> {
+        match item {
+            Some(Ok(pb::StreamMessageResponse {
+                update: Some(pb::stream_message_response::Update::Arbitration(a)),
+            })) => {
+                self.primary = a.status.is_some_and(|s| s.code == 0);
+                Ok(Some(self.primary))
+            }
+            Some(Ok(_)) => Ok(None),
+            Some(Err(s)) => Err(Error::Rpc(s)),
+            None => Err(Error::NotPrimary("stream closed by the device".into())),
+        }
+    }
+
+    /// Reads the arbitration messages the device has sent since the last look, without
+    /// waiting, and says whether this session is still primary. A long-lived session needs
+    /// this before it writes: the device tells a controller it lost primary status (a higher
+    /// election id arrived) only on the stream. `Err`: the stream ended (the device restarted
+    /// or went away), so the session is over and must be opened again.
+    pub async fn still_primary(&mut self) -> Result<bool, Error> {
+        loop {
+            // A zero timeout polls the stream once: what has arrived, nothing more.
+            match tokio::time::timeout(std::time::Duration::ZERO, self.rx.next()).await {
+                Err(_) => return Ok(self.primary),
+                Ok(item) => {
+                    self.absorb(item)?;
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(s)) => return Err(Error::Rpc(s)),
-                None => return Err(Error::NotPrimary("stream closed by the device".into())),
             }
         }
     }
