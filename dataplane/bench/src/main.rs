@@ -79,10 +79,14 @@ fn hist() -> Histogram<u64> {
 }
 
 /// Open-loop load: calls start on a fixed schedule regardless of completions (no coordinated
-/// omission: a slow server does not slow the arrivals). Latency is measured from the moment a
-/// call is issued: tokio's timer has 1 ms granularity, so calls due within one millisecond are
-/// issued together, and measuring from the nominal schedule would add up to 1 ms of client
-/// timer artefact to every contender alike.
+/// omission: a slow server does not slow the arrivals), evenly spaced. tokio's timer has 1 ms
+/// granularity, so it would issue every call due within one millisecond together, in bursts
+/// (two at a time at 2,000 calls/s), and each burst's later calls would wait behind the
+/// earlier ones. The schedule is kept instead by a ticker thread on the client's core, which
+/// sleeps with the kernel's high-resolution timer and hands each due call to the runtime.
+/// Latency is measured from the moment a call is issued: the ticker wakes up to a few tens of
+/// microseconds late, and measuring from the nominal schedule would add that to every
+/// contender alike.
 pub async fn open_loop<F, Fut>(rate: u32, seconds: f64, f: F) -> anyhow::Result<Histogram<u64>>
 where
     F: Fn() -> Fut,
@@ -91,14 +95,12 @@ where
     let h = Arc::new(Mutex::new(hist()));
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let n = (f64::from(rate) * seconds) as u32;
-    let start = tokio::time::Instant::now();
+    let mut ticks = ticker(interval, n);
     let mut tasks = Vec::with_capacity(n as usize);
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    for i in 0..n {
-        let due = start + interval * i;
-        tokio::time::sleep_until(due).await;
+    while ticks.recv().await.is_some() {
         let fut = f();
-        let issued = tokio::time::Instant::now();
+        let issued = Instant::now();
         let (h, errors) = (Arc::clone(&h), Arc::clone(&errors));
         tasks.push(tokio::spawn(async move {
             match fut.await {
@@ -124,6 +126,37 @@ where
     let h = h.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
     Ok(h.clone())
 }
+
+/// `n` ticks `interval` apart, from a thread pinned to the calling thread's core (the client
+/// core: the ticker must not take the servers' core). The channel closes after the last.
+fn ticker(interval: Duration, n: u32) -> tokio::sync::mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let core = CLIENT_CORE.get().and_then(|&c| {
+        core_affinity::get_core_ids()?
+            .into_iter()
+            .find(|id| id.id == c)
+    });
+    std::thread::spawn(move || {
+        if let Some(c) = core {
+            core_affinity::set_for_current(c);
+        }
+        let start = Instant::now();
+        for i in 0..n {
+            let due = start + interval * i;
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The core `main` pinned the client thread to.
+static CLIENT_CORE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 /// Closed-loop throughput with `workers` concurrent callers: calls per second.
 pub async fn closed_loop<F, Fut>(workers: usize, seconds: f64, f: F) -> anyhow::Result<f64>
@@ -151,12 +184,10 @@ where
     Ok(total as f64 / seconds)
 }
 
-fn pin(core: usize) {
-    if let Some(ids) = core_affinity::get_core_ids()
-        && let Some(id) = ids.get(core % ids.len().max(1))
-    {
-        core_affinity::set_for_current(*id);
-    }
+fn pin(core: usize) -> Option<usize> {
+    let ids = core_affinity::get_core_ids()?;
+    let id = ids.get(core % ids.len().max(1))?;
+    core_affinity::set_for_current(*id).then_some(id.id)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -168,7 +199,7 @@ fn main() -> anyhow::Result<()> {
     let pki = Arc::new(nexus_stream::testing::TestPki::new()?);
     let server_pki = Arc::clone(&pki);
     std::thread::spawn(move || {
-        pin(0);
+        let _ = pin(0);
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -219,7 +250,9 @@ fn main() -> anyhow::Result<()> {
         });
     });
     let links = lrx.recv().context("link thread")??;
-    pin(1);
+    if let Some(core) = pin(1) {
+        let _ = CLIENT_CORE.set(core);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
