@@ -238,6 +238,7 @@ async fn run(
     stats: Vec<Arc<PathStats>>,
     mut rng: StdRng,
 ) {
+    let timer = PreciseTimer::new();
     let mut queue: Queue = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; usize::from(MTU) + 64];
@@ -255,7 +256,7 @@ async fn run(
                 seq += 1;
                 queue.push(Reverse((Instant::now() + paths[path].one_way, seq, buf[..n].to_vec())));
             }
-            () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+            () = timer.sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                 let now = Instant::now();
                 while queue.peek().is_some_and(|Reverse((due, ..))| *due <= now) {
                     if let Some(Reverse((_, _, pkt))) = queue.pop() {
@@ -265,6 +266,86 @@ async fn run(
                 }
             }
         }
+    }
+}
+
+/// A timer at the kernel's high-resolution clock, for the paths' delays. tokio's timer wheel
+/// has 1 ms resolution and rounds up, which made each crossing of a "10 ms" path take 10 to
+/// 11 ms. This one is a thread waiting on a condition variable with a timeout (a futex, on
+/// the kernel's hrtimers), which wakes within the kernel's timer slack, about 50 µs, and then
+/// wakes the emulator's task.
+struct PreciseTimer {
+    shared: Arc<TimerShared>,
+}
+
+#[derive(Default)]
+struct TimerShared {
+    /// The instant to fire at, if armed; `closed` ends the thread.
+    state: std::sync::Mutex<TimerState>,
+    changed: std::sync::Condvar,
+    fired: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TimerState {
+    due: Option<std::time::Instant>,
+    closed: bool,
+}
+
+impl PreciseTimer {
+    fn new() -> Self {
+        let shared = Arc::new(TimerShared::default());
+        let timer = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let Ok(mut state) = timer.state.lock() else {
+                return;
+            };
+            while !state.closed {
+                state = match state.due {
+                    None => match timer.changed.wait(state) {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    },
+                    Some(due) => {
+                        let now = std::time::Instant::now();
+                        if due <= now {
+                            state.due = None;
+                            timer.fired.notify_one();
+                            continue;
+                        }
+                        match timer.changed.wait_timeout(state, due - now) {
+                            Ok((s, _)) => s,
+                            Err(_) => return,
+                        }
+                    }
+                };
+            }
+        });
+        Self { shared }
+    }
+
+    /// Returns at `due` (or early, once, after an earlier sleep was dropped: the caller looks
+    /// at its queue and sleeps again). Arming replaces the previous deadline.
+    async fn sleep_until(&self, due: Instant) {
+        let due = due.into_std();
+        if due <= std::time::Instant::now() {
+            return;
+        }
+        let fired = self.shared.fired.notified();
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.due = Some(due);
+        }
+        self.shared.changed.notify_one();
+        fired.await;
+    }
+}
+
+impl Drop for PreciseTimer {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.closed = true;
+        }
+        self.shared.changed.notify_one();
     }
 }
 
