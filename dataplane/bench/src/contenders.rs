@@ -255,16 +255,29 @@ pub async fn start_servers(pki: &TestPki) -> anyhow::Result<Servers> {
     let nexus_narrow = serve_nexus(local, &id, &narrow, Arc::new(Metrics::new()))?;
 
     let p = plain(pki)?;
-    // Raw quinn: one bidirectional stream per call.
-    let sc = quinn::crypto::rustls::QuicServerConfig::try_from(tls_server(&p, &[b"bench"], true)?)?;
+    // Raw quinn: one bidirectional stream per call. It accepts 0-RTT (quinn's rule: early data
+    // up to u32::MAX, the limit being QUIC's flow control), and listens on every address so
+    // that the cold-call path reaches it too.
+    let mut tls = tls_server(&p, &[b"bench"], true)?;
+    tls.max_early_data_size = u32::MAX;
+    let sc = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(sc));
     sc.transport_config(quinn_transport());
-    let qep = quinn::Endpoint::server(sc, local)?;
-    let quinn_addr = qep.local_addr()?;
+    let qep = quinn::Endpoint::server(sc, any)?;
+    let quinn_addr = SocketAddr::new(local.ip(), qep.local_addr()?.port());
     tokio::spawn(async move {
         while let Some(inc) = qep.accept().await {
             tokio::spawn(async move {
-                let Ok(conn) = inc.await else { return };
+                // Streams sent in 0-RTT are served at once, as Nexus serves idempotent calls:
+                // awaiting the handshake first would cost the round trip 0-RTT saves.
+                let Ok(connecting) = inc.accept() else { return };
+                let conn = match connecting.into_0rtt() {
+                    Ok((conn, _)) => conn,
+                    Err(connecting) => match connecting.await {
+                        Ok(conn) => conn,
+                        Err(_) => return,
+                    },
+                };
                 while let Ok((mut send, mut recv)) = conn.accept_bi().await {
                     tokio::spawn(async move {
                         let Ok(req) = recv.read_to_end(128 << 20).await else {
@@ -556,6 +569,8 @@ pub struct Links {
     /// 10 ms each way, to the Nexus server (UDP) and the HTTPS server (TCP).
     pub udp_rtt20: SocketAddr,
     pub tcp_rtt20: SocketAddr,
+    /// The same path to the raw quinn server.
+    pub quinn_rtt20: SocketAddr,
     pub udp_loss: Vec<(f64, SocketAddr)>,
     /// 2% loss, 7.5 ms each way, to the Nexus server (UDP), the Nexus server running BBR and
     /// the gRPC server (TCP).
@@ -676,6 +691,7 @@ struct Fronts {
     tcp_hol: SocketAddr,
     udp_rtt20: SocketAddr,
     tcp_rtt20: SocketAddr,
+    quinn_rtt20: SocketAddr,
 }
 
 /// Starts the link emulators (on the link runtime). The paths both UDP and TCP contenders
@@ -707,6 +723,7 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
                 tcp_hol: TunLinks::front(HOL_PATHS[2], s.grpc.port()),
                 udp_rtt20: TunLinks::front(COLD_PATH, s.nexus.port()),
                 tcp_rtt20: TunLinks::front(COLD_PATH, s.https.port()),
+                quinn_rtt20: TunLinks::front(COLD_PATH, s.quinn.port()),
             };
             let emulation = Emulation::Packets {
                 device: tun.name().to_owned(),
@@ -735,14 +752,16 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
             let hol = udp(s.nexus, 0.02, hol_delay, 77).await?;
             let hol_bbr = udp(s.nexus_bbr, 0.02, hol_delay, 78).await?;
             let rtt = udp(s.nexus, 0.0, ten, 1).await?;
+            let quinn_rtt = udp(s.quinn, 0.0, ten, 2).await?;
             let fronts = Fronts {
                 udp_hol: hol.addr(),
                 udp_hol_bbr: hol_bbr.addr(),
                 tcp_hol: tcp_delay_proxy(s.grpc, hol_delay, 0.02).await?,
                 udp_rtt20: rtt.addr(),
                 tcp_rtt20: tcp_delay_proxy(s.https, ten, 0.0).await?,
+                quinn_rtt20: quinn_rtt.addr(),
             };
-            keep.extend([hol, hol_bbr, rtt]);
+            keep.extend([hol, hol_bbr, rtt, quinn_rtt]);
             (fronts, Emulation::Proxies, None)
         }
     };
@@ -775,6 +794,7 @@ pub async fn start_links(s: &Servers) -> anyhow::Result<Links> {
     Ok(Links {
         udp_rtt20: fronts.udp_rtt20,
         tcp_rtt20: fronts.tcp_rtt20,
+        quinn_rtt20: fronts.quinn_rtt20,
         udp_loss,
         udp_hol: fronts.udp_hol,
         udp_hol_bbr: fronts.udp_hol_bbr,
@@ -930,10 +950,30 @@ pub async fn run_all(
     // ---- cold calls over a 20 ms RTT
     if args.wants("cold") {
         eprintln!("cold calls");
-        r.cold = cold_calls(&cid, &p, &req, links.udp_rtt20, links.tcp_rtt20).await?;
+        r.cold = cold_calls(
+            &cid,
+            &p,
+            &req,
+            ColdPaths {
+                nexus: links.udp_rtt20,
+                quinn: links.quinn_rtt20,
+                https: links.tcp_rtt20,
+            },
+        )
+        .await?;
         // The same straight to the servers: the fixed processing cost inside each row above
         // (handshake cryptography, certificate checks, the call), apart from round trips.
-        let direct = cold_calls(&cid, &p, &req, s.nexus, s.https).await?;
+        let direct = cold_calls(
+            &cid,
+            &p,
+            &req,
+            ColdPaths {
+                nexus: s.nexus,
+                quinn: s.quinn,
+                https: s.https,
+            },
+        )
+        .await?;
         let shown: Vec<String> = direct
             .iter()
             .map(|(n, l)| format!("{n} {:.2} ms", l.p50 / 1000.0))
@@ -1205,13 +1245,20 @@ async fn handshakes(
 
 /// New connection to first response, `samples` times per variant: Nexus full and resumed
 /// (request in 0-RTT) through `udp`, HTTPS full and resumed through `tcp`.
+/// Where the cold calls dial: over the emulated path, or straight to the servers.
+struct ColdPaths {
+    nexus: SocketAddr,
+    quinn: SocketAddr,
+    https: SocketAddr,
+}
+
 async fn cold_calls(
     cid: &nexus_stream::Identity,
     p: &Plain,
     req: &Bytes,
-    udp: SocketAddr,
-    tcp: SocketAddr,
+    to: ColdPaths,
 ) -> anyhow::Result<Vec<(String, Lat)>> {
+    let (udp, tcp) = (to.nexus, to.https);
     let samples = 40;
     // Any address: a socket bound to 127.0.0.1 cannot reach the TUN device's paths.
     let local: SocketAddr = "0.0.0.0:0".parse()?;
@@ -1244,6 +1291,36 @@ async fn cold_calls(
         close_untimed(&c).await;
     }
     out.push(("Nexus, resumed, request in 0-RTT".into(), Lat::of(&h)));
+    // The engine's own bound: raw quinn with the same TLS (mutual, a resumption ticket) and
+    // the request in 0-RTT on one stream.
+    let mut tls = tls_client(p, &[b"bench"], true)?;
+    tls.enable_early_data = true;
+    let mut cc = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
+    cc.transport_config(quinn_transport());
+    let mut qep = quinn::Endpoint::client(local)?;
+    qep.set_default_client_config(cc);
+    let warm = qep.connect(to.quinn, PLAIN_NAME)?.await?;
+    quinn_call(&warm, req).await?;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    warm.close(quinn::VarInt::from_u32(0), b"");
+    let mut h = hist();
+    for _ in 0..samples {
+        let t = Instant::now();
+        let c = match qep.connect(to.quinn, PLAIN_NAME)?.into_0rtt() {
+            Ok((c, _accepted)) => c,
+            Err(_) => anyhow::bail!("raw quinn: no 0-RTT (no resumption ticket)"),
+        };
+        ensure!(quinn_call(&c, req).await? == RESP);
+        h.record(t.elapsed().as_micros() as u64)?;
+        // Let the new ticket arrive, then close outside the timed region, as for Nexus.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        c.close(quinn::VarInt::from_u32(0), b"");
+        let _ = tokio::time::timeout(Duration::from_millis(100), c.closed()).await;
+        tokio::task::yield_now().await;
+    }
+    out.push(("raw quinn, resumed, request in 0-RTT".into(), Lat::of(&h)));
     for (name, shared) in [
         ("HTTPS (TCP + TLS 1.3 full)", false),
         ("HTTPS (TCP + TLS 1.3 resumed)", true),
