@@ -324,19 +324,18 @@ impl PreciseTimer {
         Self { shared }
     }
 
-    /// Returns at `due` (or early, once, after an earlier sleep was dropped: the caller looks
-    /// at its queue and sleeps again). Arming replaces the previous deadline.
+    /// Returns at `due` or just after, never before. Arming replaces the previous deadline;
+    /// a wake-up meant for an earlier, dropped sleep is absorbed by the loop.
     async fn sleep_until(&self, due: Instant) {
         let due = due.into_std();
-        if due <= std::time::Instant::now() {
-            return;
+        while std::time::Instant::now() < due {
+            let fired = self.shared.fired.notified();
+            if let Ok(mut state) = self.shared.state.lock() {
+                state.due = Some(due);
+            }
+            self.shared.changed.notify_one();
+            fired.await;
         }
-        let fired = self.shared.fired.notified();
-        if let Ok(mut state) = self.shared.state.lock() {
-            state.due = Some(due);
-        }
-        self.shared.changed.notify_one();
-        fired.await;
     }
 }
 
@@ -352,6 +351,28 @@ impl Drop for PreciseTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_precise_timer_never_returns_early_even_after_a_dropped_sleep() {
+        let timer = PreciseTimer::new();
+        for i in 0..10u64 {
+            // A sleep armed, then dropped (as `select!` drops the emulator's when a packet
+            // arrives), fires with nobody waiting: its wake-up is left behind.
+            let short = Instant::now() + Duration::from_millis(1);
+            tokio::select! {
+                biased;
+                () = timer.sleep_until(short) => panic!("an armed sleep returned at once"),
+                () = std::future::ready(()) => {}
+            }
+            std::thread::sleep(Duration::from_millis(3));
+            let due = Instant::now() + Duration::from_millis(2 + i);
+            timer.sleep_until(due).await;
+            assert!(
+                Instant::now() >= due,
+                "sleep {i} returned before its deadline"
+            );
+        }
+    }
 
     /// An IPv4 packet from the host to `dst` carrying UDP (17) or TCP (6), checksums valid.
     fn packet(proto: u8, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
