@@ -146,7 +146,30 @@ impl P4RuntimeTables {
 #[async_trait]
 impl RoutingTarget for P4RuntimeTables {
     async fn program(&self, tables: &RoutingTables) -> Result<(), String> {
-        let n = self.program_once(tables).await?;
+        let mut demotions = 0;
+        let n = loop {
+            let err = match self.program_once(tables).await {
+                Ok(n) => break n,
+                Err(e) => e,
+            };
+            // Another controller may have taken the device between the primary check and the
+            // write (the device tells the session on its stream, which has that message by
+            // the time the refusal arrives): wait for it to hand the device back, as for a
+            // device held at the start.
+            let mut slot = self.session.lock().await;
+            let demoted = match slot.as_mut() {
+                Some(c) => matches!(c.still_primary().await, Ok(false)),
+                None => false,
+            };
+            demotions += 1;
+            if !demoted || demotions > 3 {
+                // Otherwise the session may be what failed (a device that restarted before
+                // its stream ended no longer knows it as primary): the next attempt opens
+                // another. A refused batch costs one reconnection, which is rare enough.
+                *slot = None;
+                return Err(err);
+            }
+        };
         tracing::info!(version = %tables.version, updates = n, "routing tables written over P4Runtime");
         Ok(())
     }
@@ -156,7 +179,12 @@ impl RoutingTarget for P4RuntimeTables {
     async fn still_programmed(&self) -> Option<bool> {
         let mut slot = self.session.lock().await;
         let c = self.open(&mut slot).await.ok()?;
-        let cookie = c.pipeline_cookie().await.ok()?;
-        Some(cookie == Some(PIPELINE_COOKIE))
+        match c.pipeline_cookie().await {
+            Ok(cookie) => Some(cookie == Some(PIPELINE_COOKIE)),
+            Err(_) => {
+                *slot = None;
+                None
+            }
+        }
     }
 }

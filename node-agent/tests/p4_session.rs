@@ -140,26 +140,37 @@ async fn a_higher_election_id_takes_the_device_and_the_agent_waits_for_it_back()
     t.program(&tables()).await.expect("programmed");
 
     // Another controller takes over; the agent's kept session is now a backup and learns it
-    // from the stream. It waits (PRIMARY_ATTEMPTS) rather than writing as a backup...
-    let other = nexus_p4::client::Controller::connect(endpoint.clone(), 1, 9)
+    // from the stream, before its write or from the write's refusal. It waits rather than
+    // giving up...
+    let mut other = nexus_p4::client::Controller::connect(endpoint.clone(), 1, 9)
         .await
         .expect("second controller");
     assert!(other.is_primary());
+    // ...and it has something to write: the other controller loads a pipeline under a cookie
+    // of its own, so the agent must load its own again.
+    other
+        .set_pipeline(nexus_p4::p4info::nexroute_p4info().expect("p4info"), 0xdead)
+        .await
+        .expect("the primary loads a pipeline");
+    assert_eq!(t.still_programmed().await, Some(false));
     let waiting = tokio::spawn({
         let t = t.clone();
         async move { t.program(&tables()).await }
     });
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the agent wrote while another controller was primary"
-    );
+    if waiting.is_finished() {
+        panic!(
+            "the agent gave up or wrote while another controller was primary: {:?}",
+            waiting.await
+        );
+    }
     // ...and gets the device back on the same session once the other controller leaves.
     drop(other);
     waiting
         .await
         .expect("joined")
         .expect("programmed once the device was handed back");
+    assert_eq!(t.still_programmed().await, Some(true));
     assert_eq!(device.streams(), 1, "the agent kept its one stream");
     device.stop();
 }
