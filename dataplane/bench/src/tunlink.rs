@@ -238,7 +238,7 @@ async fn run(
     stats: Vec<Arc<PathStats>>,
     mut rng: StdRng,
 ) {
-    let timer = PreciseTimer::new();
+    let timer = nexus_stream::linkem::PreciseTimer::new();
     let mut queue: Queue = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; usize::from(MTU) + 64];
@@ -269,110 +269,9 @@ async fn run(
     }
 }
 
-/// A timer at the kernel's high-resolution clock, for the paths' delays. tokio's timer wheel
-/// has 1 ms resolution and rounds up, which made each crossing of a "10 ms" path take 10 to
-/// 11 ms. This one is a thread waiting on a condition variable with a timeout (a futex, on
-/// the kernel's hrtimers), which wakes within the kernel's timer slack, about 50 µs, and then
-/// wakes the emulator's task.
-struct PreciseTimer {
-    shared: Arc<TimerShared>,
-}
-
-#[derive(Default)]
-struct TimerShared {
-    /// The instant to fire at, if armed; `closed` ends the thread.
-    state: std::sync::Mutex<TimerState>,
-    changed: std::sync::Condvar,
-    fired: tokio::sync::Notify,
-}
-
-#[derive(Default)]
-struct TimerState {
-    due: Option<std::time::Instant>,
-    closed: bool,
-}
-
-impl PreciseTimer {
-    fn new() -> Self {
-        let shared = Arc::new(TimerShared::default());
-        let timer = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let Ok(mut state) = timer.state.lock() else {
-                return;
-            };
-            while !state.closed {
-                state = match state.due {
-                    None => match timer.changed.wait(state) {
-                        Ok(s) => s,
-                        Err(_) => return,
-                    },
-                    Some(due) => {
-                        let now = std::time::Instant::now();
-                        if due <= now {
-                            state.due = None;
-                            timer.fired.notify_one();
-                            continue;
-                        }
-                        match timer.changed.wait_timeout(state, due - now) {
-                            Ok((s, _)) => s,
-                            Err(_) => return,
-                        }
-                    }
-                };
-            }
-        });
-        Self { shared }
-    }
-
-    /// Returns at `due` or just after, never before. Arming replaces the previous deadline;
-    /// a wake-up meant for an earlier, dropped sleep is absorbed by the loop.
-    async fn sleep_until(&self, due: Instant) {
-        let due = due.into_std();
-        while std::time::Instant::now() < due {
-            let fired = self.shared.fired.notified();
-            if let Ok(mut state) = self.shared.state.lock() {
-                state.due = Some(due);
-            }
-            self.shared.changed.notify_one();
-            fired.await;
-        }
-    }
-}
-
-impl Drop for PreciseTimer {
-    fn drop(&mut self) {
-        if let Ok(mut state) = self.shared.state.lock() {
-            state.closed = true;
-        }
-        self.shared.changed.notify_one();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn the_precise_timer_never_returns_early_even_after_a_dropped_sleep() {
-        let timer = PreciseTimer::new();
-        for i in 0..10u64 {
-            // A sleep armed, then dropped (as `select!` drops the emulator's when a packet
-            // arrives), fires with nobody waiting: its wake-up is left behind.
-            let short = Instant::now() + Duration::from_millis(1);
-            tokio::select! {
-                biased;
-                () = timer.sleep_until(short) => panic!("an armed sleep returned at once"),
-                () = std::future::ready(()) => {}
-            }
-            std::thread::sleep(Duration::from_millis(3));
-            let due = Instant::now() + Duration::from_millis(2 + i);
-            timer.sleep_until(due).await;
-            assert!(
-                Instant::now() >= due,
-                "sleep {i} returned before its deadline"
-            );
-        }
-    }
 
     /// An IPv4 packet from the host to `dst` carrying UDP (17) or TCP (6), checksums valid.
     fn packet(proto: u8, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {

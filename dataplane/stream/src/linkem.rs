@@ -3,7 +3,8 @@
 //! loss, duplication, reordering and one-way delay. Tests inject faults with it; the bench
 //! applies the same link to every UDP contender.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 
 /// Impairments applied to each datagram, in each direction.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,11 +54,13 @@ pub struct UdpLink {
     addr: SocketAddr,
     stats: Arc<LinkStats>,
     task: tokio::task::JoinHandle<()>,
+    delay_line: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for UdpLink {
     fn drop(&mut self) {
         self.task.abort();
+        self.delay_line.abort();
     }
 }
 
@@ -66,6 +69,65 @@ struct Shared {
     imp: Impairment,
     stats: Arc<LinkStats>,
     large_dropped: AtomicU64,
+    delayed: mpsc::UnboundedSender<Delayed>,
+    /// Numbers the delayed datagrams in arrival order.
+    next_seq: AtomicU64,
+}
+
+/// A datagram waiting out its delay.
+struct Delayed {
+    due: tokio::time::Instant,
+    /// Arrival order, so that datagrams due at the same instant leave in the order they came.
+    seq: u64,
+    sock: Arc<UdpSocket>,
+    to: SocketAddr,
+    data: Vec<u8>,
+    copies: usize,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+
+impl Eq for Delayed {}
+
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Delayed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.due, self.seq).cmp(&(other.due, other.seq))
+    }
+}
+
+/// Sends each delayed datagram when it is due, earliest first, on the precise timer.
+async fn delay_line(mut rx: mpsc::UnboundedReceiver<Delayed>) {
+    let timer = PreciseTimer::new();
+    let mut queue: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+    loop {
+        let next = queue.peek().map(|Reverse(d)| d.due);
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(d) => queue.push(Reverse(d)),
+                None => return,
+            },
+            () = timer.sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
+                let now = tokio::time::Instant::now();
+                while queue.peek().is_some_and(|Reverse(d)| d.due <= now) {
+                    if let Some(Reverse(d)) = queue.pop() {
+                        for _ in 0..d.copies {
+                            let _ = d.sock.send_to(&d.data, d.to).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl UdpLink {
@@ -74,14 +136,23 @@ impl UdpLink {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let addr = front.local_addr()?;
         let stats = Arc::new(LinkStats::default());
+        let (delayed, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             imp,
             stats: Arc::clone(&stats),
             large_dropped: AtomicU64::new(0),
+            delayed,
+            next_seq: AtomicU64::new(0),
         });
         let task = tokio::spawn(run(front, upstream, shared));
-        Ok(Self { addr, stats, task })
+        let delay_line = tokio::spawn(delay_line(rx));
+        Ok(Self {
+            addr,
+            stats,
+            task,
+            delay_line,
+        })
     }
 
     /// Where clients send.
@@ -98,6 +169,9 @@ impl UdpLink {
 async fn run(front: Arc<UdpSocket>, upstream: SocketAddr, shared: Arc<Shared>) {
     // One upstream-facing socket per client, so replies find their way back.
     let mut clients: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    // The upstream → client directions: aborted with this task (a JoinSet aborts its tasks
+    // when dropped), so a dropped link leaves nothing running.
+    let mut directions = tokio::task::JoinSet::new();
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, from)) = front.recv_from(&mut buf).await else {
@@ -114,7 +188,7 @@ async fn run(front: Arc<UdpSocket>, upstream: SocketAddr, shared: Arc<Shared>) {
                 // Upstream → client direction.
                 let (s2, front2, shared2) =
                     (Arc::clone(&s), Arc::clone(&front), Arc::clone(&shared));
-                tokio::spawn(async move {
+                directions.spawn(async move {
                     let mut buf = vec![0u8; 65_536];
                     while let Ok((n, _)) = s2.recv_from(&mut buf).await {
                         forward(&shared2, &front2, from, &buf[..n]).await;
@@ -165,13 +239,137 @@ async fn forward(shared: &Arc<Shared>, sock: &Arc<UdpSocket>, to: SocketAddr, da
             let _ = sock.send_to(data, to).await;
         }
     } else {
-        let data = data.to_vec();
-        let sock = Arc::clone(sock);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            for _ in 0..copies {
-                let _ = sock.send_to(&data, to).await;
+        let _ = shared.delayed.send(Delayed {
+            due: tokio::time::Instant::now() + delay,
+            seq: shared.next_seq.fetch_add(1, Ordering::Relaxed),
+            sock: Arc::clone(sock),
+            to,
+            data: data.to_vec(),
+            copies,
+        });
+    }
+}
+
+/// A timer at the kernel's high-resolution clock, for emulated delays (this module's and the
+/// bench's packet-level emulator). tokio's timer wheel has 1 ms resolution and rounds up,
+/// which made each crossing of a "10 ms" path take 10 to 11 ms, and a "1 ms" one 1 to 2. This
+/// one is a thread waiting on a condition variable with a timeout (a futex, on the kernel's
+/// hrtimers), which wakes within the kernel's timer slack, about 50 µs, and then wakes the
+/// emulator's task.
+pub struct PreciseTimer {
+    shared: Arc<TimerShared>,
+}
+
+#[derive(Default)]
+struct TimerShared {
+    /// The instant to fire at, if armed; `closed` ends the thread.
+    state: std::sync::Mutex<TimerState>,
+    changed: std::sync::Condvar,
+    fired: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct TimerState {
+    due: Option<std::time::Instant>,
+    closed: bool,
+}
+
+impl PreciseTimer {
+    /// Starts the timer's thread (it ends when the timer is dropped).
+    pub fn new() -> Self {
+        let shared = Arc::new(TimerShared::default());
+        let timer = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let Ok(mut state) = timer.state.lock() else {
+                return;
+            };
+            while !state.closed {
+                state = match state.due {
+                    None => match timer.changed.wait(state) {
+                        Ok(s) => s,
+                        Err(_) => return,
+                    },
+                    Some(due) => {
+                        let now = std::time::Instant::now();
+                        if due <= now {
+                            state.due = None;
+                            timer.fired.notify_one();
+                            continue;
+                        }
+                        match timer.changed.wait_timeout(state, due - now) {
+                            Ok((s, _)) => s,
+                            Err(_) => return,
+                        }
+                    }
+                };
             }
         });
+        Self { shared }
+    }
+
+    /// Returns at `due` or just after, never before. Arming replaces the previous deadline;
+    /// a wake-up meant for an earlier, dropped sleep is absorbed by the loop.
+    pub async fn sleep_until(&self, due: tokio::time::Instant) {
+        let due = due.into_std();
+        while std::time::Instant::now() < due {
+            let fired = self.shared.fired.notified();
+            if let Ok(mut state) = self.shared.state.lock() {
+                state.due = Some(due);
+            }
+            self.shared.changed.notify_one();
+            fired.await;
+        }
+    }
+}
+
+impl Default for PreciseTimer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for PreciseTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreciseTimer")
+    }
+}
+
+impl Drop for PreciseTimer {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.closed = true;
+        }
+        self.shared.changed.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_precise_timer_never_returns_early_even_after_a_dropped_sleep() {
+        let timer = PreciseTimer::new();
+        for i in 0..10u64 {
+            // A sleep armed, then dropped (as `select!` drops the emulator's when a packet
+            // arrives), fires with nobody waiting: its wake-up is left behind.
+            let short = Instant::now() + Duration::from_millis(1);
+            tokio::select! {
+                biased;
+                () = timer.sleep_until(short) => panic!("an armed sleep returned at once"),
+                () = std::future::ready(()) => {}
+            }
+            std::thread::sleep(Duration::from_millis(3));
+            let due = Instant::now() + Duration::from_millis(2 + i);
+            timer.sleep_until(due).await;
+            assert!(
+                Instant::now() >= due,
+                "sleep {i} returned before its deadline"
+            );
+        }
     }
 }
