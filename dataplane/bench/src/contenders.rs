@@ -1243,8 +1243,6 @@ async fn handshakes(
     Ok(())
 }
 
-/// New connection to first response, `samples` times per variant: Nexus full and resumed
-/// (request in 0-RTT) through `udp`, HTTPS full and resumed through `tcp`.
 /// Where the cold calls dial: over the emulated path, or straight to the servers.
 struct ColdPaths {
     nexus: SocketAddr,
@@ -1252,13 +1250,14 @@ struct ColdPaths {
     https: SocketAddr,
 }
 
+/// New connection to first response, `samples` times per variant: Nexus full and resumed
+/// (request in 0-RTT), raw quinn resumed (request in 0-RTT), HTTPS full and resumed.
 async fn cold_calls(
     cid: &nexus_stream::Identity,
     p: &Plain,
     req: &Bytes,
     to: ColdPaths,
 ) -> anyhow::Result<Vec<(String, Lat)>> {
-    let (udp, tcp) = (to.nexus, to.https);
     let samples = 40;
     // Any address: a socket bound to 127.0.0.1 cannot reach the TUN device's paths.
     let local: SocketAddr = "0.0.0.0:0".parse()?;
@@ -1267,28 +1266,28 @@ async fn cold_calls(
     for _ in 0..samples {
         let ep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
         let t = Instant::now();
-        let c = Client::without_hello(ep.connect(udp).await?);
+        let c = Client::without_hello(ep.connect(to.nexus).await?);
         ensure!(c.infer_raw(req, true).await?.len() == RESP);
         h.record(t.elapsed().as_micros() as u64)?;
-        close_untimed(&c).await;
+        close_untimed(c.session().connection()).await;
         ep.close();
     }
     out.push(("Nexus, full handshake (QUIC 1-RTT)".into(), Lat::of(&h)));
     let ep = Endpoint::client(local, cid, &nexus_config(), Arc::new(Metrics::new()))?;
     {
-        let c = Client::without_hello(ep.connect(udp).await?);
+        let c = Client::without_hello(ep.connect(to.nexus).await?);
         c.infer_raw(req, true).await?;
     }
     let mut h = hist();
     for _ in 0..samples {
         let t = Instant::now();
-        let c = Client::without_hello(ep.connect_early(udp).await?);
+        let c = Client::without_hello(ep.connect_early(to.nexus).await?);
         ensure!(c.infer_raw(req, true).await?.len() == RESP);
         h.record(t.elapsed().as_micros() as u64)?;
         // Let the new ticket arrive before the next sample.
         let _ = c.session().peer().await;
         tokio::time::sleep(Duration::from_millis(30)).await;
-        close_untimed(&c).await;
+        close_untimed(c.session().connection()).await;
     }
     out.push(("Nexus, resumed, request in 0-RTT".into(), Lat::of(&h)));
     // The engine's own bound: raw quinn with the same TLS (mutual, a resumption ticket) and
@@ -1316,9 +1315,7 @@ async fn cold_calls(
         h.record(t.elapsed().as_micros() as u64)?;
         // Let the new ticket arrive, then close outside the timed region, as for Nexus.
         tokio::time::sleep(Duration::from_millis(30)).await;
-        c.close(quinn::VarInt::from_u32(0), b"");
-        let _ = tokio::time::timeout(Duration::from_millis(100), c.closed()).await;
-        tokio::task::yield_now().await;
+        close_untimed(&c).await;
     }
     out.push(("raw quinn, resumed, request in 0-RTT".into(), Lat::of(&h)));
     for (name, shared) in [
@@ -1327,7 +1324,7 @@ async fn cold_calls(
     ] {
         let cfg = Arc::new(tls_client(p, &[b"http/1.1"], false)?);
         if shared {
-            let mut c = https_conn(tcp, cfg.clone()).await?;
+            let mut c = https_conn(to.https, cfg.clone()).await?;
             https_call(&mut c, json_body()).await?;
         }
         let mut h = hist();
@@ -1338,7 +1335,7 @@ async fn cold_calls(
                 Arc::new(tls_client(p, &[b"http/1.1"], false)?)
             };
             let t = Instant::now();
-            let mut c = https_conn(tcp, cfg).await?;
+            let mut c = https_conn(to.https, cfg).await?;
             ensure!(https_call(&mut c, json_body()).await? == RESP);
             h.record(t.elapsed().as_micros() as u64)?;
         }
@@ -1347,12 +1344,13 @@ async fn cold_calls(
     Ok(out)
 }
 
-/// Closes a cold-call sample's session and lets the close go out, so that its teardown (a
-/// CONNECTION_CLOSE the connection's driver would otherwise send when next polled, inside the
-/// next sample's time) is not counted; an HTTPS sample's socket closes when it is dropped.
-async fn close_untimed(c: &Client) {
-    c.session().close(quinn::VarInt::from_u32(0), "");
-    let _ = tokio::time::timeout(Duration::from_millis(100), c.session().closed()).await;
+/// Closes a cold-call sample's connection (Nexus's or raw quinn's) and lets the close go out,
+/// so that its teardown (a CONNECTION_CLOSE the connection's driver would otherwise send when
+/// next polled, inside the next sample's time) is not counted; an HTTPS sample's socket closes
+/// when it is dropped.
+async fn close_untimed(c: &quinn::Connection) {
+    c.close(quinn::VarInt::from_u32(0), b"");
+    let _ = tokio::time::timeout(Duration::from_millis(100), c.closed()).await;
     tokio::task::yield_now().await;
 }
 

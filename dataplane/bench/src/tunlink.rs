@@ -14,8 +14,6 @@
 //! packet too enters the device, is rewritten to come from `server`, and reaches the client.
 //! Both directions cross the path once, so a round trip costs twice the one-way delay.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,21 +227,16 @@ fn checksum(acc: u32, data: &[u8]) -> u16 {
     !(acc as u16)
 }
 
-/// Packets waiting out their delay, earliest first (ties in arrival order).
-type Queue = BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>;
-
 async fn run(
     dev: tun_rs::AsyncDevice,
     paths: Vec<Path>,
     stats: Vec<Arc<PathStats>>,
     mut rng: StdRng,
 ) {
-    let timer = nexus_stream::linkem::PreciseTimer::new();
-    let mut queue: Queue = BinaryHeap::new();
-    let mut seq = 0u64;
+    // Packets waiting out their delay, earliest first (ties in arrival order).
+    let mut queue = nexus_stream::linkem::DelayQueue::new();
     let mut buf = vec![0u8; usize::from(MTU) + 64];
     loop {
-        let next = queue.peek().map(|Reverse((due, ..))| *due);
         tokio::select! {
             read = dev.recv(&mut buf) => {
                 let Ok(n) = read else { return };
@@ -253,16 +246,12 @@ async fn run(
                     stats[path].dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                seq += 1;
-                queue.push(Reverse((Instant::now() + paths[path].one_way, seq, buf[..n].to_vec())));
+                queue.push(Instant::now() + paths[path].one_way, buf[..n].to_vec());
             }
-            () = timer.sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                let now = Instant::now();
-                while queue.peek().is_some_and(|Reverse((due, ..))| *due <= now) {
-                    if let Some(Reverse((_, _, pkt))) = queue.pop() {
-                        // A full device queue drops the packet, as a full link would.
-                        let _ = dev.send(&pkt).await;
-                    }
+            () = queue.due() => {
+                while let Some(pkt) = queue.pop_due() {
+                    // A full device queue drops the packet, as a full link would.
+                    let _ = dev.send(&pkt).await;
                 }
             }
         }

@@ -14,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, mpsc};
+use tokio::time::Instant;
 
 /// Impairments applied to each datagram, in each direction.
 #[derive(Debug, Clone, Copy, Default)]
@@ -69,64 +70,121 @@ struct Shared {
     imp: Impairment,
     stats: Arc<LinkStats>,
     large_dropped: AtomicU64,
-    delayed: mpsc::UnboundedSender<Delayed>,
-    /// Numbers the delayed datagrams in arrival order.
-    next_seq: AtomicU64,
+    delayed: mpsc::UnboundedSender<(Instant, Delayed)>,
 }
 
 /// A datagram waiting out its delay.
 struct Delayed {
-    due: tokio::time::Instant,
-    /// Arrival order, so that datagrams due at the same instant leave in the order they came.
-    seq: u64,
     sock: Arc<UdpSocket>,
     to: SocketAddr,
     data: Vec<u8>,
     copies: usize,
 }
 
-impl PartialEq for Delayed {
+/// Sends each delayed datagram when it is due.
+async fn delay_line(mut rx: mpsc::UnboundedReceiver<(Instant, Delayed)>) {
+    let mut queue = DelayQueue::new();
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some((due, d)) => queue.push(due, d),
+                None => return,
+            },
+            () = queue.due() => {
+                while let Some(d) = queue.pop_due() {
+                    for _ in 0..d.copies {
+                        let _ = d.sock.send_to(&d.data, d.to).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Items waiting out their delays, released earliest first (ties in arrival order) at the
+/// resolution of the kernel's timers ([`PreciseTimer`]): the delay line of both emulators,
+/// this module's (one per link) and the bench's on a TUN device.
+pub struct DelayQueue<T> {
+    queue: BinaryHeap<Reverse<Entry<T>>>,
+    /// Numbers the items in arrival order.
+    next_seq: u64,
+    timer: PreciseTimer,
+}
+
+struct Entry<T> {
+    due: Instant,
+    seq: u64,
+    item: T,
+}
+
+impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
         (self.due, self.seq) == (other.due, other.seq)
     }
 }
 
-impl Eq for Delayed {}
+impl<T> Eq for Entry<T> {}
 
-impl PartialOrd for Delayed {
+impl<T> PartialOrd for Entry<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl Ord for Delayed {
+impl<T> Ord for Entry<T> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         (self.due, self.seq).cmp(&(other.due, other.seq))
     }
 }
 
-/// Sends each delayed datagram when it is due, earliest first, on the precise timer.
-async fn delay_line(mut rx: mpsc::UnboundedReceiver<Delayed>) {
-    let timer = PreciseTimer::new();
-    let mut queue: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
-    loop {
-        let next = queue.peek().map(|Reverse(d)| d.due);
-        tokio::select! {
-            item = rx.recv() => match item {
-                Some(d) => queue.push(Reverse(d)),
-                None => return,
-            },
-            () = timer.sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
-                let now = tokio::time::Instant::now();
-                while queue.peek().is_some_and(|Reverse(d)| d.due <= now) {
-                    if let Some(Reverse(d)) = queue.pop() {
-                        for _ in 0..d.copies {
-                            let _ = d.sock.send_to(&d.data, d.to).await;
-                        }
-                    }
-                }
-            }
+impl<T> DelayQueue<T> {
+    /// An empty queue (its timer's thread starts now and ends with it).
+    pub fn new() -> Self {
+        Self {
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            timer: PreciseTimer::new(),
         }
+    }
+
+    /// Queues `item` until `due`.
+    pub fn push(&mut self, due: Instant, item: T) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse(Entry { due, seq, item }));
+    }
+
+    /// Returns when the earliest item is due; never while the queue is empty. Dropping it
+    /// (as `select!` does when something else is ready) leaves the queue as it was.
+    pub async fn due(&self) {
+        match self.queue.peek().map(|Reverse(e)| e.due) {
+            Some(due) => self.timer.sleep_until(due).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The earliest item, if it is due.
+    pub fn pop_due(&mut self) -> Option<T> {
+        let now = Instant::now();
+        if self.queue.peek().is_some_and(|Reverse(e)| e.due <= now) {
+            self.queue.pop().map(|Reverse(e)| e.item)
+        } else {
+            None
+        }
+    }
+}
+
+impl<T> Default for DelayQueue<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T> std::fmt::Debug for DelayQueue<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DelayQueue")
+            .field("queued", &self.queue.len())
+            .finish()
     }
 }
 
@@ -143,7 +201,6 @@ impl UdpLink {
             stats: Arc::clone(&stats),
             large_dropped: AtomicU64::new(0),
             delayed,
-            next_seq: AtomicU64::new(0),
         });
         let task = tokio::spawn(run(front, upstream, shared));
         let delay_line = tokio::spawn(delay_line(rx));
@@ -239,14 +296,15 @@ async fn forward(shared: &Arc<Shared>, sock: &Arc<UdpSocket>, to: SocketAddr, da
             let _ = sock.send_to(data, to).await;
         }
     } else {
-        let _ = shared.delayed.send(Delayed {
-            due: tokio::time::Instant::now() + delay,
-            seq: shared.next_seq.fetch_add(1, Ordering::Relaxed),
-            sock: Arc::clone(sock),
-            to,
-            data: data.to_vec(),
-            copies,
-        });
+        let _ = shared.delayed.send((
+            Instant::now() + delay,
+            Delayed {
+                sock: Arc::clone(sock),
+                to,
+                data: data.to_vec(),
+                copies,
+            },
+        ));
     }
 }
 
@@ -256,7 +314,7 @@ async fn forward(shared: &Arc<Shared>, sock: &Arc<UdpSocket>, to: SocketAddr, da
 /// one is a thread waiting on a condition variable with a timeout (a futex, on the kernel's
 /// hrtimers), which wakes within the kernel's timer slack, about 50 µs, and then wakes the
 /// emulator's task.
-pub struct PreciseTimer {
+struct PreciseTimer {
     shared: Arc<TimerShared>,
 }
 
@@ -276,7 +334,7 @@ struct TimerState {
 
 impl PreciseTimer {
     /// Starts the timer's thread (it ends when the timer is dropped).
-    pub fn new() -> Self {
+    fn new() -> Self {
         let shared = Arc::new(TimerShared::default());
         let timer = Arc::clone(&shared);
         std::thread::spawn(move || {
@@ -309,7 +367,7 @@ impl PreciseTimer {
 
     /// Returns at `due` or just after, never before. Arming replaces the previous deadline;
     /// a wake-up meant for an earlier, dropped sleep is absorbed by the loop.
-    pub async fn sleep_until(&self, due: tokio::time::Instant) {
+    async fn sleep_until(&self, due: Instant) {
         let due = due.into_std();
         while std::time::Instant::now() < due {
             let fired = self.shared.fired.notified();
@@ -319,18 +377,6 @@ impl PreciseTimer {
             self.shared.changed.notify_one();
             fired.await;
         }
-    }
-}
-
-impl Default for PreciseTimer {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl std::fmt::Debug for PreciseTimer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PreciseTimer")
     }
 }
 
@@ -347,9 +393,35 @@ impl Drop for PreciseTimer {
 mod tests {
     use std::time::Duration;
 
-    use tokio::time::Instant;
-
     use super::*;
+
+    #[tokio::test]
+    async fn the_delay_queue_releases_in_due_order_ties_in_arrival_order_none_early() {
+        let mut q = DelayQueue::new();
+        assert!(q.pop_due().is_none());
+        let t = Instant::now();
+        q.push(t + Duration::from_millis(6), "late");
+        q.push(t + Duration::from_millis(2), "first");
+        q.push(t + Duration::from_millis(4), "tie a");
+        q.push(t + Duration::from_millis(4), "tie b");
+        let mut out = Vec::new();
+        while out.len() < 4 {
+            q.due().await;
+            while let Some(item) = q.pop_due() {
+                out.push((item, Instant::now()));
+            }
+        }
+        let order: Vec<_> = out.iter().map(|(item, _)| *item).collect();
+        assert_eq!(order, ["first", "tie a", "tie b", "late"]);
+        for (item, at) in out {
+            let due = match item {
+                "first" => 2,
+                "late" => 6,
+                _ => 4,
+            };
+            assert!(at >= t + Duration::from_millis(due), "{item} left early");
+        }
+    }
 
     #[tokio::test]
     async fn the_precise_timer_never_returns_early_even_after_a_dropped_sleep() {
