@@ -55,7 +55,8 @@ impl P4RuntimeTables {
         }
     }
 
-    /// The kept session when it is still open, else a new one (arbitrating with the agent's
+    /// The kept session when it is still open (its primary flag brought up to date with the
+    /// arbitration messages its stream holds), else a new one (arbitrating with the agent's
     /// election id).
     async fn open<'a>(
         &self,
@@ -91,8 +92,8 @@ impl P4RuntimeTables {
     ) -> Result<&'a mut Controller, String> {
         let mut attempts = 0;
         loop {
-            let c = self.open(slot).await?;
-            if c.still_primary().await.unwrap_or(false) {
+            // `open` has just read what arbitration news the stream holds.
+            if self.open(slot).await?.is_primary() {
                 break;
             }
             attempts += 1;

@@ -644,7 +644,6 @@ async fn bad_bidirectional_streams_are_refused_and_others_served() {
     assert!(client.connection().close_reason().is_none());
 }
 
-/// Draining refuses new connections and lets existing ones finish.
 /// Limits under which one stalled stream could hold every other stream of its session are
 /// refused when the endpoint is built, with the reason.
 #[tokio::test]
@@ -685,6 +684,7 @@ async fn limits_that_let_one_stream_hold_the_others_are_refused() {
     assert!(Endpoint::server(any(), &id, &with(16 << 20, 1), Arc::new(Metrics::new())).is_ok());
 }
 
+/// Draining refuses new connections and lets existing ones finish.
 #[tokio::test]
 async fn drain_closes_sessions() {
     let pki = TestPki::new().unwrap();
