@@ -374,7 +374,6 @@ impl Client {
             .send_msg(&tensor::encode_control(header, shard)?)
             .await
             .map_err(map_stream_error)?;
-        let stall = self.session.limits().write_stall_timeout;
         let shards = data
             .chunks(shard.max(1) as usize)
             .enumerate()
@@ -383,7 +382,7 @@ impl Client {
                 async move {
                     let mut s =
                         tensor::ShardSend::new(self.session.open_bulk(meta.encode()).await?);
-                    nexus_stream::write_progressing(&mut s.stream, chunk, stall).await?;
+                    self.session.write_progressing(&mut s.stream, chunk).await?;
                     s.finish().map_err(nexus_stream::StreamError::from)?;
                     Ok::<_, nexus_stream::StreamError>(())
                 }

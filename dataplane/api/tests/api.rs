@@ -355,6 +355,7 @@ async fn a_tensor_nobody_reads_fails_after_the_stall_timeout() {
             });
         }
     });
+    let client_metrics = Arc::new(Metrics::new());
     let client_ep = Endpoint::client(
         any(),
         &id("nexus://acme/agent@1.0.0"),
@@ -362,7 +363,7 @@ async fn a_tensor_nobody_reads_fails_after_the_stall_timeout() {
             write_stall_timeout: Duration::from_millis(300),
             ..Limits::default()
         }),
-        Arc::new(Metrics::new()),
+        Arc::clone(&client_metrics),
     )
     .unwrap();
     let client = Client::without_hello(client_ep.connect(addr).await.unwrap());
@@ -381,6 +382,8 @@ async fn a_tensor_nobody_reads_fails_after_the_stall_timeout() {
         ),
         "{sent:?}"
     );
+    // Counted where every stalled write is.
+    assert!(client_metrics.refused_streams("write_stalled") >= 1);
 }
 
 /// A model that gives up after two tokens: server-side cancellation reaches the client.

@@ -857,6 +857,18 @@ impl Session {
         &self.inner.shared.limits
     }
 
+    /// Writes all of `buf` to `send`, a raw stream of this session (a bulk stream, a tensor
+    /// shard), under the same rule as every message write: a peer that lets no byte through
+    /// for [`Limits::write_stall_timeout`] gets the stream reset with `STALLED`, counted, and
+    /// the write fails with [`StreamError::WriteStalled`].
+    pub async fn write_progressing(
+        &self,
+        send: &mut SendStream,
+        buf: &[u8],
+    ) -> Result<(), StreamError> {
+        write_progressing(&self.inner.shared, send, buf).await
+    }
+
     fn counting(&self) -> Counting {
         Counting {
             shared: Arc::clone(&self.inner.shared),
@@ -1409,14 +1421,8 @@ impl OrderedSend {
         Ok(())
     }
 
-    /// [`write_progressing`] with this endpoint's stall timeout, counting stalls.
     async fn write_progressing(&mut self, buf: &[u8]) -> Result<(), StreamError> {
-        let stall = self.counting.shared.limits.write_stall_timeout;
-        let r = write_progressing(&mut self.inner, buf, stall).await;
-        if let Err(StreamError::WriteStalled(_)) = r {
-            self.counting.shared.metrics.refused_stream("write_stalled");
-        }
-        r
+        write_progressing(&self.counting.shared, &mut self.inner, buf).await
     }
 
     /// Ends the stream cleanly.
@@ -1453,20 +1459,24 @@ impl OrderedSend {
 }
 
 /// Writes all of `buf` to `send`, resetting the stream with `STALLED` (and failing with
-/// [`StreamError::WriteStalled`]) when the peer's flow control lets no byte through for
-/// `stall` ([`Limits::write_stall_timeout`]). For messages and raw bulk streams alike: a peer
-/// that stops reading would otherwise hold the writer for the connection's life.
-pub async fn write_progressing(
+/// [`StreamError::WriteStalled`]) when the peer's flow control lets no byte through for the
+/// endpoint's [`Limits::write_stall_timeout`], and counting it
+/// (`nexstream_refused_streams_total{reason="write_stalled"}`). For messages and raw bulk
+/// streams alike: a peer that stops reading would otherwise hold the writer for the
+/// connection's life.
+async fn write_progressing(
+    shared: &Shared,
     send: &mut SendStream,
     mut buf: &[u8],
-    stall: Duration,
 ) -> Result<(), StreamError> {
+    let stall = shared.limits.write_stall_timeout;
     while !buf.is_empty() {
         // A write that completes at once (the usual case) never registers the timer.
         match tokio::time::timeout(stall, send.write(buf)).await {
             Ok(written) => buf = buf.get(written?..).unwrap_or_default(),
             Err(_) => {
                 let _ = send.reset(codes::STALLED);
+                shared.metrics.refused_stream("write_stalled");
                 return Err(StreamError::WriteStalled(stall));
             }
         }

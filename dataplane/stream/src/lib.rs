@@ -35,7 +35,7 @@ pub mod trust;
 
 pub use endpoint::{
     Accepting, Config, Congestion, Delivery, Endpoint, Incoming, Limits, MAX_ACK_DELAY, Message,
-    OrderedRecv, OrderedSend, OrderedStream, Session, StreamError, write_progressing,
+    OrderedRecv, OrderedSend, OrderedStream, Session, StreamError,
 };
 pub use frame::{Mode, Preamble};
 pub use metrics::{Direction, Metrics, Tally, TallyDelta};
